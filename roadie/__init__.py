@@ -1,0 +1,1 @@
+"""roadie core: settings, schema, storage and the CLI shared by every flow."""

@@ -1,0 +1,290 @@
+"""The one place roadie runs ffmpeg.
+
+Builders return argument lists (never a shell string); `run` executes one and raises `FFmpegError`
+with the tail of stderr; parsers quote the line they could not read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import ffmpeg as ffmpeg_python
+
+from roadie.errors import InvalidInput, RoadieError
+from roadie.settings import get_settings
+
+STDERR_TAIL_LINES = 25
+
+# format -> (encoder options, CODECS attribute for the multivariant playlist, nominal bandwidth in bit/s)
+HLS_FORMATS: dict[str, tuple[dict[str, str], str, int]] = {
+    "hls_opus": ({"c:a": "libopus", "b:a": "160k"}, "opus", 160_000),
+    "hls_aac": ({"c:a": "aac", "b:a": "256k"}, "mp4a.40.2", 256_000),
+    "hls_alac": ({"c:a": "alac"}, "alac", 1_411_200),
+}
+
+
+class FFmpegError(RoadieError):
+    """ffmpeg (or ffprobe) exited non-zero. Carries the command and the last lines of stderr."""
+
+    def __init__(self, cmd: Sequence[str], returncode: int, stderr_tail: str, summary: str | None = None):
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        reason = summary or _reason_from(stderr_tail) or f"exit code {returncode}"
+        super().__init__(f"{Path(self.cmd[0]).name} failed: {reason}")
+
+
+class UnreadableMedia(InvalidInput):
+    """The upload is not audio ffmpeg can decode (empty, corrupt, truncated, or not audio at all)."""
+
+
+class ParseError(RoadieError):
+    """An ffmpeg output line was not in the expected form; the message quotes it."""
+
+
+_NOISE = re.compile(r"^(\s*$|ffmpeg version|  built with|  configuration:|  lib|Input #|Output #|Stream mapping|Press \[q\])")
+
+
+def _reason_from(stderr_tail: str) -> str:
+    lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip() and not _NOISE.match(ln)]
+    return lines[-1] if lines else ""
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    """System ffmpeg first (it has ffprobe beside it), then the static build in imageio-ffmpeg."""
+    configured = get_settings().ffmpeg_binary
+    if configured:
+        return configured
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@lru_cache(maxsize=1)
+def ffprobe_binary() -> Optional[str]:
+    candidate = Path(ffmpeg_binary()).with_name("ffprobe")
+    return str(candidate) if candidate.exists() else shutil.which("ffprobe")
+
+
+def as_input(path: Path | str) -> str:
+    """An input argument ffmpeg cannot mistake for a protocol (`concat:`, `http:`) or an option."""
+    return "file:" + str(Path(path).resolve())
+
+
+# ---------------------------------------------------------------- builders
+
+
+def build_hls_cmd(src: Path, out_dir: Path, fmt: str, segment_seconds: int = 6) -> list[str]:
+    """HLS fMP4/CMAF: init.mp4 + segment_%03d.m4s + playlist.m3u8 in out_dir."""
+    if fmt not in HLS_FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; choose from {', '.join(HLS_FORMATS)}")
+    encoder, _, _ = HLS_FORMATS[fmt]
+    stream = ffmpeg_python.input(as_input(src)).output(
+        as_input(out_dir / "playlist.m3u8"),
+        map="0:a:0",
+        vn=None,
+        **encoder,
+        f="hls",
+        hls_time=str(segment_seconds),
+        hls_list_size="0",
+        hls_playlist_type="vod",
+        hls_segment_type="fmp4",
+        hls_fmp4_init_filename="init.mp4",
+        hls_segment_filename=str(out_dir / "segment_%03d.m4s"),
+    )
+    return _finish(stream.compile(cmd=ffmpeg_binary()))
+
+
+def build_decode_cmd(src: Path, *, sample_rate: int | None = None, channels: int | None = None,
+                     sample_fmt: str = "f32le", start_s: float | None = None) -> list[str]:
+    """Decode the first audio stream to raw interleaved PCM on stdout."""
+    input_opts = {"ss": str(start_s)} if start_s else {}
+    out_opts: dict[str, str] = {"map": "0:a:0", "f": sample_fmt, "c:a": f"pcm_{sample_fmt}"}
+    if sample_rate:
+        out_opts["ar"] = str(sample_rate)
+    if channels:
+        out_opts["ac"] = str(channels)
+    stream = ffmpeg_python.input(as_input(src), **input_opts).output("pipe:1", **out_opts)
+    return _finish(stream.compile(cmd=ffmpeg_binary()), progress=False)
+
+
+def build_extract_cover_cmd(src: Path, dst: Path) -> list[str]:
+    """Copy the attached picture stream (MP3 APIC, FLAC picture, M4A covr) out unchanged."""
+    stream = ffmpeg_python.input(as_input(src)).output(as_input(dst), map="0:v:0", an=None, c="copy", frames="1")
+    return _finish(stream.compile(cmd=ffmpeg_binary()), progress=False)
+
+
+def _finish(cmd: list[str], progress: bool = True) -> list[str]:
+    # -nostdin: a worker has no terminal; -y: outputs live in our own temp dirs.
+    head = [cmd[0], "-hide_banner", "-nostdin", "-y"]
+    tail = ["-progress", "pipe:1", "-nostats"] if progress else ["-nostats"]
+    return head + tail + cmd[1:]
+
+
+# ---------------------------------------------------------------- runner
+
+
+@dataclass(frozen=True)
+class FFmpegRun:
+    cmd: tuple[str, ...]
+    stderr: str
+    seconds: float
+
+
+ProgressCallback = Callable[[float], None]
+
+
+def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: ProgressCallback | None = None,
+        stdout_path: Path | None = None, nice: int = 0, timeout_s: float | None = None) -> FFmpegRun:
+    """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
+
+    With `stdout_path`, stdout goes to that file instead (raw PCM and the like)."""
+    import time
+
+    if isinstance(cmd, str):  # a shell string is never acceptable here
+        raise TypeError("ffmpeg commands are argument lists, not strings")
+    started = time.monotonic()
+    stderr_lines: deque[str] = deque(maxlen=4000)
+    stdout_file = open(stdout_path, "wb") if stdout_path else None
+    preexec = (lambda: os.nice(nice)) if nice else None
+    try:
+        proc = subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout_file or subprocess.PIPE,
+            stderr=subprocess.PIPE, preexec_fn=preexec,
+        )
+    except FileNotFoundError as exc:
+        if stdout_file:
+            stdout_file.close()
+        raise FFmpegError(cmd, 127, "", summary=f"{cmd[0]} is not installed") from exc
+
+    def drain_stderr() -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            stderr_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    reader = threading.Thread(target=drain_stderr, daemon=True)
+    reader.start()
+    try:
+        if proc.stdout is not None:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").strip()
+                if on_progress and duration_s and line.startswith("out_time_us="):
+                    value = line.partition("=")[2]
+                    if value.isdigit():
+                        on_progress(min(100.0, int(value) / 1e6 / duration_s * 100))
+                elif on_progress and line == "progress=end":
+                    on_progress(100.0)
+        returncode = proc.wait(timeout=timeout_s)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=5)
+        if stdout_file:
+            stdout_file.close()
+    stderr = "\n".join(stderr_lines)
+    if returncode != 0:
+        raise FFmpegError(cmd, returncode, "\n".join(list(stderr_lines)[-STDERR_TAIL_LINES:]))
+    return FFmpegRun(tuple(cmd), stderr, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------- probing
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    duration_s: float
+    has_cover: bool
+
+
+def probe(src: Path) -> AudioInfo:
+    """What the upload is. Raises UnreadableMedia with a person-readable reason."""
+    if not src.exists() or src.stat().st_size == 0:
+        raise UnreadableMedia("the file is empty")
+    probe_bin = ffprobe_binary()
+    if probe_bin:
+        cmd = [probe_bin, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", as_input(src)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise UnreadableMedia("probing the file took longer than 120 s") from exc
+        if out.returncode != 0:
+            reason = _reason_from(out.stderr.decode("utf-8", "replace")) or "unknown format"
+            raise UnreadableMedia(f"not a readable audio file ({reason})")
+        return parse_ffprobe_json(out.stdout.decode("utf-8", "replace"))
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", as_input(src)]
+    out = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    return parse_ffmpeg_banner(out.stderr.decode("utf-8", "replace"))
+
+
+def parse_ffprobe_json(text: str) -> AudioInfo:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"ffprobe printed no JSON: {text[:200]!r}") from exc
+    streams = data.get("streams", [])
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if audio is None:
+        raise UnreadableMedia("the file has no audio stream")
+    has_cover = any(s.get("codec_type") == "video" and s.get("disposition", {}).get("attached_pic") for s in streams)
+    duration = audio.get("duration") or data.get("format", {}).get("duration")
+    try:
+        duration_s = float(duration)
+    except (TypeError, ValueError):
+        raise UnreadableMedia("the audio has no known duration") from None
+    return AudioInfo(
+        codec=audio.get("codec_name", "unknown"),
+        sample_rate=int(audio.get("sample_rate") or 0),
+        channels=int(audio.get("channels") or 0),
+        duration_s=duration_s,
+        has_cover=has_cover,
+    )
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_AUDIO = re.compile(r"Stream #\S+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "7.1": 8}
+
+
+def parse_ffmpeg_banner(stderr: str) -> AudioInfo:
+    """Fallback probe from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe)."""
+    duration_line = next((ln for ln in stderr.splitlines() if "Duration:" in ln), None)
+    audio_line = next((ln for ln in stderr.splitlines() if ": Audio: " in ln), None)
+    if audio_line is None:
+        raise UnreadableMedia(f"not a readable audio file ({_reason_from(stderr) or 'no audio stream'})")
+    match = _AUDIO.search(audio_line)
+    if not match:
+        raise ParseError(f"could not read the audio stream line: {audio_line.strip()!r}")
+    dmatch = _DURATION.search(duration_line or "")
+    if not dmatch:
+        raise UnreadableMedia(f"the audio has no known duration: {(duration_line or '').strip()!r}")
+    hours, minutes, seconds = dmatch.groups()
+    layout = match.group(3).strip()
+    channels = _LAYOUT_CHANNELS.get(layout.split("(")[0])
+    if channels is None:
+        digits = re.match(r"(\d+) channels", layout)
+        if not digits:
+            raise ParseError(f"could not read the channel layout in: {audio_line.strip()!r}")
+        channels = int(digits.group(1))
+    return AudioInfo(
+        codec=match.group(1), sample_rate=int(match.group(2)), channels=channels,
+        duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+        has_cover="(attached pic)" in stderr,
+    )
