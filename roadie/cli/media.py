@@ -1,0 +1,1 @@
+"""`roadie ingest`: register uploads and run the media pipeline on them."""

