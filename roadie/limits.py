@@ -1,0 +1,47 @@
+"""Global concurrency and rate limits that protect the machines (names shared by flows and setup)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+# At most 2 ffmpeg encodes at once across every worker: encodes are CPU-bound, one core each.
+TRANSCODE_CONCURRENCY = ("transcode", 2, None)
+# At most 10 transcode jobs (one per version) started a minute: a slot decays every 6 s.
+TRANSCODE_RATE = ("transcode-rate", 10, 10 / 60)
+# Database-heavy batch work (rollup days in a backfill) at most 2 at a time.
+DB_BATCH_CONCURRENCY = ("db-batch", 2, None)
+
+ALL_LIMITS = (TRANSCODE_CONCURRENCY, TRANSCODE_RATE, DB_BATCH_CONCURRENCY)
+
+
+def ensure_limits() -> None:
+    """Create or update every limit on the current Prefect API. Idempotent."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name, limit, decay in ALL_LIMITS:
+            client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
+
+
+def transcode_started() -> None:
+    """Take one slot of the per-minute transcode rate (blocks while the rate is exhausted)."""
+    from prefect.concurrency.sync import rate_limit
+
+    rate_limit(TRANSCODE_RATE[0], occupy=1, strict=True)
+
+
+@contextmanager
+def encode_slot() -> Iterator[None]:
+    """Hold one of the global encode slots. strict: a missing limit is an error, never unthrottled."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(TRANSCODE_CONCURRENCY[0], occupy=1, strict=True):
+        yield
+
+
+@contextmanager
+def db_batch_slot() -> Iterator[None]:
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(DB_BATCH_CONCURRENCY[0], occupy=1, strict=True):
+        yield
