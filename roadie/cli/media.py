@@ -1,1 +1,120 @@
-"""`roadie ingest`: register uploads and run the media pipeline on them."""
+"""`roadie ingest`: register uploads and run the media pipeline on them, on whatever backends are configured."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from roadie.cli.app import app, emit_json, say
+
+
+def prepare_database() -> None:
+    """The embedded SQLite database migrates itself; a shared PostgreSQL is migrated by `roadie db upgrade`."""
+    from roadie.db.session import upgrade
+    from roadie.settings import get_settings
+
+    if get_settings().database_url.startswith("sqlite"):
+        upgrade()
+
+
+def prepare_prefect(verbose: bool) -> str:
+    from roadie.prefect_local import ensure_api
+
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    url = ensure_api()
+    from roadie.limits import ensure_limits
+
+    ensure_limits()
+    return url
+
+
+class ProgressPrinter:
+    """One stderr line per rendition every 10 %."""
+
+    def __init__(self) -> None:
+        self.shown: dict[tuple[str, str], int] = {}
+
+    def __call__(self, version_id: str, step: str, percent: float) -> None:
+        bucket = int(percent // 10) * 10
+        key = (version_id, step)
+        if bucket > self.shown.get(key, -10):
+            self.shown[key] = bucket
+            sys.stderr.write(f"  {version_id[:8]} {step:<9} {bucket:3d}%\n")
+            sys.stderr.flush()
+
+
+@app.command()
+def ingest(
+    paths: List[Path] = typer.Argument(..., help="Audio files to ingest (WAV, FLAC, MP3, M4A, OGG …)."),
+    formats: Optional[str] = typer.Option(None, help="Comma-separated renditions, primary first: "
+                                          "hls_opus,hls_aac,hls_alac. Default: ROADIE_DEFAULT_FORMATS."),
+    title: Optional[str] = typer.Option(None, help="Track title (default: the file name)."),
+    owner: str = typer.Option("demo-artist", help="Username of the owning artist (created if new). Asking for "
+                              "hls_alac here whitelists the owner for lossless."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """Register each upload and run the media-ingest flow on it. Exit code 1 if any input failed."""
+    from roadie.errors import InvalidInput
+    from tasks.catalog import parse_formats
+
+    try:
+        wanted = list(parse_formats(formats))
+    except InvalidInput as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(2)
+    prepare_database()
+    api = prepare_prefect(verbose)
+    if not as_json:
+        say(f"Prefect UI: {api.removesuffix('/api')}")
+    from roadie import progress
+    from roadie.settings import get_settings
+    from tasks.catalog import describe_version, register_upload
+    from flows.ingest import media_ingest
+
+    printer = ProgressPrinter()
+    progress.add_listener(printer)
+    any_failed = False
+    for path in paths:
+        result = {"input": str(path)}
+        try:
+            reg = register_upload(path, title=title, owner=owner, lossless="hls_alac" in wanted)
+        except InvalidInput as exc:
+            any_failed = True
+            result.update(version_id=None, status="failed", error=str(exc), storage_url=get_settings().storage_url,
+                          master_key=None, transcodes={}, warnings=[])
+            _show(result, as_json)
+            continue
+        say(f"ingesting {path} as version {reg.version_id}")
+        timings = None
+        try:
+            timings = media_ingest(reg.version_id, wanted).get("timings")
+        except Exception:
+            pass  # the version row carries the reason; describe_version reports it
+        result.update(describe_version(reg.version_id))
+        if timings:
+            result["timings"] = timings
+        any_failed |= result["status"] != "ready"
+        _show(result, as_json)
+    progress.remove_listener(printer)
+    raise typer.Exit(1 if any_failed else 0)
+
+
+def _show(result: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    if result["status"] == "ready":
+        say(f"ready: {result['input']}")
+        say(f"  master playlist: {result['storage_url']}/{result['master_key']}")
+        for fmt, t in result["transcodes"].items():
+            say(f"  {fmt}: {t['status']}" + (f", {len(t.get('segment_keys', []))} segments, "
+                                             f"{t.get('duration_s')} s" if t["status"] == "ready" else ""))
+    else:
+        say(f"failed: {result['input']}: {result['error']}")
+    for warning in result.get("warnings", []):
+        say(f"  warning: {warning}")

@@ -1,0 +1,1 @@
+"""Orchestration only: one module per job, each flow short."""

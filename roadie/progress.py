@@ -1,0 +1,27 @@
+"""Progress of long steps, fanned out to whoever listens (the CLI prints it; flows make artifacts)."""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+Listener = Callable[[str, str, float], None]  # (version_id, step, percent)
+_listeners: list[Listener] = []
+_lock = threading.Lock()
+
+
+def add_listener(listener: Listener) -> None:
+    with _lock:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def report(version_id: str, step: str, percent: float) -> None:
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(version_id, step, percent)

@@ -1,0 +1,27 @@
+"""The one retry policy: transient failures (storage, database, network) retry 3 times, 5 s, 10 s, 20 s with
+jitter; invalid input never retries."""
+from __future__ import annotations
+
+from typing import Any
+
+from roadie.errors import is_transient
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the failure the task raised
+        return is_transient(exc)
+    return False
+
+
+def transient_retries() -> dict[str, Any]:
+    """Keyword arguments for @task(...)."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": 3,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+        "retry_jitter_factor": 0.2,
+        "retry_condition_fn": retry_on_transient,
+    }

@@ -1,0 +1,255 @@
+"""The catalogue rows an upload moves through: assets, tracks, track_versions and transcodes."""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from roadie.db.models import Asset, Track, TrackVersion, Transcode, User
+from roadie.db.session import session_scope
+from roadie.errors import InvalidInput
+from roadie.settings import FORMATS, get_settings
+from roadie.storage import Storage, content_type_for, get_storage, join_key, safe_filename
+
+DEFAULT_OWNER = "demo-artist"
+
+
+@dataclass(frozen=True)
+class Registration:
+    version_id: str
+    track_id: str
+    asset_id: str
+    asset_key: str
+    storage_url: str
+
+
+@dataclass(frozen=True)
+class VersionJob:
+    """What an ingest run needs to know about one version."""
+
+    version_id: str
+    track_id: str
+    original_key: str
+    original_name: str
+    formats: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def parse_formats(formats: Iterable[str] | str | None) -> tuple[str, ...]:
+    if formats is None:
+        return tuple(get_settings().default_formats)
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    cleaned = tuple(dict.fromkeys(f.strip() for f in items if f and f.strip()))
+    unknown = [f for f in cleaned if f not in FORMATS]
+    if unknown:
+        raise InvalidInput(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    if not cleaned:
+        raise InvalidInput("no output format asked for")
+    return cleaned
+
+
+def parse_uuid(value: str, what: str = "version id") -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} is not a UUID") from None
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def ensure_user(session: Session, username: str, lossless: bool = False) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        user = User(username=username, lossless_enabled=lossless)
+        session.add(user)
+        session.flush()
+    elif lossless and not user.lossless_enabled:
+        user.lossless_enabled = True
+    return user
+
+
+def register_upload(path: Path, *, title: str | None = None, owner: str | None = None,
+                    lossless: bool = False, storage: Storage | None = None) -> Registration:
+    """What the API does before it triggers an ingest: store the original, create its rows (`pending`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    storage = storage or get_storage()
+    sha256, size = file_digest(path)
+    asset_id = uuid.uuid4()
+    key = join_key("originals", str(asset_id), safe_filename(path.name))
+    storage.put_file(key, path, content_type_for(path.name))
+    try:
+        with session_scope() as session:
+            user = ensure_user(session, owner or DEFAULT_OWNER, lossless=lossless)
+            asset = Asset(id=asset_id, bucket=storage.bucket, key=key, content_type=content_type_for(path.name),
+                          size_bytes=size, sha256=sha256)
+            track = Track(owner_user_id=user.id, title=(title or path.stem)[:500])
+            session.add_all([asset, track])
+            session.flush()
+            version = TrackVersion(track_id=track.id, original_asset_id=asset.id, status="pending", warnings=[])
+            session.add(version)
+            session.flush()
+            return Registration(str(version.id), str(track.id), str(asset.id), key, storage.url)
+    except BaseException:
+        storage.delete([key])  # no orphan object when the rows could not be written
+        raise
+
+
+def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJob:
+    """Mark the version `processing` and resolve what to build. ALAC is for whitelisted owners only."""
+    vid = parse_uuid(version_id)
+    wanted = parse_formats(formats)
+    with session_scope() as session:
+        row = session.execute(
+            select(TrackVersion, Asset, User)
+            .join(Asset, Asset.id == TrackVersion.original_asset_id)
+            .join(Track, Track.id == TrackVersion.track_id)
+            .join(User, User.id == Track.owner_user_id)
+            .where(TrackVersion.id == vid)
+        ).one_or_none()
+        if row is None:
+            raise InvalidInput(f"track version {version_id} does not exist")
+        version, asset, owner = row
+        warnings: list[str] = []
+        if "hls_alac" in wanted and not owner.lossless_enabled:
+            wanted = tuple(f for f in wanted if f != "hls_alac")
+            warnings.append(f"hls_alac skipped: {owner.username} is not whitelisted for lossless")
+            if not wanted:
+                raise InvalidInput("only hls_alac was asked for, and the owner is not whitelisted for lossless")
+        version.status, version.error, version.warnings = "processing", None, list(warnings)
+        return VersionJob(str(version.id), str(version.track_id), asset.key, Path(asset.key).name, wanted,
+                          tuple(warnings))
+
+
+def add_warning(version_id: str, message: str) -> None:
+    with session_scope() as session:
+        version = session.get(TrackVersion, parse_uuid(version_id))
+        if version is not None:
+            version.warnings = [*(version.warnings or []), message]
+
+
+def set_media_info(version_id: str, duration_s: float, sample_rate: int, channels: int) -> None:
+    with session_scope() as session:
+        session.execute(update(TrackVersion).where(TrackVersion.id == parse_uuid(version_id)).values(
+            duration_ms=int(round(duration_s * 1000)), sample_rate=sample_rate, channels=channels))
+
+
+def mark_failed(version_id: str, message: str) -> None:
+    with session_scope() as session:
+        vid = parse_uuid(version_id)
+        session.execute(update(TrackVersion).where(TrackVersion.id == vid).values(status="failed", error=message))
+        session.execute(update(Transcode).where(Transcode.track_version_id == vid, Transcode.status != "ready")
+                        .values(status="failed"))
+
+
+def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None = None) -> None:
+    """`ready` only once the required renditions' playlists really exist in storage."""
+    storage = storage or get_storage()
+    vid = parse_uuid(version_id)
+    with session_scope() as session:
+        rows = {t.format: t for t in session.scalars(select(Transcode).where(Transcode.track_version_id == vid))}
+        for fmt in required:
+            row = rows.get(fmt)
+            if row is None or row.status != "ready":
+                raise RuntimeError(f"{fmt} is not ready for version {version_id}")
+            playlist = join_key(row.segment_prefix_key or "", "playlist.m3u8")
+            if not storage.exists(playlist):
+                raise RuntimeError(f"{fmt} playlist {playlist} is missing from storage")
+        session.execute(update(TrackVersion).where(TrackVersion.id == vid).values(status="ready", error=None))
+
+
+def upsert_asset(session: Session, storage: Storage, key: str, size_bytes: int, sha256: str | None = None) -> Asset:
+    asset = session.scalar(select(Asset).where(Asset.bucket == storage.bucket, Asset.key == key))
+    if asset is None:
+        asset = Asset(bucket=storage.bucket, key=key, size_bytes=size_bytes, sha256=sha256,
+                      content_type=content_type_for(key))
+        session.add(asset)
+    else:
+        asset.size_bytes, asset.sha256 = size_bytes, sha256
+    session.flush()
+    return asset
+
+
+def record_transcode(version_id: str, fmt: str, *, status: str, storage: Storage | None = None,
+                     playlist_key: str | None = None, playlist_size: int = 0, prefix: str | None = None,
+                     bandwidth: int | None = None, segment_count: int | None = None,
+                     duration_s: float | None = None, error: str | None = None) -> None:
+    """One row per (version, format); a rerun updates it in place, never adds a second."""
+    storage = storage or get_storage()
+    vid = parse_uuid(version_id)
+    with session_scope() as session:
+        row = session.scalar(select(Transcode).where(Transcode.track_version_id == vid, Transcode.format == fmt)
+                             .with_for_update())
+        if row is None:
+            row = Transcode(track_version_id=vid, format=fmt)
+            session.add(row)
+        values: dict[str, Any] = {"status": status, "error": error}
+        if playlist_key is not None:
+            values["playlist_asset_id"] = upsert_asset(session, storage, playlist_key, playlist_size).id
+        if prefix is not None:
+            values.update(segment_prefix_key=prefix, bandwidth=bandwidth, segment_count=segment_count,
+                          duration_ms=int(round(duration_s * 1000)) if duration_s is not None else None)
+        for name, value in values.items():
+            setattr(row, name, value)
+
+
+def ready_transcodes(version_id: str) -> list[Transcode]:
+    with session_scope() as session:
+        return list(session.scalars(select(Transcode).where(
+            Transcode.track_version_id == parse_uuid(version_id), Transcode.status == "ready")))
+
+
+def describe_version(version_id: str, storage: Storage | None = None) -> dict[str, Any]:
+    """The state of one version as the CLI and API report it."""
+    from tasks.media.hls import master_key
+
+    storage = storage or get_storage()
+    vid = parse_uuid(version_id)
+    with session_scope() as session:
+        version = session.get(TrackVersion, vid)
+        if version is None:
+            raise InvalidInput(f"track version {version_id} does not exist")
+        transcodes: dict[str, Any] = {}
+        for t in session.scalars(select(Transcode).where(Transcode.track_version_id == vid).order_by(Transcode.format)):
+            entry: dict[str, Any] = {"status": t.status}
+            if t.status == "ready" and t.segment_prefix_key:
+                keys = storage.list(t.segment_prefix_key)
+                entry.update(
+                    playlist_key=join_key(t.segment_prefix_key, "playlist.m3u8"),
+                    init_key=join_key(t.segment_prefix_key, "init.mp4"),
+                    segment_keys=sorted(k for k in keys if k.endswith(".m4s")),
+                    duration_s=(t.duration_ms or 0) / 1000,
+                    bandwidth=t.bandwidth,
+                )
+            if t.error:
+                entry["error"] = t.error
+            transcodes[t.format] = entry
+        master = master_key(version_id)
+        return {
+            "version_id": str(version.id),
+            "track_id": str(version.track_id),
+            "status": version.status,
+            "error": version.error,
+            "storage_url": storage.url,
+            "master_key": master if version.status == "ready" and storage.exists(master) else None,
+            "duration_s": (version.duration_ms or 0) / 1000 if version.duration_ms else None,
+            "sample_rate": version.sample_rate,
+            "channels": version.channels,
+            "loudness": {"integrated_lufs": version.loudness_lufs, "loudness_range_lu": version.loudness_range,
+                         "true_peak_dbtp": version.true_peak},
+            "transcodes": transcodes,
+            "warnings": list(version.warnings or []),
+        }

@@ -1,0 +1,71 @@
+"""Prefect tasks around the HLS functions: encode under the global limits, publish, record, report progress."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from roadie import progress
+from roadie.retries import transient_retries
+from roadie.storage import get_storage
+from roadie import limits
+from tasks import catalog
+from tasks.media import hls
+from tasks.media.ffmpeg import AudioInfo
+
+
+class _ProgressArtifact:
+    """A Prefect progress artifact per rendition, updated every 5 %, mirrored to CLI listeners."""
+
+    def __init__(self, version_id: str, fmt: str):
+        self.version_id, self.fmt, self.last = version_id, fmt, -5.0
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}")
+
+    def __call__(self, percent: float) -> None:
+        progress.report(self.version_id, self.fmt, percent)
+        if percent - self.last >= 5 or percent >= 100:
+            self.last = percent
+            update_progress_artifact(self.artifact_id, progress=percent)
+
+
+@task(name="transcode-rendition", task_run_name="transcode-{fmt}", tags=["transcode"])
+def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, workdir: Path,
+                        primary: bool) -> hls.Rendition:
+    from roadie.settings import get_settings
+
+    catalog.record_transcode(version_id, fmt, status="processing")
+    reporter = _ProgressArtifact(version_id, fmt)
+    with limits.encode_slot():
+        # Secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
+        local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
+                                     source_codec=info.codec, segment_seconds=get_settings().hls_segment_seconds,
+                                     on_progress=reporter, nice=0 if primary else 10)
+    rendition = publish_rendition(version_id, local)
+    return rendition
+
+
+@task(name="publish-rendition", **transient_retries())
+def publish_rendition(version_id: str, local: hls.LocalRendition) -> hls.Rendition:
+    storage = get_storage()
+    rendition = hls.publish_rendition(storage, version_id, local)
+    catalog.record_transcode(version_id, local.format, status="ready", storage=storage,
+                             playlist_key=rendition.playlist_key, playlist_size=rendition.playlist_size,
+                             prefix=rendition.prefix, bandwidth=rendition.bandwidth,
+                             segment_count=len(rendition.segment_keys), duration_s=rendition.duration_s)
+    publish_master(version_id)
+    return rendition
+
+
+def publish_master(version_id: str) -> str:
+    """Rewrite `{version_id}/master.m3u8` from the ready renditions. A single object write: never half a list."""
+    storage = get_storage()
+    variants = [
+        hls.VariantEntry(t.format, f"{t.format}/playlist.m3u8", t.bandwidth or hls.HLS_FORMATS[t.format][2], None,
+                         hls.HLS_FORMATS[t.format][1])
+        for t in catalog.ready_transcodes(version_id)
+    ]
+    key = hls.master_key(version_id)
+    storage.put_bytes(key, hls.build_master_playlist(variants).encode(), "application/vnd.apple.mpegurl")
+    return key

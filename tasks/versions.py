@@ -1,0 +1,69 @@
+"""Thin Prefect tasks over the catalogue and the original: state changes retry (database), input never does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from roadie.retries import transient_retries
+from roadie.storage import get_storage, safe_filename
+from tasks import catalog
+from tasks.media import ffmpeg
+
+RETRY = transient_retries()
+
+
+@task(name="start-processing", **RETRY)
+def start_processing(version_id: str, formats: list[str] | None) -> catalog.VersionJob:
+    return catalog.start_processing(version_id, formats)
+
+
+@task(name="fetch-original", **RETRY)
+def fetch_original(job: catalog.VersionJob, workdir: Path) -> Path:
+    """Download the original once per run; every step reads this one local copy."""
+    dst = workdir / f"original-{safe_filename(job.original_name)}"
+    get_storage().download(job.original_key, dst)
+    return dst
+
+
+@task(name="probe-original")
+def probe_original(version_id: str, src: Path) -> ffmpeg.AudioInfo:
+    info = ffmpeg.probe(src)
+    catalog.set_media_info(version_id, info.duration_s, info.sample_rate, info.channels)
+    return info
+
+
+@task(name="mark-ready", **RETRY)
+def mark_ready(version_id: str, required: list[str]) -> None:
+    catalog.mark_ready(version_id, required)
+
+
+@task(name="add-warning", **RETRY)
+def add_warning(version_id: str, message: str) -> None:
+    catalog.add_warning(version_id, message)
+
+
+@task(name="mark-failed", **RETRY)
+def mark_failed(version_id: str, message: str) -> None:
+    catalog.mark_failed(version_id, message)
+
+
+@task(name="discard-outputs", **RETRY)
+def discard_outputs(version_id: str) -> int:
+    """A failed version shows nothing: remove whatever was already published under its prefix."""
+    from roadie.storage import delete_prefix
+
+    return delete_prefix(get_storage(), version_id)
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a person reads in track_versions.error: the cause, and what to do about it."""
+    from roadie.errors import InvalidInput, is_transient
+
+    if isinstance(exc, InvalidInput):
+        return str(exc)
+    if isinstance(exc, ffmpeg.FFmpegError):
+        return f"could not transcode the upload ({exc}); check that it is a complete, playable audio file"
+    if is_transient(exc):
+        return f"storage or database unavailable after retries ({type(exc).__name__}: {exc}); retry the job"
+    return f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists"
