@@ -95,6 +95,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            from roadie.limits import ensure_limits
+
+            ensure_limits()  # flows take their slots with strict=True
             yield server.url
     finally:
         if old is None:

@@ -1,0 +1,3 @@
+from roadie.cli import app
+
+app()
