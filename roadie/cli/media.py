@@ -118,3 +118,18 @@ def _show(result: dict, as_json: bool) -> None:
         say(f"failed: {result['input']}: {result['error']}")
     for warning in result.get("warnings", []):
         say(f"  warning: {warning}")
+
+
+@app.command()
+def sample(
+    out: Path = typer.Argument(..., help="WAV file to write."),
+    seconds: float = typer.Option(30.0, min=0.5, help="Length in seconds."),
+    rate: int = typer.Option(48000, help="Sample rate in Hz."),
+    channels: int = typer.Option(2, min=1, max=8, help="Channel count."),
+    seed: int = typer.Option(0, help="Different seeds give different melodies."),
+) -> None:
+    """Write a music-like sample track (notes, harmonics and a beat) to try roadie with."""
+    from roadie.sample import write_sample
+
+    write_sample(out, seconds, rate, channels, seed)
+    say(f"wrote {out} ({seconds:g} s, {rate} Hz, {channels} ch)")
