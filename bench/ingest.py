@@ -1,0 +1,105 @@
+"""bench/ingest: the original design's sequential recipe against `roadie ingest`, on the same input, in one run.
+
+    .venv/bin/python bench/ingest.py [--seconds 240]
+
+Prints wall times and ratios. The original recipe is its own separate commands run one after another:
+opus HLS, aac HLS, ebur128, fpcalc. roadie runs the real CLI (flow on a warm local Prefect server, SQLite,
+local folder), reports time to playable and time to all outputs, beside the floor: the slowest single encode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from roadie.sample import write_sample  # noqa: E402
+from tasks.media.ffmpeg import ffmpeg_binary  # noqa: E402
+
+
+def timed(cmd: list[str], **kwargs) -> float:
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    return time.monotonic() - started
+
+
+def hls(src: Path, out: Path, codec: list[str]) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    return [ffmpeg_binary(), "-y", "-i", str(src), *codec, "-vn", "-f", "hls", "-hls_time", "6", "-hls_list_size", "0",
+            "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4",
+            "-hls_segment_filename", str(out / "segment_%03d.m4s"), str(out / "playlist.m3u8")]
+
+
+def original_recipe(src: Path, work: Path) -> dict[str, float]:
+    steps = {
+        "opus_hls": hls(src, work / "opus", ["-c:a", "libopus", "-b:a", "160k"]),
+        "aac_hls": hls(src, work / "aac", ["-c:a", "aac", "-b:a", "256k"]),
+        "ebur128": [ffmpeg_binary(), "-i", str(src), "-filter:a", "ebur128=peak=true", "-f", "null", "-"],
+        "fpcalc": [shutil.which("fpcalc") or "fpcalc", "-json", str(src)],
+    }
+    return {name: timed(cmd) for name, cmd in steps.items()}
+
+
+def roadie_ingest(src: Path, env: dict[str, str]) -> tuple[float, dict]:
+    started = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).with_name("roadie")), "ingest", "--json", "--formats",
+                           "hls_opus,hls_aac", str(src)], env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"roadie ingest failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return wall, json.loads(proc.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=240.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="roadie-bench-") as tmp:
+        work = Path(tmp)
+        src = write_sample(work / "track.wav", args.seconds, 48000, 2)
+        tiny = write_sample(work / "tiny.wav", 1.0, 48000, 2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_API"))}
+        env.update(ROADIE_HOME=str(work / "home"), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()))
+
+        cold, _ = roadie_ingest(tiny, env)  # first use: migrates SQLite, starts the local Prefect server
+        warm, _ = roadie_ingest(tiny, env)  # per call: process start, imports, one flow run
+        steps = original_recipe(src, work / "recipe")
+        recipe = sum(steps.values())
+        wall, result = roadie_ingest(src, env)
+        assert result["status"] == "ready", result
+        playable, total = result["timings"]["playable_s"], result["timings"]["total_s"]
+        floor = max(steps["opus_hls"], steps["aac_hls"])
+        subprocess.run([str(Path(sys.executable).with_name("roadie")), "--help"], env=env, capture_output=True)
+        _stop_server(env)
+
+    print(f"input: {args.seconds:g} s music-like, 48 kHz stereo WAV; {os.cpu_count()} cores")
+    print("original recipe (sequential): " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
+          + f" = {recipe:.2f} s")
+    print(f"floor (slowest single encode, aac_hls alone): {floor:.2f} s = {floor / recipe:.2f}x recipe")
+    print(f"roadie ingest, time to playable (in flow): {playable:.2f} s = {playable / recipe:.2f}x recipe")
+    print(f"roadie ingest, time to all outputs (in flow): {total:.2f} s = {total / recipe:.2f}x recipe")
+    print(f"roadie ingest, whole CLI process: {wall:.2f} s = {wall / recipe:.2f}x recipe")
+    print(f"CLI overhead on a 1 s file: first use {cold:.2f} s (starts the local Prefect server), "
+          f"then {warm:.2f} s per call")
+
+
+def _free_port() -> int:
+    from roadie.services import free_port
+
+    return free_port()
+
+
+def _stop_server(env: dict[str, str]) -> None:
+    subprocess.run([str(Path(sys.executable).with_name("roadie")), "server", "stop"], env=env, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

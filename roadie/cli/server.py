@@ -1,0 +1,39 @@
+"""`roadie server …`: the local Prefect server that the CLI starts under ROADIE_HOME and reuses."""
+from __future__ import annotations
+
+import typer
+
+from roadie.cli.app import app, say
+
+server_app = typer.Typer(help="The local Prefect server the CLI reuses (under ROADIE_HOME/prefect).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def start() -> None:
+    """Start the local server (if it is not running) and print its UI address."""
+    from roadie.prefect_local import ensure_api
+
+    say(f"Prefect UI: {ensure_api().removesuffix('/api')}")
+
+
+@server_app.command("status")
+def status() -> None:
+    """Say whether the API the CLI would use answers. Exit code 1 if not."""
+    from roadie import services
+    from roadie.prefect_local import local_api_url
+    from roadie.settings import get_settings
+
+    url = get_settings().prefect_api_url or local_api_url()
+    healthy = services.prefect_api_healthy(url)
+    say(f"{url}: {'healthy' if healthy else 'not answering'}")
+    raise typer.Exit(0 if healthy else 1)
+
+
+@server_app.command("stop")
+def stop() -> None:
+    """Stop the local server this ROADIE_HOME started."""
+    from roadie.prefect_local import stop_local
+
+    say("stopped" if stop_local() else "no local server was started from this ROADIE_HOME")
