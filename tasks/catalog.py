@@ -253,3 +253,15 @@ def describe_version(version_id: str, storage: Storage | None = None) -> dict[st
             "transcodes": transcodes,
             "warnings": list(version.warnings or []),
         }
+
+
+def load_job(version_id: str) -> VersionJob:
+    """The version and its original, without changing its status (for reprocessing flows)."""
+    vid = parse_uuid(version_id)
+    with session_scope() as session:
+        row = session.execute(select(TrackVersion, Asset).join(Asset, Asset.id == TrackVersion.original_asset_id)
+                              .where(TrackVersion.id == vid)).one_or_none()
+        if row is None:
+            raise InvalidInput(f"track version {version_id} does not exist")
+        version, asset = row
+        return VersionJob(str(version.id), str(version.track_id), asset.key, Path(asset.key).name, (), ())

@@ -67,3 +67,8 @@ def failure_message(exc: BaseException) -> str:
     if is_transient(exc):
         return f"storage or database unavailable after retries ({type(exc).__name__}: {exc}); retry the job"
     return f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists"
+
+
+@task(name="load-version", **RETRY)
+def load_job(version_id: str) -> catalog.VersionJob:
+    return catalog.load_job(version_id)

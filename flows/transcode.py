@@ -1,0 +1,37 @@
+"""transcode: rebuild HLS renditions of one version (reprocessing; media-ingest does this for new uploads)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+
+from roadie import limits
+from roadie.settings import get_settings
+from tasks import catalog, versions
+from tasks.media.transcode import transcode_rendition
+
+
+@flow(name="transcode", flow_run_name="transcode-{version_id}")
+def transcode(version_id: str, formats: list[str] | None = None) -> dict:
+    """Re-encode and republish the given renditions. The version keeps its status; failures are recorded per
+    rendition and fail the run."""
+    wanted = catalog.parse_formats(formats)
+    job = versions.load_job(version_id)
+    with tempfile.TemporaryDirectory(prefix="roadie-transcode-", dir=get_settings().tmp_dir) as tmp:
+        workdir = Path(tmp)
+        src = versions.fetch_original(job, workdir)
+        info = versions.probe_original(version_id, src)
+        limits.transcode_started()
+        futures = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0)
+                   for i, fmt in enumerate(wanted)}
+        failed = []
+        for fmt, future in futures.items():
+            try:
+                future.result()
+            except Exception as exc:
+                catalog.record_transcode(version_id, fmt, status="failed", error=versions.failure_message(exc))
+                failed.append(f"{fmt}: {versions.failure_message(exc)}")
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return catalog.describe_version(version_id)
