@@ -1,6 +1,6 @@
 """The `roadie` command. Each domain registers its commands from its own module; imports stay lazy so
 `roadie --help` is quick (importing Prefect alone takes seconds)."""
 from roadie.cli.app import app
-from roadie.cli import db, media  # noqa: F401  (registers commands)
+from roadie.cli import db, media, server  # noqa: F401  (registers commands)
 
 __all__ = ["app"]
