@@ -2,5 +2,6 @@
 `roadie --help` is quick (importing Prefect alone takes seconds)."""
 from roadie.cli.app import app
 from roadie.cli import db, media, server  # noqa: F401  (registers commands)
+from roadie.cli import ops  # noqa: F401
 
 __all__ = ["app"]

@@ -1,0 +1,59 @@
+"""dead-letter: record a job run that failed or crashed for good. Started by a server-side automation, so it
+runs even when the failed run's own process died."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from roadie.ops import dead_letter
+from roadie.ops.client import PrefectREST
+from roadie.ops.settings import get_ops_settings
+from roadie.retries import transient_retries
+
+RETRY = transient_retries()
+
+
+@task(name="read-failed-run", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+def read_failed_run(flow_run_id: str) -> dead_letter.FailedRun:
+    # The API is the network: any error reading it is worth a retry.
+    with PrefectREST.from_settings() as client:
+        return dead_letter.describe_failed_run(client, flow_run_id)
+
+
+@task(name="record-failed-job", **RETRY)
+def record_failed_job(failed: dead_letter.FailedRun) -> dead_letter.DeadLetter:
+    return dead_letter.record(failed)
+
+
+@task(name="notify-webhook", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+def notify_webhook(letter: dead_letter.DeadLetter, url: str) -> int:
+    return dead_letter.notify_webhook(letter, url)
+
+
+@task(name="notify-block", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+def notify_block(letter: dead_letter.DeadLetter, block: str) -> None:
+    dead_letter.notify_block(letter, block)
+
+
+@flow(name="dead-letter", flow_run_name="dead-letter-{flow_run_id}")
+def record_dead_letter(flow_run_id: str) -> dict:
+    """Write the failed_jobs row, emit `roadie.job.dead-lettered`, notify; the first time only for the last two."""
+    log = get_run_logger()
+    failed = read_failed_run(flow_run_id)
+    letter = record_failed_job(failed)
+    log.warning("%s run %s ended %s after %d attempt(s): %s", failed.deployment_name or failed.flow_name,
+                failed.flow_run_name, failed.state, failed.attempts, failed.error)
+    if letter.first_time:
+        dead_letter.emit(letter)
+        settings = get_ops_settings()
+        if settings.dead_letter_webhook_url:
+            notify_webhook(letter, settings.dead_letter_webhook_url)
+        if settings.dead_letter_notify_block:
+            notify_block(letter, settings.dead_letter_notify_block)
+    create_markdown_artifact(
+        key="dead-letter", description=f"failed job {letter.id}",
+        markdown=(f"### {failed.deployment_name or failed.flow_name}: `{failed.flow_run_name}` {failed.state}\n\n"
+                  f"| | |\n|---|---|\n| attempts | {failed.attempts} |\n| failed at | {failed.failed_at:%Y-%m-%d %H:%M:%S} UTC |\n"
+                  f"| parameters | `{failed.parameters}` |\n| failed job | `{letter.id}` |\n\n"
+                  f"**error:** {failed.error}\n\nRe-queue: `roadie failed --retry {letter.id}`"))
+    return dead_letter.payload(letter)

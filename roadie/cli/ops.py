@@ -1,0 +1,235 @@
+"""Operating roadie on Prefect: setup, serve, health, failed, trigger, register."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from roadie.cli.app import app, emit_json, fail, say
+
+trigger_app = typer.Typer(help="Start a deployed job over Prefect's REST API (what the platform's API does).",
+                          no_args_is_help=True)
+app.add_typer(trigger_app, name="trigger")
+
+
+def _client(api_url: Optional[str] = None):
+    from roadie.ops.client import PrefectREST
+
+    return PrefectREST.from_settings(api_url)
+
+
+@app.command()
+def setup(
+    docker: bool = typer.Option(True, help="Also create the roadie-docker pool (production)."),
+    deploy: bool = typer.Option(False, "--deploy", help="Then deploy prefect.yaml (every flow that exists)."),
+    db: bool = typer.Option(True, help="Also migrate ROADIE_DATABASE_URL (failed_jobs lives there)."),
+    api_url: Optional[str] = typer.Option(None, help="Prefect API (default: configured, else the local server)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create pools, prioritised work queues, global limits and crash detection. Safe to run again."""
+    from deployments.topology import ensure_topology
+    from roadie.prefect_local import ensure_api
+
+    url = api_url or ensure_api()
+    if db:
+        from roadie.db.session import upgrade
+
+        upgrade()
+    with _client(url) as client:
+        done = ensure_topology(client, docker=docker)
+    if deploy:
+        from roadie.ops.serve import deploy as run_deploy
+
+        result = run_deploy(url)
+        done.update(deployed=list(result.deployed), not_deployed=list(result.missing))
+    if as_json:
+        emit_json(done)
+        return
+    say(f"pools: {', '.join(done['pools'])}; queues: {', '.join(done['queues'])}; limits: {', '.join(done['limits'])}")
+    say(f"runs without a heartbeat for {done['zombie_after_seconds']} s are marked Crashed")
+    if deploy:
+        say(f"deployed: {', '.join(done['deployed'])}")
+        if done["not_deployed"]:
+            say(f"not deployed (flow module missing): {', '.join(done['not_deployed'])}")
+
+
+@app.command()
+def serve(
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Process workers to start."),
+    limit: Optional[int] = typer.Option(None, help="Flow runs at once per worker (default: no limit)."),
+    port: Optional[int] = typer.Option(None, help="Health/metrics port (default ROADIE_HEALTH_PORT, 3001)."),
+    health: bool = typer.Option(True, help="Serve /health and /metrics."),
+    grace: float = typer.Option(60.0, help="Seconds runs in flight get to finish after Ctrl-C."),
+    as_json: bool = typer.Option(False, "--json", help="Print the URLs as one JSON line once ready."),
+) -> None:
+    """Everything on one machine: a Prefect server (unless one is configured), setup, deployments, N workers
+    and the health endpoint. Ctrl-C stops all of it."""
+    from roadie.ops.serve import serve as run_serve
+    from roadie.ops.settings import get_ops_settings
+
+    run_serve(workers=workers, port=port if port is not None else get_ops_settings().health_port, limit=limit,
+              grace_s=grace, health=health, say=say, ready=emit_json if as_json else None)
+
+
+@app.command()
+def health(
+    serve_http: bool = typer.Option(False, "--serve", help="Serve GET /health and /metrics until interrupted."),
+    port: Optional[int] = typer.Option(None, help="Port for --serve (default ROADIE_HEALTH_PORT, 3001)."),
+    host: Optional[str] = typer.Option(None, help="Address for --serve (default ROADIE_HEALTH_HOST)."),
+    api_url: Optional[str] = typer.Option(None),
+) -> None:
+    """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
+    from roadie.ops.health import OpsServer, check_health
+    from roadie.ops.settings import get_ops_settings
+
+    settings = get_ops_settings()
+    with _client(api_url) as client:
+        if serve_http:
+            server = OpsServer(client, host or settings.health_host, port if port is not None else settings.health_port)
+            say(f"serving http://{host or settings.health_host}:{server.port}/health and /metrics "
+                f"from {client.api_url}")
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.httpd.server_close()
+            return
+        report = check_health(client, settings)
+    emit_json(report.as_json())
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+def failed(
+    retry: Optional[str] = typer.Option(None, "--retry", help="Re-queue this failed job (id, flow run id, or a "
+                                        "unique prefix of either) with its original parameters."),
+    sync: bool = typer.Option(False, "--sync", help="First file failed/crashed runs of the last day that the "
+                              "automation missed."),
+    limit: int = typer.Option(50, help="How many to list."),
+    pending: bool = typer.Option(False, "--pending", help="Only jobs not retried yet."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List jobs that failed for good (newest first), or re-queue one."""
+    from roadie.ops import dead_letter
+
+    if sync or retry:
+        with _client() as client:
+            if sync:
+                added = dead_letter.sweep(client)
+                say(f"filed {len(added)} missed failed run(s)")
+            if retry:
+                try:
+                    job, run_id, created = dead_letter.retry(client, retry)
+                except (LookupError, ValueError) as exc:
+                    raise fail(str(exc))
+                out = {"failed_job_id": str(job.id), "deployment": job.deployment_name, "flow_run_id": run_id,
+                       "created": created, "parameters": job.parameters}
+                if as_json:
+                    emit_json(out)
+                else:
+                    say(f"{'re-queued' if created else 'already re-queued'} {job.deployment_name} "
+                        f"{json.dumps(job.parameters)} as flow run {run_id}")
+                return
+    rows = dead_letter.list_failed(limit=limit, include_retried=not pending)
+    if as_json:
+        for row in rows:
+            emit_json({"id": str(row.id), "flow": row.flow_name, "deployment": row.deployment_name,
+                       "flow_run_id": str(row.flow_run_id), "flow_run_name": row.flow_run_name,
+                       "parameters": row.parameters, "state": row.state, "error": row.error,
+                       "attempts": row.attempts, "failed_at": row.failed_at.isoformat(),
+                       "retried_at": row.retried_at.isoformat() if row.retried_at else None,
+                       "retry_flow_run_id": str(row.retry_flow_run_id) if row.retry_flow_run_id else None})
+        return
+    if not rows:
+        say("no failed jobs")
+    for row in rows:
+        retried = f"  retried -> {row.retry_flow_run_id}" if row.retried_at else ""
+        say(f"{str(row.id)[:8]}  {row.failed_at:%Y-%m-%d %H:%M}  {row.deployment_name or row.flow_name:<17} "
+            f"{row.state:<8} x{row.attempts}  {row.flow_run_name}{retried}")
+        say(f"          {row.error[:200]}")
+
+
+@trigger_app.command("ingest")
+def trigger_ingest(
+    version_id: str = typer.Option(..., "--version-id", help="A version registered by the API or `roadie register`."),
+    formats: Optional[str] = typer.Option(None, help="Comma-separated renditions, primary first."),
+    wait: bool = typer.Option(False, "--wait", help="Poll until the run is final; exit 1 unless Completed."),
+    timeout: float = typer.Option(900.0, help="Seconds --wait waits."),
+) -> None:
+    """POST create_flow_run on media-ingest with idempotency key media-ingest:{version_id}; prints the run."""
+    from roadie.ops.client import PrefectAPIError
+
+    wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    with _client() as client:
+        try:
+            triggered = client.trigger_ingest(version_id, wanted)
+        except (LookupError, PrefectAPIError) as exc:
+            raise fail(str(exc))
+        run = triggered.flow_run
+        emit_json({"flow_run_id": run.id, "created": triggered.created, "state": run.state_name,
+                   "idempotency_key": triggered.idempotency_key, "ui": f"{client.ui_url}/runs/flow-run/{run.id}"})
+        if wait:
+            final = client.wait_for_flow_run(run.id, timeout_s=timeout)
+            emit_json({"flow_run_id": final.id, "name": final.name, "state": final.state_name,
+                       "message": final.state_message})
+            raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
+
+
+@trigger_app.command("job")
+def trigger_job(
+    deployment: str = typer.Argument(..., help="Deployment name (e.g. waveform, analytics-rollup) or flow/name."),
+    params: str = typer.Option("{}", "--params", help='Parameters as JSON, e.g. \'{"version_id": "…"}\'.'),
+    key: Optional[str] = typer.Option(None, "--key", help="Idempotency key; it should start with the deployment "
+                                      "name (keys are unique per flow, not per deployment)."),
+    wait: bool = typer.Option(False, "--wait"),
+    timeout: float = typer.Option(900.0),
+) -> None:
+    """Start any roadie deployment with parameters (reprocessing one version, a rollup backfill …)."""
+    from roadie.ops.client import PrefectAPIError
+
+    try:
+        parameters = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--params is not JSON: {exc}")
+    with _client() as client:
+        try:
+            triggered = client.create_flow_run(deployment, parameters, idempotency_key=key)
+        except (LookupError, PrefectAPIError) as exc:
+            raise fail(str(exc))
+        run = triggered.flow_run
+        emit_json({"flow_run_id": run.id, "created": triggered.created, "state": run.state_name,
+                   "ui": f"{client.ui_url}/runs/flow-run/{run.id}"})
+        if wait:
+            final = client.wait_for_flow_run(run.id, timeout_s=timeout)
+            emit_json({"flow_run_id": final.id, "name": final.name, "state": final.state_name,
+                       "message": final.state_message})
+            raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
+
+
+@app.command()
+def register(
+    path: Path = typer.Argument(..., help="The uploaded audio file."),
+    owner: Optional[str] = typer.Option(None, help="Username of the owning artist (created if new)."),
+    title: Optional[str] = typer.Option(None, help="Track title (default: the file name)."),
+    lossless: bool = typer.Option(False, help="Whitelist the owner for hls_alac."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"version_id", "asset_key"}.'),
+) -> None:
+    """What the API does before it triggers media-ingest: store the original, create the asset, track and
+    version rows (`pending`). Runs no flow."""
+    from roadie.cli.media import prepare_database
+    from roadie.errors import InvalidInput
+    from tasks.catalog import register_upload
+
+    prepare_database()
+    try:
+        reg = register_upload(path, title=title, owner=owner, lossless=lossless)
+    except InvalidInput as exc:
+        raise fail(str(exc))
+    if as_json:
+        emit_json({"version_id": reg.version_id, "asset_key": reg.asset_key})
+    else:
+        say(f"registered version {reg.version_id} ({reg.asset_key}); start it with "
+            f"`roadie trigger ingest --version-id {reg.version_id}`")

@@ -1,0 +1,204 @@
+"""Dead letters: a job that failed for good gets a `failed_jobs` row, a Prefect event and a notification.
+
+Nothing here runs inside the dying run. An automation on the server reacts to `prefect.flow-run.Failed` /
+`Crashed` events of runs tagged `roadie-job` and starts the `dead-letter` deployment (flows/dead_letter.py)
+on any live worker; a second automation turns runs whose heartbeats stopped (the worker was killed) into
+`Crashed`, which then lands here the same way. `sweep()` catches up on anything the automations missed.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+
+from roadie.db.models import TrackVersion
+from roadie.db.models_ops import FailedJob
+from roadie.db.session import session_scope
+from roadie.ops.client import PrefectREST, strip_resource_prefix
+
+DEAD_STATE_TYPES = ("FAILED", "CRASHED")
+JOB_TAG = "roadie-job"
+EVENT_NAME = "roadie.job.dead-lettered"
+# Jobs whose parameters name a track version; a crash leaves that version `processing` unless we fail it.
+VERSION_JOBS = frozenset({"media-ingest", "transcode"})
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """Everything failed_jobs keeps about one run, read from the Prefect API."""
+
+    flow_run_id: str
+    flow_run_name: str
+    flow_name: str
+    deployment_name: Optional[str]
+    parameters: dict[str, Any]
+    state: str
+    error: str
+    attempts: int
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    failed: FailedRun
+    first_time: bool
+
+
+def describe_failed_run(client: PrefectREST, flow_run_id: str) -> FailedRun:
+    run = client.read_flow_run(strip_resource_prefix(flow_run_id))
+    if run.state_type not in DEAD_STATE_TYPES:
+        raise ValueError(f"flow run {run.name} is {run.state_name}, not failed or crashed")
+    flow = client.request("GET", f"/flows/{run.flow_id}").json()
+    deployment = client.request("GET", f"/deployments/{run.deployment_id}").json() if run.deployment_id else None
+    # Attempts: a retried step counts each try, so "4" says the retries ran out, "1" that nothing was retried.
+    task_attempts = [t.run_count for t in client.task_runs_of([run.id]) if t.state_type in DEAD_STATE_TYPES]
+    return FailedRun(
+        flow_run_id=run.id, flow_run_name=run.name, flow_name=flow["name"],
+        deployment_name=deployment["name"] if deployment else None, parameters=dict(run.parameters),
+        state=run.state_name or run.state_type or "Failed",
+        error=(run.state_message or f"{run.state_name} without a message")[:10_000],
+        attempts=max([run.run_count, 1, *task_attempts]),
+        failed_at=run.end_time or datetime.now(timezone.utc),
+    )
+
+
+def record(failed: FailedRun) -> DeadLetter:
+    """Insert or refresh the failed_jobs row of this run (one row per run: a rerun of the hook is harmless)."""
+    run_id = uuid.UUID(failed.flow_run_id)
+    values = dict(flow_name=failed.flow_name, deployment_name=failed.deployment_name,
+                  flow_run_name=failed.flow_run_name, parameters=failed.parameters, state=failed.state,
+                  error=failed.error, attempts=failed.attempts, failed_at=failed.failed_at)
+    with session_scope() as session:
+        row = session.scalar(select(FailedJob).where(FailedJob.flow_run_id == run_id).with_for_update())
+        first_time = row is None
+        if row is None:
+            row = FailedJob(flow_run_id=run_id, **values)
+            session.add(row)
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        session.flush()
+        row_id = str(row.id)
+    if failed.deployment_name in VERSION_JOBS:
+        fail_stranded_version(failed)
+    return DeadLetter(row_id, failed, first_time)
+
+
+def fail_stranded_version(failed: FailedRun) -> bool:
+    """A crashed ingest never marked its version; do it here so the API does not show `processing` forever."""
+    try:
+        version_id = uuid.UUID(str(failed.parameters.get("version_id")))
+    except ValueError:
+        return False
+    message = (f"the {failed.deployment_name} run {failed.flow_run_name} ended {failed.state}: {failed.error}; "
+               f"retry it with `roadie failed --retry`")
+    with session_scope() as session:
+        done = session.execute(update(TrackVersion).where(
+            TrackVersion.id == version_id, TrackVersion.status.in_(("pending", "processing")))
+            .values(status="failed", error=message[:2000]))
+        return bool(done.rowcount)
+
+
+def notification_text(letter: DeadLetter) -> tuple[str, str]:
+    f = letter.failed
+    subject = f"roadie: {f.deployment_name or f.flow_name} run {f.flow_run_name} {f.state.lower()}"
+    body = (f"{subject} after {f.attempts} attempt(s) at {f.failed_at.isoformat()}.\n"
+            f"error: {f.error}\nparameters: {f.parameters}\n"
+            f"failed job {letter.id}; re-queue with `roadie failed --retry {letter.id}`")
+    return subject, body
+
+
+def payload(letter: DeadLetter) -> dict[str, Any]:
+    f = letter.failed
+    return {"failed_job_id": letter.id, "flow": f.flow_name, "deployment": f.deployment_name,
+            "flow_run_id": f.flow_run_id, "flow_run_name": f.flow_run_name, "parameters": f.parameters,
+            "state": f.state, "error": f.error, "attempts": f.attempts, "failed_at": f.failed_at.isoformat()}
+
+
+def emit(letter: DeadLetter) -> None:
+    """A `roadie.job.dead-lettered` event, related to the failed run, for automations and the event feed."""
+    from prefect.events import emit_event
+
+    f = letter.failed
+    related = [{"prefect.resource.id": f"prefect.flow-run.{f.flow_run_id}", "prefect.resource.role": "flow-run",
+                "prefect.resource.name": f.flow_run_name}]
+    emit_event(event=EVENT_NAME, resource={"prefect.resource.id": f"roadie.failed-job.{letter.id}",
+                                           "prefect.resource.name": f"{f.deployment_name or f.flow_name} "
+                                                                    f"{f.flow_run_name}"},
+               related=related, payload=payload(letter))
+
+
+def notify_webhook(letter: DeadLetter, url: str, timeout_s: float = 10.0) -> int:
+    """POST the failed job as JSON; a non-2xx answer raises (the task retries it)."""
+    import httpx
+
+    subject, body = notification_text(letter)
+    response = httpx.post(url, json={**payload(letter), "subject": subject, "text": body}, timeout=timeout_s)
+    response.raise_for_status()
+    return response.status_code
+
+
+def notify_block(letter: DeadLetter, block: str) -> None:
+    """Send through a saved Prefect notification block, e.g. `slack-webhook/ops` or `custom-webhook/pager`."""
+    from prefect.blocks.core import Block
+
+    subject, body = notification_text(letter)
+    Block.load(block).notify(body, subject=subject)  # type: ignore[attr-defined]
+
+
+def sweep(client: PrefectREST, since: timedelta = timedelta(days=1)) -> list[DeadLetter]:
+    """Record failed or crashed job runs that have no failed_jobs row yet (e.g. no worker ran the hook)."""
+    started = datetime.now(timezone.utc) - since
+    runs = client.filter_flow_runs({"state": {"type": {"any_": list(DEAD_STATE_TYPES)}},
+                                    "tags": {"all_": [JOB_TAG]}, "end_time": {"after_": started.isoformat()}})
+    with session_scope() as session:
+        known = {str(r) for r in session.scalars(select(FailedJob.flow_run_id).where(
+            FailedJob.flow_run_id.in_([uuid.UUID(r.id) for r in runs])))} if runs else set()
+    return [record(describe_failed_run(client, r.id)) for r in runs if r.id not in known]
+
+
+def list_failed(limit: int = 50, include_retried: bool = True) -> list[FailedJob]:
+    with session_scope() as session:
+        query = select(FailedJob).order_by(FailedJob.failed_at.desc()).limit(limit)
+        if not include_retried:
+            query = query.where(FailedJob.retried_at.is_(None))
+        return list(session.scalars(query))
+
+
+def find_failed(job_id: str) -> FailedJob:
+    """By failed-job id or flow run id (the UI shows the latter); a unique prefix of either is enough."""
+    job_id = job_id.strip().lower()
+    with session_scope() as session:
+        try:
+            exact = uuid.UUID(job_id)
+            rows = list(session.scalars(select(FailedJob).where(
+                (FailedJob.id == exact) | (FailedJob.flow_run_id == exact))))
+        except ValueError:
+            recent = session.scalars(select(FailedJob).order_by(FailedJob.failed_at.desc()).limit(5000))
+            rows = [row for row in recent if str(row.id).startswith(job_id) or str(row.flow_run_id).startswith(job_id)]
+    if len(rows) != 1:
+        raise LookupError(f"{'no' if not rows else len(rows)} failed job(s) match {job_id!r}")
+    return rows[0]
+
+
+def retry(client: PrefectREST, job_id: str) -> tuple[FailedJob, str, bool]:
+    """Re-queue a failed job as a new run with the same parameters; retrying the same row twice is one run."""
+    job = find_failed(job_id)
+    if not job.deployment_name:
+        raise ValueError(f"failed job {job.id} was not started from a deployment; run it again by hand")
+    flow_slug = job.flow_name
+    triggered = client.create_flow_run(f"{flow_slug}/{job.deployment_name}", job.parameters,
+                                       idempotency_key=f"{job.deployment_name}:retry:{job.id}")
+    with session_scope() as session:
+        row = session.get(FailedJob, job.id)
+        assert row is not None
+        row.retried_at = row.retried_at or datetime.now(timezone.utc)
+        row.retry_flow_run_id = uuid.UUID(triggered.flow_run.id)
+        session.flush()
+        session.refresh(row)
+        job = row
+    return job, triggered.flow_run.id, triggered.created

@@ -1,0 +1,277 @@
+"""`/health` and Prometheus `/metrics`, both computed from the Prefect API (the runs are the truth).
+
+A "queue" is a job, i.e. one roadie deployment (`media-ingest`, `transcode`, … `distribution`), as in the
+original design's one queue per job. Figures:
+- waiting: runs due to start (Scheduled with a start time already past, or Pending);
+- active: Running (or Cancelling) runs;
+- failed: runs that ended Failed or Crashed within the health window.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable, Optional
+
+from roadie.ops.client import Deployment, FlowRun, PrefectREST, iso
+from roadie.ops.settings import OpsSettings, get_ops_settings
+
+JOB_TAG = "roadie-job"
+DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Terminal state type -> the `status` label of roadie_jobs_processed_total.
+STATUS_LABELS = {"COMPLETED": "completed", "FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled"}
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    waiting: int
+    active: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    status: str
+    queues: dict[str, QueueFigures]
+    workers_online: int
+    failed_in_window: int
+    window_minutes: int
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "healthy"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "queues": {name: {"waiting": q.waiting, "active": q.active, "failed": q.failed}
+                       for name, q in self.queues.items()},
+            "workers_online": self.workers_online,
+            "failed_in_window": self.failed_in_window,
+            "window_minutes": self.window_minutes,
+            "reasons": list(self.reasons),
+        }
+
+
+def job_deployments(client: PrefectREST) -> list[Deployment]:
+    """roadie's job deployments (tag `roadie-job`), one per name: a Docker and a process variant count as one."""
+    return sorted(client.filter_deployments(tags_all=[JOB_TAG]), key=lambda d: d.name)
+
+
+def _by_name(deployments: Iterable[Deployment]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for d in deployments:
+        groups.setdefault(d.name, []).append(d.id)
+    return groups
+
+
+def queue_figures(client: PrefectREST, deployment_ids: list[str], now: datetime, window: timedelta) -> QueueFigures:
+    scope = {"id": {"any_": deployment_ids}}
+    waiting = client.count_flow_runs({"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
+                                      "expected_start_time": {"before_": iso(now)}}, deployments=scope)
+    active = client.count_flow_runs({"state": {"type": {"any_": ["RUNNING", "CANCELLING"]}}}, deployments=scope)
+    failed = client.count_flow_runs({"state": {"type": {"any_": ["FAILED", "CRASHED"]}},
+                                     "end_time": {"after_": iso(now - window)}}, deployments=scope)
+    return QueueFigures(waiting, active, failed)
+
+
+def workers_online(client: PrefectREST, pool: str) -> int:
+    return sum(1 for w in client.workers(pool) if w.status == "ONLINE")
+
+
+def check_health(client: PrefectREST, settings: Optional[OpsSettings] = None) -> HealthReport:
+    settings = settings or get_ops_settings()
+    now = datetime.now(timezone.utc)
+    window = timedelta(minutes=settings.health_window_minutes)
+    queues = {name: queue_figures(client, ids, now, window)
+              for name, ids in _by_name(job_deployments(client)).items()}
+    online = workers_online(client, settings.work_pool)
+    failed = sum(q.failed for q in queues.values())
+    reasons = []
+    if failed > settings.health_max_failed:
+        reasons.append(f"{failed} runs failed in the last {settings.health_window_minutes} min "
+                       f"(more than {settings.health_max_failed})")
+    if online == 0:
+        reasons.append(f"no worker online in pool {settings.work_pool}")
+    return HealthReport("unhealthy" if reasons else "healthy", queues, online, failed,
+                        settings.health_window_minutes, tuple(reasons))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+@dataclass
+class _Durations:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))  # last: +Inf
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip([*(str(b) for b in DURATION_BUCKETS), "+Inf"], self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class JobMetrics:
+    """A prometheus-client collector that reads the Prefect API on every scrape.
+
+    Finished runs are read incrementally (by end time, newest first, ids de-duplicated) so counters only
+    ever grow while the exporter lives; the first scrape backfills `metrics_backfill_hours`.
+    Durations are the runs' total running time, for completed runs.
+    """
+
+    # Runs are visible a moment after their end_time is set; re-read this much behind the watermark.
+    OVERLAP = timedelta(minutes=2)
+
+    def __init__(self, client: PrefectREST, settings: Optional[OpsSettings] = None):
+        self.client = client
+        self.settings = settings or get_ops_settings()
+        self._lock = threading.Lock()
+        self._watermark: Optional[datetime] = None
+        self._recent: dict[str, datetime] = {}  # run id -> end time, for runs inside the overlap
+        self.processed: dict[tuple[str, str], int] = {}
+        self.durations: dict[str, _Durations] = {}
+
+    def refresh(self) -> dict[str, Deployment]:
+        deployments = {d.id: d for d in job_deployments(self.client)}
+        now = datetime.now(timezone.utc)
+        since = (self._watermark - self.OVERLAP) if self._watermark else now - timedelta(
+            hours=self.settings.metrics_backfill_hours)
+        runs: list[FlowRun] = []
+        if deployments:
+            runs = self.client.filter_flow_runs(
+                {"state": {"type": {"any_": list(STATUS_LABELS)}}, "end_time": {"after_": iso(since)}},
+                deployments={"id": {"any_": list(deployments)}}, sort="END_TIME_DESC")
+        for run in runs:
+            if run.id in self._recent or run.end_time is None or run.deployment_id not in deployments:
+                continue
+            self._recent[run.id] = run.end_time
+            queue = deployments[run.deployment_id].name
+            status = STATUS_LABELS[run.state_type or ""]
+            self.processed[(queue, status)] = self.processed.get((queue, status), 0) + 1
+            if run.state_type == "COMPLETED":
+                self.durations.setdefault(queue, _Durations()).observe(run.total_run_time)
+            if self._watermark is None or run.end_time > self._watermark:
+                self._watermark = run.end_time
+        if self._watermark is None:
+            self._watermark = since + self.OVERLAP
+        horizon = self._watermark - self.OVERLAP
+        self._recent = {rid: end for rid, end in self._recent.items() if end >= horizon}
+        return deployments
+
+    def collect(self):  # prometheus_client Collector protocol
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        with self._lock:
+            deployments = self.refresh()
+            names = sorted({d.name for d in deployments.values()})
+            now = datetime.now(timezone.utc)
+            depth = {}
+            for name, ids in _by_name(deployments.values()).items():
+                depth[name] = self.client.count_flow_runs(
+                    {"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}, "expected_start_time": {"before_": iso(now)}},
+                    deployments={"id": {"any_": ids}})
+            online = workers_online(self.client, self.settings.work_pool)
+
+            processed = CounterMetricFamily("roadie_jobs_processed", "Job runs that finished, by final state",
+                                            labels=["queue", "status"])
+            for name in names:
+                for status in STATUS_LABELS.values():
+                    processed.add_metric([name, status], self.processed.get((name, status), 0))
+            yield processed
+
+            duration = HistogramMetricFamily("roadie_job_duration_seconds",
+                                             "Running time of completed job runs", labels=["queue"])
+            for name in names:
+                d = self.durations.get(name, _Durations())
+                duration.add_metric([name], d.cumulative(), sum_value=d.total)
+            yield duration
+
+            gauge = GaugeMetricFamily("roadie_queue_depth", "Job runs due to start and not started yet",
+                                      labels=["queue"])
+            for name in names:
+                gauge.add_metric([name], depth.get(name, 0))
+            yield gauge
+            yield GaugeMetricFamily("roadie_workers_online", f"Workers online in pool {self.settings.work_pool}",
+                                    value=online)
+
+
+def metrics_registry(client: PrefectREST, settings: Optional[OpsSettings] = None):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobMetrics(client, settings))
+    return registry
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+class OpsServer:
+    """GET /health (200 healthy, 503 unhealthy) and GET /metrics, on a background thread."""
+
+    def __init__(self, client: PrefectREST, host: str = "0.0.0.0", port: int = 3001,
+                 settings: Optional[OpsSettings] = None):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self.client, self.settings = client, settings or get_ops_settings()
+        registry = metrics_registry(client, self.settings)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                path = self.path.split("?", 1)[0]
+                try:
+                    if path == "/health":
+                        report = check_health(outer.client, outer.settings)
+                        self._send(200 if report.healthy else 503, "application/json",
+                                   json.dumps(report.as_json()).encode())
+                    elif path == "/metrics":
+                        self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                    else:
+                        self._send(404, "text/plain", b"try /health or /metrics\n")
+                except Exception as exc:  # the API is down: say so, with the cause
+                    body = {"status": "unhealthy", "queues": {}, "reasons": [f"Prefect API: {type(exc).__name__}: {exc}"]}
+                    self._send(503, "application/json", json.dumps(body).encode())
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet: scrapes every few seconds
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "OpsServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="roadie-ops-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,255 @@
+"""Deploying from prefect.yaml, and `roadie serve`: server, setup, deployments, N process workers, health.
+
+Every process is started from an argument list in a session of its own, and stopped by this module only.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+PROCESS_POOL = "roadie-process"
+
+
+# ---------------------------------------------------------------------- deploying
+
+
+def project_root() -> Path:
+    """The directory holding prefect.yaml: the current one if it has it, else the checkout roadie runs from."""
+    here = Path.cwd()
+    if (here / "prefect.yaml").exists():
+        return here.resolve()
+    import flows
+
+    return Path(flows.__file__).resolve().parent.parent
+
+
+def deployment_specs(prefect_file: Path) -> list[dict]:
+    import yaml
+
+    return list((yaml.safe_load(prefect_file.read_text()) or {}).get("deployments") or [])
+
+
+def split_by_presence(prefect_file: Path, root: Path) -> tuple[list[str], list[str]]:
+    """(names whose entrypoint file exists, names whose file has not landed yet)."""
+    present, missing = [], []
+    for spec in deployment_specs(prefect_file):
+        path = spec["entrypoint"].split(":", 1)[0]
+        (present if (root / path).exists() else missing).append(spec["name"])
+    return present, missing
+
+
+def prefect_cli() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    deployed: tuple[str, ...]
+    missing: tuple[str, ...]
+    output: str
+
+
+def deploy(api_url: str, prefect_file: Optional[Path] = None, root: Optional[Path] = None,
+           env: Optional[dict[str, str]] = None, timeout_s: float = 600) -> DeployResult:
+    """`prefect --no-prompt deploy` every deployment of the file whose flow module exists."""
+    root = root or project_root()
+    prefect_file = (prefect_file or root / "prefect.yaml").resolve()
+    present, missing = split_by_presence(prefect_file, root)
+    if not present:
+        return DeployResult((), tuple(missing), "")
+    cmd = [prefect_cli(), "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
+    cmd += ["--all"] if not missing else [arg for name in present for arg in ("--name", name)]
+    run_env = {**os.environ, **(env or {}), "PREFECT_API_URL": api_url}
+    done = subprocess.run(cmd, cwd=root, env=run_env, capture_output=True, text=True, timeout=timeout_s)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{output[-4000:]}")
+    return DeployResult(tuple(present), tuple(missing), output)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _children(pid: int) -> list[int]:
+    """Descendants of pid (Linux /proc): flow-run processes live in sessions of their own under a worker."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process, its process group and every descendant's group."""
+    targets = [pid, *_children(pid)]
+    for target in targets:
+        try:
+            os.killpg(os.getpgid(target), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: Optional[subprocess.Popen] = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def drain(self) -> None:
+        """SIGINT: a Prefect worker stops taking runs and waits for the ones in flight."""
+        if self.alive:
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                kill_tree(self.proc.pid)
+            self.proc.wait()
+
+
+def worker_command(pool: str, name: str, limit: Optional[int]) -> list[str]:
+    cmd = [prefect_cli(), "worker", "start", "--pool", pool, "--type", "process", "--name", name]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    return cmd
+
+
+@dataclass
+class Serving:
+    api_url: str
+    workers: list[WorkerProcess] = field(default_factory=list)
+    stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self, grace_s: float, say: Callable[[str], None]) -> None:
+        for worker in self.workers:
+            worker.drain()
+        deadline = time.monotonic() + grace_s
+        try:
+            while any(w.alive for w in self.workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            say("second interrupt: stopping workers now")
+        left = [w.name for w in self.workers if w.alive]
+        if left:
+            say(f"{', '.join(left)} still busy after {grace_s:.0f} s; killing them with their runs (those runs "
+                "will be marked Crashed and filed as failed jobs)")
+        for worker in self.workers:
+            worker.kill()
+        for callback in reversed(self.stop_callbacks):
+            callback()
+
+
+def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, health: bool,
+          say: Callable[[str], None], ready: Optional[Callable[[dict], None]] = None) -> None:
+    """Run until interrupted (SIGINT/SIGTERM); everything started here is stopped on the way out."""
+    from roadie import services
+    from roadie.db.session import upgrade
+    from roadie.prefect_local import ensure_api, local_api_url, stop_local
+    from roadie.settings import get_settings
+
+    settings = get_settings()
+    started_server = not settings.prefect_api_url and not services.prefect_api_healthy(local_api_url())
+    if started_server:
+        say(f"starting a Prefect server under {settings.home / 'prefect'} …")
+    api_url = ensure_api()
+    serving = Serving(api_url)
+    if started_server:
+        serving.stop_callbacks.append(lambda: (say("stopping the Prefect server"), stop_local()))
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Our own handlers for both: also when started with SIGINT ignored (a background job), and so the workers,
+    # which inherit an ignored signal but not a handler, can be drained with SIGINT.
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from deployments.topology import ensure_topology
+        from roadie.ops.client import PrefectREST
+
+        upgrade()
+        client = PrefectREST.from_settings(api_url)
+        serving.stop_callbacks.append(client.close)
+        ensure_topology(client, docker=False)
+        result = deploy(api_url)
+        say(f"deployed {len(result.deployed)}: {', '.join(result.deployed)}")
+        if result.missing:
+            say(f"not deployed (flow module not there yet): {', '.join(result.missing)}")
+
+        env = {**os.environ, "PREFECT_API_URL": api_url}
+        logs = settings.home / "logs"
+        host = socket.gethostname().split(".")[0]
+        for i in range(1, workers + 1):
+            name = f"roadie-{host}-{os.getpid()}-{i}"
+            worker = WorkerProcess(name, worker_command(PROCESS_POOL, name, limit), env, logs / f"{name}.log")
+            worker.start()
+            serving.workers.append(worker)
+
+        health_url = None
+        if health:
+            from roadie.ops.health import OpsServer
+            from roadie.ops.settings import get_ops_settings
+
+            ops = OpsServer(client, get_ops_settings().health_host, port).start()
+            serving.stop_callbacks.append(ops.stop)
+            health_url = f"http://127.0.0.1:{ops.port}"
+        info = {"ui": client.ui_url, "api": api_url, "workers": [w.name for w in serving.workers],
+                "logs": str(logs), "health": f"{health_url}/health" if health_url else None,
+                "metrics": f"{health_url}/metrics" if health_url else None}
+        say(f"Prefect UI: {client.ui_url}")
+        say(f"{workers} worker(s) on pool {PROCESS_POOL}, logs in {logs}")
+        if health_url:
+            say(f"health: {health_url}/health   metrics: {health_url}/metrics")
+        say("Ctrl-C to stop")
+        if ready:
+            ready(info)
+        while True:
+            time.sleep(1)
+            for worker in serving.workers:
+                if not worker.alive:
+                    assert worker.proc is not None
+                    worker.restarts += 1
+                    say(f"worker {worker.name} exited with {worker.proc.returncode}; restart #{worker.restarts}")
+                    time.sleep(min(30, 2 ** worker.restarts))
+                    worker.start()
+    except KeyboardInterrupt:
+        say(f"stopping: letting runs in flight finish (up to {grace_s:.0f} s; Ctrl-C again to kill) …")
+    finally:
+        serving.stop(grace_s, say)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("stopped")
