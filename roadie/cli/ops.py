@@ -24,6 +24,8 @@ def _client(api_url: Optional[str] = None):
 def setup(
     docker: bool = typer.Option(True, help="Also create the roadie-docker pool (production)."),
     deploy: bool = typer.Option(False, "--deploy", help="Then deploy prefect.yaml (every flow that exists)."),
+    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", help="Deploy this file instead, e.g. "
+                                                "deployments/prefect.docker.yaml (relative to the project)."),
     db: bool = typer.Option(True, help="Also migrate ROADIE_DATABASE_URL (failed_jobs lives there)."),
     api_url: Optional[str] = typer.Option(None, help="Prefect API (default: configured, else the local server)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -42,7 +44,10 @@ def setup(
     if deploy:
         from roadie.ops.serve import deploy as run_deploy
 
-        result = run_deploy(url)
+        from roadie.ops.serve import project_root
+
+        root = project_root()
+        result = run_deploy(url, prefect_file=root / prefect_file if prefect_file else None, root=root)
         done.update(deployed=list(result.deployed), not_deployed=list(result.missing))
     if as_json:
         emit_json(done)

@@ -174,6 +174,7 @@ class Event:
     resource: Mapping[str, str]
     related: tuple[Mapping[str, str], ...]
     payload: Mapping[str, Any] = field(default_factory=dict)
+    follows: Optional[str] = None
 
     def related_id(self, role: str) -> Optional[str]:
         for item in self.related:
@@ -186,13 +187,14 @@ class PrefectREST:
     """Synchronous, thread-safe (one httpx.Client) access to one Prefect API, e.g. http://host:4200/api."""
 
     def __init__(self, api_url: str, *, auth_string: Optional[str] = None, timeout: float = 30.0,
-                 transport: Optional[httpx.BaseTransport] = None):
+                 retries: int = RETRIES, transport: Optional[httpx.BaseTransport] = None):
         headers = {"Accept": "application/json"}
         if auth_string:
             headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
         self.api_url = api_url.rstrip("/")
         self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout, transport=transport)
         self._deployment_ids: dict[str, str] = {}
+        self.retries = retries
 
     @classmethod
     def from_settings(cls, api_url: Optional[str] = None, **kwargs: Any) -> "PrefectREST":
@@ -225,15 +227,15 @@ class PrefectREST:
     def request(self, method: str, path: str, json: Any = None, params: Optional[Mapping[str, Any]] = None,
                 ok: Sequence[int] = (200, 201, 204)) -> httpx.Response:
         """One call; a busy server (429/502/503/504) or a refused connection is retried with backoff."""
-        for attempt in range(RETRIES + 1):
+        for attempt in range(self.retries + 1):
             try:
                 response = self._http.request(method, path, json=json, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout):  # never sent: safe to send again
-                if attempt == RETRIES:
+                if attempt == self.retries:
                     raise
                 time.sleep(backoff_s(attempt))
                 continue
-            if response.status_code in RETRY_STATUSES and response.status_code not in ok and attempt < RETRIES:
+            if response.status_code in RETRY_STATUSES and response.status_code not in ok and attempt < self.retries:
                 time.sleep(retry_after_s(response) or backoff_s(attempt))
                 continue
             break
@@ -392,4 +394,4 @@ class PrefectREST:
 def _event(data: Mapping[str, Any]) -> Event:
     return Event(id=data["id"], event=data["event"], occurred=parse_time(data["occurred"]),  # type: ignore[arg-type]
                  resource=data.get("resource") or {}, related=tuple(data.get("related") or ()),
-                 payload=data.get("payload") or {})
+                 payload=data.get("payload") or {}, follows=data.get("follows"))

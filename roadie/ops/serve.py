@@ -77,7 +77,7 @@ def deploy(api_url: str, prefect_file: Optional[Path] = None, root: Optional[Pat
 # ---------------------------------------------------------------------- processes
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Descendants of pid (Linux /proc): flow-run processes live in sessions of their own under a worker."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -99,7 +99,7 @@ def _children(pid: int) -> list[int]:
 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process, its process group and every descendant's group."""
-    targets = [pid, *_children(pid)]
+    targets = [pid, *descendants(pid)]
     for target in targets:
         try:
             os.killpg(os.getpgid(target), signal.SIGKILL)
