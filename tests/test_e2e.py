@@ -310,18 +310,23 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
 
     # At most 2 transcodes at once: each transcode task run's hold on the "transcode" slots, from the API.
     limit = stack.client.request("GET", "/v2/concurrency_limits/transcode").json()
-    events = stack.client.events(["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"],
-                                 since=started, resource_ids=[f"prefect.concurrency-limit.{limit['id']}"])
     run_ids = {f"prefect.flow-run.{r.id}" for r in final.values()}
     tasks = {t.id: t for t in stack.client.task_runs_of([r.id for r in final.values()])}
-    holds: dict[str, dict] = {}
-    for e in events:
-        task_run = (e.related_id("task-run") or "").removeprefix("prefect.task-run.")
-        if e.related_id("flow-run") in run_ids and task_run:
-            holds.setdefault(task_run, {})[e.event.rsplit(".", 1)[1]] = e
     transcodes = [t for t in tasks.values() if t.name.startswith("transcode-")]
-    assert sorted(holds) == sorted(t.id for t in transcodes)
     assert len(transcodes) == sum(len(shape[3]) for shape in UPLOADS)
+
+    def slot_holds() -> dict[str, dict] | None:
+        """Acquired/released pairs per task run, once the server has persisted all of them (it batches)."""
+        holds: dict[str, dict] = {}
+        for e in stack.client.events(["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"],
+                                     since=started, resource_ids=[f"prefect.concurrency-limit.{limit['id']}"]):
+            task_run = (e.related_id("task-run") or "").removeprefix("prefect.task-run.")
+            if e.related_id("flow-run") in run_ids and task_run:
+                holds.setdefault(task_run, {})[e.event.rsplit(".", 1)[1]] = e
+        complete = sorted(holds) == sorted(t.id for t in transcodes) and all(len(p) == 2 for p in holds.values())
+        return holds if complete else None
+
+    holds = wait_for(slot_holds, 60, "the transcode slot events of every transcode task run", poll_s=2)
     intervals = []
     for task_id, pair in holds.items():
         acquired, released = pair["acquired"].occurred, pair["released"].occurred
