@@ -145,7 +145,9 @@ def test_dockerfile_base_user_healthcheck_and_sources():
     assert steps[0] == ("FROM", "python:3.11-slim")
     users = [arg for op, arg in steps if op == "USER"]
     assert users and users[-1] not in ("root", "0")
-    assert any(op == "HEALTHCHECK" for op, _ in steps)
+    healthcheck = [arg for op, arg in steps if op == "HEALTHCHECK"]
+    assert healthcheck and '"-m", "roadie.ops.probe"' in healthcheck[0]  # exercised in test_e2e
+    import roadie.ops.probe  # noqa: F401  (the module the image runs)
     cmd = [arg for op, arg in steps if op == "CMD"][-1]
     assert cmd.startswith("[")  # exec form: no shell between Docker and the worker
     for op, arg in steps:

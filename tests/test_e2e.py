@@ -29,6 +29,7 @@ from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.ops.settings import OpsSettings, reload_ops_settings
+from roadie.services import free_port
 from roadie.settings import reload_settings
 from tests.ops_support import Recorder, flow_run_pids
 from tests.support import sine, write_wav
@@ -69,8 +70,12 @@ class Stack:
     ingests: dict[str, FlowRun] = field(default_factory=dict)
     bad: dict = field(default_factory=dict)
 
-    def start_worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(name, worker_command(POOL, name, None), self.env, self.home / "logs" / f"{name}.log")
+    def start_worker(self, name: str, health_port: int | None = None) -> WorkerProcess:
+        cmd, env = worker_command(POOL, name, None), self.env
+        if health_port:  # as in the image: the worker's own health endpoint
+            cmd, env = cmd + ["--with-healthcheck"], {**env, "PREFECT_WORKER_WEBSERVER_PORT": str(health_port)}
+        worker = WorkerProcess(name, cmd, env, self.home / "logs" / f"{name}.log")
+        worker.health_port = health_port  # type: ignore[attr-defined]
         worker.start()
         self.workers.append(worker)
         return worker
@@ -243,7 +248,7 @@ def test_killing_a_worker_mid_run(stack, tmp_path):
         assert owner[0].proc.returncode == -signal.SIGKILL
         assert all(_gone(pid) for pid in pids)
     stack.victim = {"run_id": run_id, "version_id": reg.version_id, "killed_at": time.monotonic()}
-    replacement = stack.start_worker("e2e-worker-3")
+    replacement = stack.start_worker("e2e-worker-3", health_port=free_port())
     stack.wait_online([replacement.name])
     assert stack.client.read_flow_run(run_id).state_type == "RUNNING"  # nobody is left to say otherwise
 
@@ -471,6 +476,21 @@ def test_health_and_metrics_against_the_live_system(stack):
     assert processed[(("queue", "analytics-rollup"), ("status", "completed"))] >= 1
     assert samples["roadie_queue_depth"][(("queue", "media-ingest"),)] == 0
     assert samples["roadie_workers_online"][()] == report["workers_online"]
+
+
+def test_the_image_healthcheck_probe(stack):
+    """docker/Dockerfile's HEALTHCHECK: a worker container asks its worker, a flow-run container the API."""
+    worker = next(w for w in stack.workers if getattr(w, "health_port", None) and w.alive)
+    probe = [sys.executable, "-m", "roadie.ops.probe", "--worker-url"]
+
+    def run(url: str, api: str) -> int:
+        env = {**stack.env, "PREFECT_API_URL": api, "ROADIE_PREFECT_API_URL": api}
+        return subprocess.run(probe + [url], env=env, capture_output=True, timeout=60).returncode
+
+    assert run(f"http://127.0.0.1:{worker.health_port}/health", stack.api) == 0
+    nothing = f"http://127.0.0.1:{free_port()}/health"
+    assert run(nothing, stack.api) == 0
+    assert run(nothing, f"http://127.0.0.1:{free_port()}/api") == 1
 
 
 # ---------------------------------------------------------------------- roadie serve, the Docker variant

@@ -1,0 +1,37 @@
+"""The image's HEALTHCHECK: the worker's own health endpoint when this container runs a worker, else (a flow-run
+container) whether the Prefect API answers. Exit 0 healthy, 1 not.
+
+    python -m roadie.ops.probe [--worker-url http://127.0.0.1:8080/health]
+"""
+from __future__ import annotations
+
+import argparse
+
+import httpx
+
+
+def worker_answers(url: str) -> bool | None:
+    """True/False when a worker endpoint is there; None when nothing listens (not a worker container)."""
+    try:
+        return httpx.get(url, timeout=4).status_code == 200
+    except httpx.ConnectError:
+        return None
+    except httpx.HTTPError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="container healthcheck")
+    parser.add_argument("--worker-url", default="http://127.0.0.1:8080/health")
+    args = parser.parse_args(argv)
+    worker = worker_answers(args.worker_url)
+    if worker is not None:
+        return 0 if worker else 1
+    from roadie.ops.client import PrefectREST
+
+    with PrefectREST.from_settings(retries=0, timeout=4) as client:
+        return 0 if client.health() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
