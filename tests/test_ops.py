@@ -520,7 +520,9 @@ def test_failed_jobs_migration_matches_the_model(pg_url, tmp_path):
 
     lite = f"sqlite:///{tmp_path / 'ops.db'}"
     upgrade(lite, "0004")
-    assert "failed_jobs" in sa.inspect(sa.create_engine(lite)).get_table_names()
+    with sa.create_engine(lite).connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "failed_jobs" in repr(d)] == []
     downgrade(lite, "0001")
     assert "failed_jobs" not in sa.inspect(sa.create_engine(lite)).get_table_names()
 
@@ -551,3 +553,33 @@ def test_trigger_job_and_health_cli(client, ops_env, prefect_api):
     report = json.loads(health.stdout)
     assert health.returncode == 1 and report["status"] == "unhealthy" and report["workers_online"] == 0
     assert report["queues"][name] == {"waiting": 1, "active": 0, "failed": 0}
+
+
+def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool):
+    import os
+    import signal
+
+    from roadie.services import free_port
+
+    port = free_port()
+    env = {**_cli_env(prefect_api), "ROADIE_WORK_POOL": worker_pool}
+    proc = subprocess.Popen([sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port),
+                             "--host", "127.0.0.1"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        report = None
+        deadline = time.monotonic() + 60
+        while report is None and time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                report = response.json()
+            except httpx.ConnectError:
+                time.sleep(0.3)
+        assert report is not None and report["workers_online"] == 1 and set(report) >= {"status", "queues"}
+        assert response.status_code == (200 if report["status"] == "healthy" else 503)
+        assert "roadie_workers_online 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
