@@ -252,4 +252,5 @@ class ArtistPayout(Base):
     contribution_count: Mapped[int] = mapped_column(Integer)
     listener_count: Mapped[int] = mapped_column(Integer)
     __table_args__ = (UniqueConstraint("artist_id", "period_start"),)
+from roadie.db import models_payouts  # noqa: E402,F401  (distribution ledger tables)
 from roadie.db import models_ops  # noqa: E402,F401  (failed_jobs, the dead-letter table)

@@ -1,0 +1,67 @@
+"""The PostgreSQL database a batch benchmark runs in: ROADIE_BENCH_DATABASE_URL as given (left in place), or a
+fresh database on 127.0.0.1:5432 that is created, migrated and dropped around the run."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LOCAL_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def bench_database(prefix: str) -> Iterator[str]:
+    from roadie.db.session import engine_for, upgrade
+
+    given = os.environ.get("ROADIE_BENCH_DATABASE_URL")
+    if given:
+        upgrade(given)
+        yield given
+        return
+    name = f"roadie_bench_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(LOCAL_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(LOCAL_SERVER).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def load(url: str, statements: list[tuple[str, dict]]) -> None:
+    """Bulk-load generated rows. FK triggers are skipped (session_replication_role=replica, the pg_restore
+    trick): the generator only draws ids from the tables it has just filled, so every reference is valid."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+        for statement, params in statements:
+            conn.execute(sa.text(statement), params)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE"))
+        conn.execute(sa.text("CHECKPOINT"))
+    engine.dispose()
+
+
+def machine(url: str) -> str:
+    import platform
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+    engine.dispose()
+    return f"{platform.machine()}, {os.cpu_count()} cores, PostgreSQL {version}"

@@ -1,0 +1,1 @@
+"""Analytics batch jobs: the daily rollup of plays and engagement."""

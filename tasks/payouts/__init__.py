@@ -1,0 +1,1 @@
+"""Payout batch jobs: the monthly user-centric distribution."""
