@@ -72,6 +72,7 @@ def new_uuid_sql(session: Session) -> str:
     return "gen_random_uuid()" if is_postgres(session) else "lower(hex(randomblob(16)))"
 
 
-def scalar_row(session: Session, statement: sa.TextClause, params: dict[str, Any]) -> dict[str, Any]:
+def one_row(session: Session, statement: sa.TextClause, params: dict[str, Any]) -> dict[str, Any]:
+    """The single row of an aggregate query as a dict, NULL sums (no rows) as 0."""
     row = session.execute(statement, params).mappings().one()
     return {k: (0 if v is None else v) for k, v in row.items()}

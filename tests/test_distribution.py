@@ -205,12 +205,15 @@ def test_percentages_over_100_are_reported_and_nothing_is_written(pg):
     first = distribute_month(M, session=pg)
     before = period_rows(pg, M.start)
     bad = w.contribution(fan, 1000, 80, IN, charity_percent=30, charity=charity)
+    nowhere = w.contribution(fan, 1000, 80, IN, charity_percent=10)  # a charity share with no charity
 
     with pytest.raises(InvalidContributions) as caught:
         distribute_month(M, session=pg)
 
     message = str(caught.value)
+    assert message.startswith("2 succeeded contribution(s) in 2031-03 are invalid")
     assert str(bad.id) in message and "80% + charity 30% = 110% > 100%" in message
+    assert str(nowhere.id) in message and "charity 10% but no charity_id" in message
     assert period_rows(pg, M.start) == before  # the earlier results stand untouched
     assert first.paid_cents == 1000
 

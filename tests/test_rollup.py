@@ -293,5 +293,10 @@ def test_flow_backfills_with_run_name_and_artifact(committed_url, prefect_api, m
         assert [a.type for a in artifacts] == ["table"]
         table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
         assert [row["plays"] for row in table] == [1, 2, 3]
+
+        default = analytics_rollup(return_state=True)  # no parameters: yesterday, UTC
+        with get_client(sync_client=True) as client:
+            name = client.read_flow_run(default.state_details.flow_run_id).name
+        assert name == f"rollup-{resolve_days()[0]}" and default.result()[0]["day"] == str(resolve_days()[0])
     finally:
         reload_settings()

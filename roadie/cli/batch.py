@@ -40,6 +40,8 @@ def rollup(
     """Recompute analytics_daily for a UTC day or a range of days. Safe to rerun: results are replaced."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from roadie.errors import InvalidInput, RoadieError
     from tasks.analytics.rollup import resolve_days, rollup_day
 
@@ -52,7 +54,7 @@ def rollup(
     try:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
             results = list(pool.map(rollup_day, days))
-    except RoadieError as exc:
+    except (RoadieError, SQLAlchemyError) as exc:
         raise fail(str(exc), 1)
     seconds = round(time.perf_counter() - started, 3)
     if as_json:
@@ -75,6 +77,8 @@ def distribute(
 ) -> None:
     """Split the month's contributions over the artists each user listened to (user-centric, exact to the
     cent). Reruns replace the month's results."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from roadie.errors import InvalidInput, RoadieError
     from tasks.payouts import distribution as dist
 
@@ -85,7 +89,7 @@ def distribute(
     _prepare_database()
     try:
         result = dist.mark_paid(period) if mark_paid else dist.distribute_month(period)
-    except RoadieError as exc:
+    except (RoadieError, SQLAlchemyError) as exc:
         raise fail(str(exc), 1)
     if as_json:
         emit_json({**result.as_json(), "status": result.status} if mark_paid else result.as_json())

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roadie.errors import InvalidInput
-from tasks.batch_sql import DAY, TIMESTAMP, UTC, day_window, is_postgres, lock_key, scalar_row, sql, transaction
+from tasks.batch_sql import DAY, TIMESTAMP, UTC, day_window, is_postgres, lock_key, one_row, sql, transaction
 
 LOCK_NAMESPACE = 0x524F4C4C  # "ROLL": advisory lock ids of rollup days
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -126,7 +126,7 @@ def rollup_day(day: date, session: Optional[Session] = None) -> DayRollup:
         for table in ENGAGEMENTS:
             s.execute(_ENGAGEMENT_SQL[table], params)
         s.execute(_DROP_EMPTY, params)
-        totals = scalar_row(s, _DAY_TOTALS, params)
+        totals = one_row(s, _DAY_TOTALS, params)
     return DayRollup(day=day, **{k: int(v) for k, v in totals.items()},
                      seconds=round(clock.perf_counter() - started, 4))
 

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roadie.errors import InvalidInput, RoadieError
-from tasks.batch_sql import DAY, TIMESTAMP, UTC, is_postgres, lock_key, new_uuid_sql, scalar_row, sql, \
+from tasks.batch_sql import DAY, TIMESTAMP, UTC, is_postgres, lock_key, new_uuid_sql, one_row, sql, \
     transaction, utc_midnight
 
 LOCK_NAMESPACE = 0x44495354  # "DIST": advisory lock ids of distribution periods
@@ -519,7 +519,7 @@ def _checks(f: dict[str, Any]) -> tuple[InvariantCheck, ...]:
 
 def verify(s: Session, period: Period) -> tuple[dict[str, Any], tuple[InvariantCheck, ...]]:
     """Compare the period's written results with its contributions; raise InvariantViolation on a mismatch."""
-    figures = {k: int(v) for k, v in scalar_row(s, _FIGURES, _params(period)).items()}
+    figures = {k: int(v) for k, v in one_row(s, _FIGURES, _params(period)).items()}
     checks = _checks(figures)
     failed = [c for c in checks if not c.ok]
     if failed:
