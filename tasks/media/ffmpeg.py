@@ -288,3 +288,9 @@ def parse_ffmpeg_banner(stderr: str) -> AudioInfo:
         duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
         has_cover="(attached pic)" in stderr,
     )
+
+
+def build_ebur128_cmd(src: Path, filter_spec: str) -> list[str]:
+    """Run the first audio stream through a measuring filter (ebur128) and discard the audio."""
+    cmd = [ffmpeg_binary(), "-i", as_input(src), "-map", "0:a:0", "-af", filter_spec, "-f", "null", "-"]
+    return _finish(cmd, progress=False)

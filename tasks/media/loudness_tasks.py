@@ -1,0 +1,56 @@
+"""Prefect tasks around `tasks.media.loudness`: measure, record on the version, show a table artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from roadie.db.session import session_scope
+from roadie.retries import transient_retries
+from tasks.media import loudness
+from tasks.media.loudness import LoudnessReading, LoudnessResult
+
+
+# NO_CACHE: the default cache key would hash the whole PCM array on every call.
+@task(name="loudness-ffmpeg", cache_policy=NO_CACHE, tags=["analysis"])
+def ffmpeg_loudness(path: Path, channels: int) -> LoudnessReading:
+    return loudness.measure_ffmpeg(path, channels)
+
+
+@task(name="loudness-pcm", cache_policy=NO_CACHE, tags=["analysis"])
+def pcm_loudness(samples: np.ndarray, sample_rate: int) -> LoudnessReading:
+    return loudness.measure_pcm(samples, sample_rate)
+
+
+@task(name="loudness", cache_policy=NO_CACHE, tags=["analysis"])
+def measure_loudness(path: Path, samples: np.ndarray, sample_rate: int, channels: int | None = None,
+                     duration_s: float | None = None) -> LoudnessResult:
+    """Both meters at once (ffmpeg in its own process beside numpy), compared."""
+    return loudness.measure_loudness(path, samples, sample_rate, channels, duration_s)
+
+
+def loudness_table(result: LoudnessResult) -> list[dict[str, object]]:
+    rows = []
+    for meter, reading in (("ffmpeg ebur128", result.ffmpeg), ("pyloudnorm + numpy", result.pyloudnorm)):
+        rows.append({"meter": meter, "integrated (LUFS)": _round(reading.integrated_lufs),
+                     "range (LU)": _round(reading.loudness_range_lu), "true peak (dBTP)": _round(reading.true_peak_dbtp)})
+    rows.append({"meter": "difference", "integrated (LUFS)": result.delta_lu, "range (LU)": None,
+                 "true peak (dBTP)": None})
+    return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+@task(name="record-loudness", cache_policy=NO_CACHE, **transient_retries())
+def record_loudness(version_id: str, result: LoudnessResult) -> None:
+    """ffmpeg's values onto the version, the warnings into its list, and a table a person can read."""
+    with session_scope() as session:
+        loudness.save_loudness(session, version_id, result)
+    verdict = "the meters agree" if result.agrees else "the meters DISAGREE: " + "; ".join(result.warnings)
+    create_table_artifact(loudness_table(result), key=f"loudness-{version_id}",
+                          description=f"Loudness of track version {version_id}: {verdict}")
