@@ -1,0 +1,43 @@
+"""Prefect tasks around `tasks.media.fingerprint`: fingerprint, store, find and report duplicates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from roadie.db.session import session_scope
+from roadie.retries import transient_retries
+from tasks.media import fingerprint
+from tasks.media.fingerprint import DuplicateMatch, Fingerprint
+
+
+@task(name="fingerprint-pcm", cache_policy=NO_CACHE, tags=["analysis"])
+def fingerprint_pcm(samples: np.ndarray, sample_rate: int) -> Fingerprint:
+    """FingerprintError (fpcalc missing or failing) is not retried: the caller records a warning instead."""
+    return fingerprint.fingerprint_pcm(samples, sample_rate)
+
+
+@task(name="fingerprint-file", cache_policy=NO_CACHE, tags=["analysis"])
+def fingerprint_file(path: Path) -> Fingerprint:
+    return fingerprint.fingerprint_file(path)
+
+
+@task(name="find-duplicates", cache_policy=NO_CACHE, **transient_retries())
+def record_fingerprint(version_id: str, fp: Fingerprint,
+                       threshold: float = fingerprint.DUPLICATE_THRESHOLD) -> list[DuplicateMatch]:
+    """Store the fingerprint, look for other tracks with the same audio, report each one found. One transaction,
+    so a retry after a lost connection starts clean."""
+    with session_scope() as session:
+        fingerprint.store_fingerprint(session, version_id, fp)
+        matches = fingerprint.find_duplicates(session, version_id, fp, threshold)
+        fingerprint.report_duplicates(session, version_id, matches)
+    if matches:
+        create_table_artifact(
+            [{"matched version": m.version_id, "track": m.track_id, "score": m.score, "bit error rate": m.ber,
+              "offset (s)": m.offset_s} for m in matches],
+            key=f"duplicates-{version_id}",
+            description=f"Track version {version_id} has the same audio as {len(matches)} other version(s)")
+    return matches
