@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from tasks.media import fingerprint as fpm
-from tasks.media.fingerprint import Fingerprint, FpcalcFailed, FpcalcNotFound, match_score
+from tasks.media.fingerprint import FpcalcFailed, FpcalcNotFound, match_score
 from tests.support import encode, music_like, write_wav
 
 SECONDS = 35

