@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -142,27 +142,34 @@ class FFmpegRun:
     cmd: tuple[str, ...]
     stderr: str
     seconds: float
+    stdout: bytes = field(default=b"", repr=False)  # only with run(..., capture_stdout=True)
 
 
 ProgressCallback = Callable[[float], None]
 
 
 def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: ProgressCallback | None = None,
-        stdout_path: Path | None = None, nice: int = 0, timeout_s: float | None = None) -> FFmpegRun:
+        stdout_path: Path | None = None, nice: int = 0, timeout_s: float | None = None,
+        capture_stdout: bool = False, stdin_data: bytes | memoryview | None = None) -> FFmpegRun:
     """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
 
-    With `stdout_path`, stdout goes to that file instead (raw PCM and the like)."""
+    With `stdout_path`, stdout goes to that file instead (raw PCM and the like). With `capture_stdout`, stdout is
+    read into memory whole and returned as `FFmpegRun.stdout` (PCM from a pipe, ffprobe's JSON); no progress.
+    With `stdin_data`, those bytes are fed to stdin from a thread (PCM already in memory, read as `pipe:0`)."""
     import time
 
     if isinstance(cmd, str):  # a shell string is never acceptable here
         raise TypeError("ffmpeg commands are argument lists, not strings")
+    if capture_stdout and stdout_path:
+        raise ValueError("capture_stdout and stdout_path are exclusive")
     started = time.monotonic()
     stderr_lines: deque[str] = deque(maxlen=4000)
     stdout_file = open(stdout_path, "wb") if stdout_path else None
     preexec = (lambda: os.nice(nice)) if nice else None
     try:
         proc = subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout_file or subprocess.PIPE,
+            list(cmd), stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+            stdout=stdout_file or subprocess.PIPE,
             stderr=subprocess.PIPE, preexec_fn=preexec,
         )
     except FileNotFoundError as exc:
@@ -175,10 +182,28 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         for raw in iter(proc.stderr.readline, b""):
             stderr_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
+    def feed_stdin() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(stdin_data)
+        except (BrokenPipeError, OSError):
+            pass  # ffmpeg stopped reading (it failed): its exit code and stderr say why
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
     reader = threading.Thread(target=drain_stderr, daemon=True)
     reader.start()
+    writer = threading.Thread(target=feed_stdin, daemon=True) if stdin_data is not None else None
+    if writer:
+        writer.start()
+    captured = b""
     try:
-        if proc.stdout is not None:
+        if proc.stdout is not None and capture_stdout:
+            captured = proc.stdout.read()
+        elif proc.stdout is not None:
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", "replace").strip()
                 if on_progress and duration_s and line.startswith("out_time_us="):
@@ -193,13 +218,15 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         proc.wait()
         raise
     finally:
+        if writer:
+            writer.join(timeout=5)
         reader.join(timeout=5)
         if stdout_file:
             stdout_file.close()
     stderr = "\n".join(stderr_lines)
     if returncode != 0:
         raise FFmpegError(cmd, returncode, "\n".join(list(stderr_lines)[-STDERR_TAIL_LINES:]))
-    return FFmpegRun(tuple(cmd), stderr, time.monotonic() - started)
+    return FFmpegRun(tuple(cmd), stderr, time.monotonic() - started, captured)
 
 
 # ---------------------------------------------------------------- probing
@@ -293,4 +320,41 @@ def parse_ffmpeg_banner(stderr: str) -> AudioInfo:
 def build_ebur128_cmd(src: Path, filter_spec: str) -> list[str]:
     """Run the first audio stream through a measuring filter (ebur128) and discard the audio."""
     cmd = [ffmpeg_binary(), "-i", as_input(src), "-map", "0:a:0", "-af", filter_spec, "-f", "null", "-"]
+    return _finish(cmd, progress=False)
+
+
+def build_probe_audio_cmd(src: Path) -> list[str]:
+    """ffprobe, as JSON, of the first audio stream: what the decoder will produce (sample format and bit depth
+    included, which `probe` does not report)."""
+    probe_bin = ffprobe_binary()
+    if not probe_bin:
+        raise FFmpegError(["ffprobe"], 127, "", summary="ffprobe is not installed")
+    return [probe_bin, "-hide_banner", "-v", "error", "-select_streams", "a:0", "-show_entries",
+            "stream=codec_name,sample_fmt,sample_rate,channels,channel_layout,bits_per_raw_sample,bits_per_sample",
+            "-of", "json", as_input(src)]
+
+
+def build_decode_measure_cmd(src: Path, *, sample_rate: int, meter_filter: str | None = None) -> list[str]:
+    """Decode the first audio stream once: float32 interleaved PCM at `sample_rate` on stdout, channels as they
+    are (no -ac: it would remix a 3.0 layout into 2.1) and, when `meter_filter` is given (ebur128), the same
+    decoded audio through it on a split branch to a null output, so its report comes from this one decode.
+    -xerror turns a decode error (a truncated FLAC) into a failure instead of silently concealed audio."""
+    pcm = ["-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
+    cmd = [ffmpeg_binary(), "-xerror", "-i", as_input(src)]
+    if meter_filter:
+        graph = f"[0:a:0]asplit=2[pcm][meter];[meter]{meter_filter}[measured]"
+        cmd += ["-filter_complex", graph, "-map", "[pcm]", *pcm, "-map", "[measured]", "-f", "null", "-"]
+    else:
+        cmd += ["-map", "0:a:0", *pcm]
+    return _finish(cmd, progress=False)
+
+
+def build_measure_pcm_cmd(sample_rate: int, channels: int, filter_spec: str,
+                          channel_layout: str | None = None) -> list[str]:
+    """Run a measuring filter (ebur128) over float32 interleaved PCM read from stdin: audio roadie has already
+    decoded, so the original is not decoded a second time. The source's channel layout, when known, keeps
+    ebur128's channel weights right (raw PCM alone would be guessed as the default layout, 3 channels as 2.1)."""
+    layout = ["-ch_layout", channel_layout] if channel_layout else ["-ac", str(int(channels))]
+    cmd = [ffmpeg_binary(), "-f", "f32le", "-ar", str(int(sample_rate)), *layout, "-i", "pipe:0",
+           "-af", filter_spec, "-f", "null", "-"]
     return _finish(cmd, progress=False)
