@@ -1,0 +1,261 @@
+"""Cover art: the picture embedded in the upload (MP3 APIC, FLAC PICTURE, M4A covr), a 200x200 centre-cropped
+thumbnail, and a bundled default when the upload has none.
+
+ffmpeg copies the attached picture out as it is (an argument list, never a shell); Pillow checks it is a real
+image and makes the thumbnail. No ImageMagick anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from roadie.errors import InvalidInput, RoadieError
+
+THUMBNAIL_SIZE = (200, 200)
+THUMBNAIL_QUALITY = 88
+MAX_PIXELS = 40_000_000  # beyond this a "cover" is a decompression bomb, not artwork
+DEFAULT_ARTWORK = Path(__file__).resolve().parents[2] / "roadie" / "assets" / "default-artwork.png"
+DEFAULT_ARTWORK_SIZE = 600
+_KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as uploaded; anything else is re-encoded as PNG
+
+
+class ArtworkError(RoadieError):
+    """Cover art could not be used. Not transient, and not fatal for an ingest: it falls back to the default."""
+
+
+class BrokenArtwork(ArtworkError):
+    """The upload has an embedded picture, but it is not a readable image (corrupt, truncated, not an image)."""
+
+
+@dataclass(frozen=True)
+class Artwork:
+    full: bytes  # the cover as embedded (JPEG or PNG), or re-encoded as PNG
+    full_extension: str  # "jpg" or "png"
+    width: int
+    height: int
+    thumbnail: bytes  # 200x200 JPEG, centre-cropped
+    embedded: bool  # False: the bundled default
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        return f"cover.{self.full_extension}"
+
+    thumbnail_name = "cover-200.jpg"
+
+
+@dataclass(frozen=True)
+class ArtworkKeys:
+    full_key: str
+    thumbnail_key: str
+    embedded: bool
+    full_asset_id: str
+    thumbnail_asset_id: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"full_key": self.full_key, "thumbnail_key": self.thumbnail_key, "embedded": self.embedded}
+
+
+# ---------------------------------------------------------------- extracting
+
+
+def has_embedded_cover(src: Path) -> bool:
+    from tasks.media import ffmpeg
+
+    return ffmpeg.probe(Path(src)).has_cover
+
+
+def extract_cover(src: Path, workdir: Path, *, has_cover: bool | None = None) -> bytes | None:
+    """The embedded picture's bytes exactly as stored, or None when there is none. `has_cover` (from an earlier
+    probe) saves probing again. A picture ffmpeg cannot copy out raises BrokenArtwork."""
+    from tasks.media import ffmpeg
+
+    src = Path(src)
+    if has_cover is None:
+        has_cover = has_embedded_cover(src)
+    if not has_cover:
+        return None
+    # image2 writes each packet's bytes verbatim, so a PNG cover lands intact despite the .jpg name.
+    dst = Path(workdir) / f"cover-{uuid.uuid4().hex}.jpg"
+    try:
+        ffmpeg.run(ffmpeg.build_extract_cover_cmd(src, dst), timeout_s=60)
+        data = dst.read_bytes() if dst.exists() else b""
+    except ffmpeg.FFmpegError as exc:
+        if exc.returncode == 127:
+            raise
+        raise BrokenArtwork(f"the embedded cover art could not be extracted ({exc})") from None
+    finally:
+        dst.unlink(missing_ok=True)
+    if not data:
+        raise BrokenArtwork("the embedded cover art is empty")
+    return data
+
+
+# ---------------------------------------------------------------- images
+
+
+def _open_checked(data: bytes):
+    """Decode fully (verify() alone misses truncated pixel data) and refuse decompression bombs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise BrokenArtwork(f"the cover art is {image.width}x{image.height} pixels, over the "
+                                    f"{MAX_PIXELS // 1_000_000} MP limit")
+            image.load()
+    except BrokenArtwork:
+        raise
+    except UnidentifiedImageError:
+        raise BrokenArtwork("the embedded cover art is not a readable image (unknown or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BrokenArtwork(f"the embedded cover art is too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt-data errors
+        raise BrokenArtwork(f"the embedded cover art is corrupt ({exc})") from None
+    if image.width < 1 or image.height < 1:
+        raise BrokenArtwork("the embedded cover art has no pixels")
+    return image
+
+
+def _rgb(image):
+    """Flatten transparency onto white (a thumbnail is a JPEG) and normalise CMYK, palette and grey images."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        ground = Image.new("RGB", rgba.size, (255, 255, 255))
+        ground.paste(rgba, mask=rgba.getchannel("A"))
+        return ground
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def make_thumbnail(image, size: tuple[int, int] = THUMBNAIL_SIZE) -> bytes:
+    """A centre crop to the target's aspect ratio, scaled with Lanczos, as a JPEG."""
+    from PIL import Image, ImageOps
+
+    thumb = ImageOps.fit(_rgb(image), size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return buffer.getvalue()
+
+
+def artwork_from_bytes(data: bytes, *, embedded: bool = True) -> Artwork:
+    """Check the picture, keep it as it is when it is JPEG or PNG (else re-encode it as PNG), make the thumbnail."""
+    image = _open_checked(data)
+    extension = _KEPT_FORMATS.get(image.format or "")
+    full = data
+    if extension is None:
+        buffer = io.BytesIO()
+        (image if image.mode in ("RGB", "RGBA", "L", "LA", "P") else image.convert("RGB")).save(buffer, format="PNG")
+        full, extension = buffer.getvalue(), "png"
+    return Artwork(full, extension, image.width, image.height, make_thumbnail(image), embedded)
+
+
+def draw_default_artwork(size: int = DEFAULT_ARTWORK_SIZE) -> bytes:
+    """The default cover: a dusk gradient, a record's grooves and a small waveform. Deterministic."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / (size - 1)
+    t = (0.65 * y + 0.35 * x)[..., None]
+    top, bottom = np.array([38, 32, 84]), np.array([22, 128, 142])  # indigo to teal
+    pixels = (top * (1 - t) + bottom * t).round().astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image, "RGBA")
+    centre = size / 2
+    for radius in np.linspace(0.44, 0.16, 9) * size:  # grooves
+        draw.ellipse([centre - radius, centre - radius, centre + radius, centre + radius],
+                     outline=(255, 255, 255, 38), width=max(1, size // 200))
+    label = 0.12 * size
+    draw.ellipse([centre - label, centre - label, centre + label, centre + label], fill=(255, 255, 255, 230))
+    heights = [0.25, 0.5, 0.8, 0.55, 1.0, 0.6, 0.85, 0.45, 0.3]
+    span = 1.3 * label  # the bars sit inside the label, centred
+    bar_w = span / (len(heights) * 1.6 - 0.6)
+    for i, h in enumerate(heights):
+        left = centre - span / 2 + i * bar_w * 1.6
+        half = h * label * 0.55
+        draw.rounded_rectangle([left, centre - half, left + bar_w, centre + half], radius=bar_w / 2,
+                               fill=(38, 32, 84, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@lru_cache(maxsize=1)
+def default_artwork() -> Artwork:
+    """The bundled default (roadie/assets/default-artwork.png), drawn afresh if the file is missing."""
+    data = DEFAULT_ARTWORK.read_bytes() if DEFAULT_ARTWORK.is_file() else draw_default_artwork()
+    return artwork_from_bytes(data, embedded=False)
+
+
+def load_artwork(src: Path, workdir: Path, *, has_cover: bool | None = None) -> Artwork:
+    """The upload's cover art, or the default when it has none. Broken cover art raises BrokenArtwork."""
+    data = extract_cover(src, workdir, has_cover=has_cover)
+    if data is None:
+        return default_artwork()
+    return artwork_from_bytes(data, embedded=True)
+
+
+def artwork_or_default(src: Path, workdir: Path, *, has_cover: bool | None = None) -> Artwork:
+    """Like load_artwork, but broken cover art degrades to the default with a warning (for the ingest)."""
+    try:
+        return load_artwork(src, workdir, has_cover=has_cover)
+    except ArtworkError as exc:
+        fallback = default_artwork()
+        return Artwork(fallback.full, fallback.full_extension, fallback.width, fallback.height, fallback.thumbnail,
+                       False, (f"cover art ignored, default used: {exc}",))
+
+
+# ---------------------------------------------------------------- storing
+
+
+def artwork_prefix(track_id: str) -> str:
+    """Artwork belongs to the track (tracks.artwork_asset_id), so it lives under the track, not the version:
+    a failed later version, whose outputs are discarded, cannot leave the track pointing at deleted objects."""
+    from roadie.storage import join_key
+
+    return join_key("tracks", str(track_id), "artwork")
+
+
+def save_artwork(session, storage, version_id: str, artwork: Artwork) -> ArtworkKeys:
+    """Publish the cover and its thumbnail (staged, so never half-visible), record both as assets and point the
+    version's track at them. A rerun replaces the objects and updates the same asset rows."""
+    from roadie.db.models import Track, TrackVersion
+    from roadie.storage import staged
+    from tasks.catalog import parse_uuid, upsert_asset
+
+    version = session.get(TrackVersion, parse_uuid(version_id))
+    if version is None:
+        raise InvalidInput(f"track version {version_id} does not exist")
+    track = session.get(Track, version.track_id, with_for_update=True)
+    with staged(storage, artwork_prefix(str(version.track_id))) as stage:
+        full_key = stage.put_bytes(artwork.full_name, artwork.full, _content_type(artwork.full_extension))
+        thumb_key = stage.put_bytes(Artwork.thumbnail_name, artwork.thumbnail, "image/jpeg")
+        stage.promote()
+    full_asset = upsert_asset(session, storage, full_key, len(artwork.full), _sha256(artwork.full))
+    thumb_asset = upsert_asset(session, storage, thumb_key, len(artwork.thumbnail), _sha256(artwork.thumbnail))
+    track.artwork_asset_id = full_asset.id
+    track.artwork_thumb_asset_id = thumb_asset.id
+    session.flush()
+    return ArtworkKeys(full_key, thumb_key, artwork.embedded, str(full_asset.id), str(thumb_asset.id))
+
+
+def _content_type(extension: str) -> str:
+    return "image/png" if extension == "png" else "image/jpeg"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+if __name__ == "__main__":  # python -m tasks.media.artwork: (re)draw the bundled default
+    DEFAULT_ARTWORK.parent.mkdir(parents=True, exist_ok=True)
+    DEFAULT_ARTWORK.write_bytes(draw_default_artwork())
+    print(DEFAULT_ARTWORK)
