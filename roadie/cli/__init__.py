@@ -4,5 +4,6 @@ from roadie.cli.app import app
 from roadie.cli import db, media, server  # noqa: F401  (registers commands)
 from roadie.cli import batch  # noqa: F401
 from roadie.cli import ops  # noqa: F401
+from roadie.cli import analysis  # noqa: F401
 
 __all__ = ["app"]
