@@ -24,29 +24,29 @@ _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _COLUMNS = "track_id, day, plays, uniques, completions, likes, reposts, downloads"
 
 # Distinct listeners: users by user_id, anonymous plays by ip_hash; COUNT ignores NULLs, so a play with neither
-# is a play but not a listener, and the existing rows (all NULL, is_play 0) add nothing but their track.
-# (Two DISTINCT aggregates measured faster here than one over a coalesced text key, or a two-level GROUP BY.)
-# The join drops rows that would not change: ON CONFLICT would still lock (write) each of them.
+# is a play but not a listener. (Two DISTINCT aggregates measured faster here than one over a coalesced text key,
+# or a two-level GROUP BY.)
+# The day's stored rows come in through the UNION with a count of 0 and their stored values: a track whose
+# activity is gone gets its zeros, and HAVING drops rows that would not change (ON CONFLICT would still lock,
+# that is write, each of them). Not a join against the table being inserted into: on a still empty table the
+# planner may choose a nested loop that rescans the rows this very statement inserts.
+_UNIQUES = "COUNT(DISTINCT user_id) + COUNT(DISTINCT ip_hash) FILTER (WHERE user_id IS NULL)"
 _PLAYS = sql(
     f"""
     INSERT INTO analytics_daily ({_COLUMNS})
-    SELECT counted.track_id, :day, counted.plays, counted.uniques, counted.completions, 0, 0, 0
+    SELECT track_id, :day, SUM(is_play), {_UNIQUES}, SUM(done), 0, 0, 0
     FROM (
-        SELECT track_id, SUM(is_play) AS plays,
-               COUNT(DISTINCT user_id) + COUNT(DISTINCT ip_hash) FILTER (WHERE user_id IS NULL) AS uniques,
-               SUM(done) AS completions
-        FROM (
-            SELECT track_id, user_id, ip_hash, 1 AS is_play, CASE WHEN completed THEN 1 ELSE 0 END AS done
-            FROM analytics_play
-            WHERE started_at >= :lo AND started_at < :hi
-            UNION ALL
-            SELECT track_id, NULL, NULL, 0, 0 FROM analytics_daily WHERE day = :day
-        ) AS day_plays
-        GROUP BY track_id
-    ) AS counted
-    LEFT JOIN analytics_daily AS stored ON stored.track_id = counted.track_id AND stored.day = :day
-    WHERE stored.track_id IS NULL OR stored.plays <> counted.plays OR stored.uniques <> counted.uniques
-       OR stored.completions <> counted.completions
+        SELECT track_id, user_id, ip_hash, 1 AS is_play, CASE WHEN completed THEN 1 ELSE 0 END AS done,
+               NULL AS stored_plays, NULL AS stored_uniques, NULL AS stored_completions
+        FROM analytics_play
+        WHERE started_at >= :lo AND started_at < :hi
+        UNION ALL
+        SELECT track_id, NULL, NULL, 0, 0, plays, uniques, completions FROM analytics_daily WHERE day = :day
+    ) AS day_plays
+    WHERE true
+    GROUP BY track_id
+    HAVING MAX(stored_plays) IS NULL OR MAX(stored_plays) <> SUM(is_play)
+        OR MAX(stored_uniques) <> {_UNIQUES} OR MAX(stored_completions) <> SUM(done)
     ON CONFLICT (track_id, day) DO UPDATE
     SET plays = excluded.plays, uniques = excluded.uniques, completions = excluded.completions
     """,
@@ -56,22 +56,19 @@ _PLAYS = sql(
 
 def _engagement(table: str) -> sa.TextClause:
     # table comes from the fixed tuple below, never from input.
-    counts = {kind: ("counted.n" if kind == table else "0") for kind in ENGAGEMENTS}
+    counts = {kind: ("SUM(n)" if kind == table else "0") for kind in ENGAGEMENTS}
     return sql(
         f"""
         INSERT INTO analytics_daily ({_COLUMNS})
-        SELECT counted.track_id, :day, 0, 0, 0, {counts['likes']}, {counts['reposts']}, {counts['downloads']}
+        SELECT track_id, :day, 0, 0, 0, {counts['likes']}, {counts['reposts']}, {counts['downloads']}
         FROM (
-            SELECT track_id, SUM(n) AS n
-            FROM (
-                SELECT track_id, 1 AS n FROM {table} WHERE created_at >= :lo AND created_at < :hi
-                UNION ALL
-                SELECT track_id, 0 FROM analytics_daily WHERE day = :day
-            ) AS day_{table}
-            GROUP BY track_id
-        ) AS counted
-        LEFT JOIN analytics_daily AS stored ON stored.track_id = counted.track_id AND stored.day = :day
-        WHERE stored.track_id IS NULL OR stored.{table} <> counted.n
+            SELECT track_id, 1 AS n, NULL AS stored FROM {table} WHERE created_at >= :lo AND created_at < :hi
+            UNION ALL
+            SELECT track_id, 0, {table} FROM analytics_daily WHERE day = :day
+        ) AS day_{table}
+        WHERE true
+        GROUP BY track_id
+        HAVING MAX(stored) IS NULL OR MAX(stored) <> SUM(n)
         ON CONFLICT (track_id, day) DO UPDATE SET {table} = excluded.{table}
         """,
         day=DAY, lo=TIMESTAMP, hi=TIMESTAMP,

@@ -180,7 +180,7 @@ _RUN_STATUS = sql("SELECT status, paid_at FROM payout_runs WHERE period_start = 
 # Working tables, private to the connection and dropped before commit. Analysed, the small ones give PostgreSQL
 # the row counts a CTE hides (a CTE's estimate led it into 97k index scans, another into hashing 4M plays); the
 # computed split is compared with the stored one so that a rerun writes only what changed.
-_TEMP_TABLES = ("dist_payouts", "dist_allocation", "dist_tracks", "dist_pools")
+_TEMP_TABLES = ("dist_payouts", "dist_new_lines", "dist_allocation", "dist_tracks", "dist_pools")
 
 _POOLS = sql(
     f"""
@@ -251,8 +251,11 @@ _ALLOCATE = sql(
     **_PERIOD_BINDS,
 )
 
-# Lines that are gone or changed go; the computed lines not stored (then) come in. No ON CONFLICT: under the
-# period lock nothing else writes these rows, and a plain insert measured twice as fast as the upsert.
+# Lines that are gone or changed go; then the computed lines not stored (any more) are added. The lines to add
+# are found first, into a table of their own: an INSERT whose NOT EXISTS reads the table it fills can get, on a
+# still empty table, a nested loop that rescans every row the statement has inserted so far (quadratic: it ran
+# for 14 min in bench/distribution before this). No ON CONFLICT either: under the period lock nothing else
+# writes these rows, and a plain insert measured twice as fast as the upsert.
 _LINES_STALE = sql(
     """
     DELETE FROM payout_allocation_lines
@@ -266,15 +269,23 @@ _LINES_STALE = sql(
     ps=DAY,
 )
 
-_LINES_WRITE = sql(
+_LINES_NEW = sql(
     """
-    INSERT INTO payout_allocation_lines (period_start, user_id, artist_id, weight_ms, cents)
-    SELECT :ps, n.user_id, n.artist_id, n.weight_ms, n.cents
+    CREATE TEMP TABLE dist_new_lines AS
+    SELECT n.user_id, n.artist_id, n.weight_ms, n.cents
     FROM dist_allocation n
     WHERE NOT EXISTS (
         SELECT 1 FROM payout_allocation_lines o
         WHERE o.period_start = :ps AND o.user_id = n.user_id AND o.artist_id = n.artist_id
     )
+    """,
+    ps=DAY,
+)
+
+_LINES_WRITE = sql(
+    """
+    INSERT INTO payout_allocation_lines (period_start, user_id, artist_id, weight_ms, cents)
+    SELECT :ps, user_id, artist_id, weight_ms, cents FROM dist_new_lines
     """,
     ps=DAY,
 )
@@ -318,19 +329,20 @@ _PAYOUTS = sql(
 
 
 def _payouts_upsert(new_id: str) -> sa.TextClause:
-    # Upsert, not delete+insert: an artist's payout row keeps its id across reruns.
+    # Upsert, not delete+insert: an artist's payout row keeps its id across reruns; unchanged rows are skipped.
     return sql(
         f"""
         INSERT INTO artist_payouts
             (id, artist_id, period_start, period_end, total_cents, contribution_count, listener_count)
-        SELECT {new_id}, n.artist_id, :ps, :pe, n.total_cents, n.contribution_count, n.listener_count
-        FROM dist_payouts n
-        LEFT JOIN artist_payouts o ON o.artist_id = n.artist_id AND o.period_start = :ps
-        WHERE o.id IS NULL OR o.total_cents <> n.total_cents OR o.contribution_count <> n.contribution_count
-           OR o.listener_count <> n.listener_count OR o.period_end <> :pe
+        SELECT {new_id}, artist_id, :ps, :pe, total_cents, contribution_count, listener_count
+        FROM dist_payouts
+        WHERE true
         ON CONFLICT (artist_id, period_start) DO UPDATE
         SET period_end = excluded.period_end, total_cents = excluded.total_cents,
             contribution_count = excluded.contribution_count, listener_count = excluded.listener_count
+        WHERE artist_payouts.period_end <> excluded.period_end OR artist_payouts.total_cents <> excluded.total_cents
+           OR artist_payouts.contribution_count <> excluded.contribution_count
+           OR artist_payouts.listener_count <> excluded.listener_count
         """,
         **_PERIOD_BINDS,
     )
@@ -562,6 +574,7 @@ def distribute_month(month: Period | date | str, session: Optional[Session] = No
         if not is_postgres(s):  # PostgreSQL needs no statistics to hash 2M rows
             _prepare_temp(s, "dist_allocation", "user_id, artist_id")
         s.execute(_LINES_STALE, params)
+        s.execute(_LINES_NEW, params)
         s.execute(_LINES_WRITE, params)
         for clear in _CLEAR:
             s.execute(clear, params)
