@@ -175,3 +175,24 @@ def test_save_waveform_needs_a_waveform_and_a_version(roadie_env, pg: Session, s
     monkeypatch.setattr(wf, "prepare", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     with pytest.raises(InvalidInput, match="no waveform"):
         analysis.save_waveform(pg, get_storage(), str(new_version(pg)), analysis.analyze_file(song))
+
+
+def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: Path, tmp_path: Path):
+    """The Prefect tasks' bodies (called without an engine): a committed waveforms row and a track with artwork."""
+    from roadie.db.models import Track, TrackVersion, Waveform
+    from roadie.db.session import session_scope
+    from roadie.storage import get_storage
+    from tasks.media import analysis_tasks
+
+    with session_scope() as session:
+        version_id = str(new_version(session))
+    result = analysis_tasks.analyze_audio.fn(song)
+    keys = analysis_tasks.publish_waveform.fn(version_id, result)
+    art = analysis_tasks.extract_artwork.fn(song, tmp_path)
+    cover = analysis_tasks.publish_artwork.fn(version_id, art)
+    assert not cover.embedded and get_storage().exists(cover.thumbnail_key)
+    with session_scope() as session:
+        version = session.get(TrackVersion, uuid.UUID(version_id))
+        assert session.scalar(select(Waveform.json_asset_id).where(Waveform.track_version_id == version.id))
+        assert str(session.get(Track, version.track_id).artwork_thumb_asset_id) == cover.thumbnail_asset_id
+    assert get_storage().get_bytes(keys.json_key).decode() == result.waveform_json

@@ -1,0 +1,155 @@
+"""bench/analyze: roadie's whole audio analysis against the naive sequence of separate passes, side by side.
+
+    .venv/bin/python bench/analyze.py [--seconds 240] [--rate 48000] [--repeat 3]
+
+On one music-like stereo track written to bench/out/ as a 16-bit WAV:
+  naive sequence, one pass per job, each reading the file again:
+    1. ffmpeg ebur128 (peak=true) on the file
+    2. fpcalc on the file
+    3. pyloudnorm on the re-read file: integrated (+ LRA when this pyloudnorm has it) and a 4x resample_poly true peak
+    4. a waveform pass: decode the file again, 8-bit JSON at 20 px/s and the 1800x280 PNG
+  roadie: analyze_file, i.e. one decode to PCM in memory, then ffmpeg ebur128 on that PCM, the numpy meter, the
+    waveform (JSON + PNG) and the fingerprint (fpcalc fed the PCM) side by side
+  and, for the record, roadie with ebur128 on a split branch inside the decode (one ffmpeg process).
+
+Each variant runs once to warm up (imports, caches; the cold run is printed too), then --repeat times,
+alternating; the median wall time is reported with the CPU seconds it used (this process and its children).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from roadie.sample import music_like  # noqa: E402
+from tasks.media import analysis, fingerprint as fpm, loudness, waveform as wf  # noqa: E402
+from tasks.media.decode import decode, probe_stream  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    cpu, started = cpu_seconds(), time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, cpu_seconds() - cpu, result
+
+
+# ---------------------------------------------------------------- the naive sequence
+
+
+def naive_pyloudnorm(path: Path) -> loudness.LoudnessReading:
+    import pyloudnorm
+    from scipy.signal import resample_poly
+
+    data, rate = sf.read(str(path))
+    meter = pyloudnorm.Meter(rate)
+    integrated = meter.integrated_loudness(data)
+    lra = meter.loudness_range(data) if hasattr(meter, "loudness_range") else None
+    peak = max(np.abs(resample_poly(data[:, c], 4, 1)).max() for c in range(data.shape[1]))
+    return loudness.LoudnessReading(integrated, lra, 20 * math.log10(peak))
+
+
+def naive_waveform(path: Path) -> tuple[str, bytes]:
+    decoded = decode(path)
+    prepared = wf.prepare(decoded.samples, integer_pcm=decoded.stream.integer_pcm)
+    data = wf.summarize(prepared, decoded.sample_rate, wf.samples_per_pixel(decoded.sample_rate, pixels_per_second=20))
+    return data.to_json(8), wf.whole_track_png(prepared, decoded.sample_rate, 1800, 280)
+
+
+def naive_sequence(path: Path) -> dict[str, float]:
+    steps: dict[str, float] = {}
+    for name, fn in [("ffmpeg ebur128", lambda: loudness.measure_ffmpeg(path, 2)),
+                     ("fpcalc on the file", lambda: fpm.fingerprint_file(path)),
+                     ("pyloudnorm, re-read", lambda: naive_pyloudnorm(path)),
+                     ("waveform pass", lambda: naive_waveform(path))]:
+        started = time.perf_counter()
+        fn()
+        steps[name] = time.perf_counter() - started
+    return steps
+
+
+# ---------------------------------------------------------------- roadie
+
+
+def roadie_split(path: Path) -> analysis.Analysis:
+    """The alternative design: ebur128 on an asplit branch inside the one decode process."""
+    stream = probe_stream(path)
+    return analysis.analyze_decoded(decode(path, measure_loudness=True, stream=stream), label=str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--rate", type=int, default=48000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    wav = OUT / f"analyze-{args.seconds:g}s-{args.rate}.wav"
+    sf.write(str(wav), music_like(args.seconds, args.rate, channels=2, seed=1), args.rate, subtype="PCM_16")
+    load = os.getloadavg()[0]
+    print(f"{args.seconds:g} s stereo {args.rate} Hz music-like WAV ({wav.stat().st_size / 1e6:.1f} MB), "
+          f"{os.cpu_count()} cores, load average {load:.2f} at start; median of {args.repeat} after a warm-up\n")
+
+    cold_s, cold_cpu, _ = timed(lambda: analysis.analyze_file(wav))
+    timed(lambda: naive_sequence(wav))
+    timed(lambda: roadie_split(wav))
+    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "split": []}
+    naive_steps: list[dict[str, float]] = []
+    result = None
+    for _ in range(args.repeat):
+        wall, cpu, steps = timed(lambda: naive_sequence(wav))
+        runs["naive"].append((wall, cpu))
+        naive_steps.append(steps)
+        wall, cpu, result = timed(lambda: analysis.analyze_file(wav))
+        runs["roadie"].append((wall, cpu))
+        wall, cpu, _ = timed(lambda: roadie_split(wav))
+        runs["split"].append((wall, cpu))
+
+    def median(name: str) -> tuple[float, float]:
+        return statistics.median(w for w, _ in runs[name]), statistics.median(c for _, c in runs[name])
+
+    naive_s, naive_cpu = median("naive")
+    roadie_s, roadie_cpu = median("roadie")
+    split_s, split_cpu = median("split")
+    print("naive sequence, step by step (median)")
+    for step in naive_steps[0]:
+        print(f"  {step:<22} {statistics.median(s[step] for s in naive_steps):7.3f} s")
+    print("roadie, step by step (last run; the steps after the decode overlap)")
+    for step, seconds in result.timings:
+        print(f"  {step:<22} {seconds:7.3f} s")
+    samples = decode(wav).samples
+    wave_s, _, _ = timed(lambda: wf.compute(samples, args.rate, args.rate // 20, integer_pcm=True).to_json(8))
+    print(f"  (waveform JSON alone, {args.seconds:g} s stereo: {wave_s:.3f} s)\n")
+
+    print(f"{'':<46} {'wall':>8} {'cpu':>8}")
+    print(f"{'naive sequence (4 separate passes)':<46} {naive_s:7.3f}s {naive_cpu:7.3f}s")
+    print(f"{'roadie analyze_file (one decode)':<46} {roadie_s:7.3f}s {roadie_cpu:7.3f}s")
+    print(f"{'  roadie, first run in this process (cold)':<46} {cold_s:7.3f}s {cold_cpu:7.3f}s")
+    print(f"{'  roadie, ebur128 inside the decode (asplit)':<46} {split_s:7.3f}s {split_cpu:7.3f}s")
+    ratio = roadie_s / naive_s
+    print(f"\nratio roadie / naive: {ratio:.2f}x (target <= 0.50x)   roadie wall: {roadie_s:.2f} s (target <= 1.5 s)")
+    r = result.as_dict()["loudness"]
+    print(f"readings: ffmpeg I {r['integrated_lufs']} LUFS, LRA {r['loudness_range_lu']} LU, TP "
+          f"{r['true_peak_dbtp']} dBTP; pyloudnorm I {r['pyloudnorm']['integrated_lufs']}; delta {r['delta_lu']} LU; "
+          f"agrees {r['agrees']}; warnings {list(result.warnings)}")
+
+
+if __name__ == "__main__":
+    main()
