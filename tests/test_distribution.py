@@ -285,7 +285,7 @@ def test_a_broken_invariant_aborts_the_transaction(pg):
 
 def test_months_and_top_artists(pg):
     assert parse_month("2026-10") == date(2026, 10, 1)
-    for bad in ("2026-13", "2026-1", "202610", "october", "2026-10-01"):
+    for bad in ("2026-13", "2026-1", "202610", "october", "2026-10-01", "9999-12", "0000-01"):
         with pytest.raises(InvalidInput):
             parse_month(bad)
     assert last_month(datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)).label == "2025-12"

@@ -210,7 +210,8 @@ def test_resolve_days():
     assert days == [date(2026, 2, 27), date(2026, 2, 28), date(2026, 3, 1)]
     assert describe_days(days) == "rollup-2026-02-27..2026-03-01"
     assert describe_days([date(2026, 11, 27)]) == "rollup-2026-11-27"
-    for bad in ({"day": "2026-02-30"}, {"day": "20260227"}, {"day": "yesterday"}, {"start": "2026-03-02"},
+    for bad in ({"day": "2026-02-30"}, {"day": "20260227"}, {"day": "yesterday"}, {"day": "9999-12-31"},
+                {"start": "2026-03-02"},
                 {"start": "2026-03-02", "end": "2026-03-01"}, {"day": "2026-03-01", "start": "2026-03-01"}):
         with pytest.raises(InvalidInput):
             resolve_days(**bad)

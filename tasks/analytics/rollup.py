@@ -137,9 +137,12 @@ def parse_day(text: str, what: str = "day") -> date:
     if not isinstance(text, str) or not _ISO_DAY.fullmatch(text.strip()):
         raise InvalidInput(f"{what} must be a date as YYYY-MM-DD, got {text!r}")
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(text.strip())
     except ValueError as exc:
         raise InvalidInput(f"{what} {text!r} is not a calendar date ({exc})") from None
+    if day == date.max:  # its window would end after the last representable day
+        raise InvalidInput(f"{what} {text!r} is out of range")
+    return day
 
 
 def days_between(start: date, end: date) -> list[date]:

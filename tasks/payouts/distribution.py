@@ -10,17 +10,18 @@ Rules (issue 4), all in integer cents:
 - the split is largest remainder: base = pool*w // W, and the pool - Σbase leftover cents go one each to the
   largest pool*w % W, ties to the lowest artist_id; a pool with no weight goes whole to an unallocated line.
 
-The split is computed into temporary tables, then compared with what is stored: a rerun writes only the rows
-that changed and deletes the ones that no longer apply (so artist_payouts rows keep their ids, and a rerun over
-unchanged data writes nothing). The invariants are then checked on what is stored, before commit. Runs of one
-period are serialised by an advisory lock; a period marked paid is frozen.
+The split is computed into temporary tables, then compared with what is stored: a rerun writes only the
+allocation lines and payouts that changed and deletes the ones that no longer apply (so artist_payouts rows keep
+their ids); the small per-user unallocated lines and per-charity totals are replaced whole. The invariants are
+then checked on what is stored, before commit. Runs of one period are serialised by an advisory lock; a period
+marked paid is frozen.
 """
 from __future__ import annotations
 
 import calendar
 import re
-import uuid
 import time as clock
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Optional
@@ -135,8 +136,8 @@ def parse_month(text: str) -> date:
     if not isinstance(text, str) or not _ISO_MONTH.fullmatch(text.strip()):
         raise InvalidInput(f"month must be YYYY-MM, got {text!r}")
     year, month = (int(part) for part in text.strip().split("-"))
-    if not 1 <= month <= 12 or year < 1:
-        raise InvalidInput(f"month {text!r} does not exist")
+    if not 1 <= month <= 12 or not 1 <= year <= 9998:
+        raise InvalidInput(f"month {text!r} does not exist or is out of range")
     return date(year, month, 1)
 
 
