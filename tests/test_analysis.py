@@ -196,3 +196,15 @@ def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: P
         assert session.scalar(select(Waveform.json_asset_id).where(Waveform.track_version_id == version.id))
         assert str(session.get(Track, version.track_id).artwork_thumb_asset_id) == cover.thumbnail_asset_id
     assert get_storage().get_bytes(keys.json_key).decode() == result.waveform_json
+
+
+def test_failing_ffmpeg_meter_means_no_loudness(song: Path, monkeypatch: pytest.MonkeyPatch):
+    from tasks.media import ffmpeg
+
+    real = ffmpeg.build_measure_pcm_cmd
+    monkeypatch.setattr(ffmpeg, "build_measure_pcm_cmd",
+                        lambda *a, **k: [x if x != "-af" else "-bogus_option" for x in real(*a, **k)])
+    result = analysis.analyze_file(song)
+    assert result.loudness is None and result.as_dict()["loudness"] is None
+    assert any(w.startswith("loudness unavailable: ffmpeg ebur128 failed: ") for w in result.warnings)
+    assert result.waveform is not None and result.fingerprint is not None

@@ -168,3 +168,11 @@ def test_the_decode_command_is_one_argument_list_with_file_protocol(tmp_path: Pa
     assert "file:" + str((tmp_path / "x;y.flac").resolve()) in cmd
     assert "-xerror" in cmd and "-ac" not in cmd
     assert cmd.count("pipe:1") == 1 and "asplit=2[pcm][meter];[meter]ebur128[measured]" in " ".join(cmd)
+
+
+def test_overlong_audio_is_refused_without_decoding_it_all(tmp_path: Path):
+    """A few kB of FLAC silence can decode to hours: the decode stops at the limit instead of filling memory."""
+    path = write_wav(tmp_path / "long.wav", np.zeros((8000 * 12, 1)), 8000)
+    assert decode(path, max_seconds=12).frames == 8000 * 12  # exactly at the limit is fine
+    with pytest.raises(UnreadableMedia, match="longer than 0.1 minutes"):
+        decode(path, max_seconds=6)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from roadie.errors import RoadieError
 from tasks.media import waveform as wf
 from tasks.media.decode import DecodedAudio, decode, measure_with_ffmpeg, probe_stream
 from tasks.media.fingerprint import Fingerprint
@@ -28,6 +29,10 @@ from tasks.media.loudness import LoudnessReading, LoudnessResult
 WAVEFORM_PPS = 20  # the original design's 20 px/s, 8-bit JSON (peaks.js reads 8-bit)
 WAVEFORM_BITS = 8
 PNG_SIZE = (1800, 280)
+
+
+class LoudnessUnavailable(RoadieError):
+    """ffmpeg's meter, whose values are the published ones, gave no reading."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +104,7 @@ def _warm_up_meter(sample_rate: int, channels: int) -> None:
 
     noise = np.random.default_rng(0).uniform(-0.1, 0.1, (sample_rate // 2, channels)).astype(np.float32)
     loudness.measure_pcm(noise, sample_rate)
-    import PIL.Image  # noqa: F401  (the PNG step's import)
+    import PIL.PngImagePlugin  # noqa: F401  (the PNG step's imports)
 
 
 def _ffmpeg_loudness_step(decoded: DecodedAudio) -> LoudnessReading:
@@ -117,7 +122,7 @@ def _loudness_step(decoded: DecodedAudio, from_ffmpeg: Future) -> LoudnessResult
         reference, reference_error = LoudnessReading(None, None, None), _describe(exc)
     measured, error, _ = from_ffmpeg.result()
     if error:
-        raise RuntimeError(f"ffmpeg ebur128 failed: {error}")
+        raise LoudnessUnavailable(f"ffmpeg ebur128 failed: {error}")
     if reference_error:
         return LoudnessResult(measured.integrated_lufs, measured.loudness_range_lu, measured.true_peak_dbtp,
                               measured, reference, None, False,
@@ -192,8 +197,6 @@ def _timed(fn: Callable, *args) -> tuple[Any, str | None, float]:
 
 
 def _describe(exc: BaseException) -> str:
-    from roadie.errors import RoadieError
-
     return str(exc) if isinstance(exc, RoadieError) and str(exc) else f"{type(exc).__name__}: {exc}"
 
 

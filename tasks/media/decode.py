@@ -1,8 +1,13 @@
-"""Decode an upload once into PCM in memory, with ffmpeg's loudness report from the same decode.
+"""Decode an upload once into PCM in memory; ffmpeg's own loudness measured on that same decode.
 
-One ffmpeg process reads the file: its first audio stream goes through `asplit`, one branch to float32 PCM on a
-pipe (for the waveform, the numpy loudness meter and the fingerprint), the other through `ebur128` to a null
-output (for ffmpeg's own loudness Summary). The file is read and decoded exactly once.
+One ffmpeg process reads the file and writes float32 PCM at the native rate and channel count to a pipe: the
+waveform, the numpy loudness meter and the fingerprint all work from that array. ffmpeg's ebur128 gets the same
+decoded audio one of two ways:
+- `measure_with_ffmpeg`: the PCM fed back through stdin to a second ffmpeg that only measures (what the analysis
+  uses: the decode finishes in a quarter of the time, and the slow true-peak meter runs beside the numpy work);
+- `decode(measure_loudness=True)`: an `asplit` branch inside the decoding process (one process, but the PCM only
+  arrives when the meter is done).
+Either way the file is read and decoded exactly once, and truncated or corrupt input fails (-xerror).
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ from tasks.media.loudness import LoudnessReading
 # ffmpeg sample formats that hold integers: their float32 decode is exact (up to 24 bits), so the int16 a
 # libsndfile-based reader (audiowaveform) would see can be recovered exactly from it.
 INTEGER_SAMPLE_FORMATS = frozenset({"u8", "u8p", "s16", "s16p", "s32", "s32p", "s64", "s64p"})
+# The whole signal is held in memory as float32 (and the meters make copies): 90 minutes of 48 kHz stereo is
+# about 2 GB. Longer audio is refused with a clear message rather than taking the worker down.
+MAX_DECODE_SECONDS = 90 * 60
 # Codecs whose output is integer PCM, for when no ffprobe tells us the sample format.
 _INTEGER_CODEC_PREFIXES = ("pcm_s", "pcm_u", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
 
@@ -127,7 +135,7 @@ def _reason(exc: FFmpegError) -> str:
 
 
 def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | None = None,
-           timeout_s: float | None = 600) -> DecodedAudio:
+           timeout_s: float | None = 600, max_seconds: float = MAX_DECODE_SECONDS) -> DecodedAudio:
     """Decode `src` once into memory. With `measure_loudness`, ffmpeg's ebur128 (true peak on; dual mono for mono
     input) runs on a split of the same decode in the same process, and its final Summary is parsed into `loudness`:
     one process, but the PCM only arrives once the (slower) meter is done. `analysis` instead decodes without it
@@ -139,7 +147,10 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
     src = Path(src)
     stream = stream or probe_stream(src)
     meter = loudness_mod.ebur128_filter(stream.channels) if measure_loudness else None
-    cmd = ffmpeg.build_decode_measure_cmd(src, sample_rate=stream.sample_rate, meter_filter=meter)
+    # One frame past the limit tells "exactly max_seconds long" from "cut off at the limit".
+    limit_frames = int(max_seconds * stream.sample_rate)
+    cmd = ffmpeg.build_decode_measure_cmd(src, sample_rate=stream.sample_rate, meter_filter=meter,
+                                          max_seconds=(limit_frames + 1) / stream.sample_rate)
     try:
         result = ffmpeg.run(cmd, capture_stdout=True, timeout_s=timeout_s)
     except FFmpegError as exc:
@@ -153,6 +164,8 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
         raw = raw[: len(raw) - len(raw) % frame_bytes]
     if not raw:
         raise UnreadableMedia("the file contains no audio samples")
+    if len(raw) // frame_bytes > limit_frames:
+        raise UnreadableMedia(f"the audio is longer than {max_seconds / 60:g} minutes, the most roadie analyses")
     samples = np.frombuffer(raw, dtype="<f4").reshape(-1, stream.channels)
     warnings: list[str] = []
     reading = None

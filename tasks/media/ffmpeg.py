@@ -334,13 +334,16 @@ def build_probe_audio_cmd(src: Path) -> list[str]:
             "-of", "json", as_input(src)]
 
 
-def build_decode_measure_cmd(src: Path, *, sample_rate: int, meter_filter: str | None = None) -> list[str]:
+def build_decode_measure_cmd(src: Path, *, sample_rate: int, meter_filter: str | None = None,
+                             max_seconds: float | None = None) -> list[str]:
     """Decode the first audio stream once: float32 interleaved PCM at `sample_rate` on stdout, channels as they
     are (no -ac: it would remix a 3.0 layout into 2.1) and, when `meter_filter` is given (ebur128), the same
     decoded audio through it on a split branch to a null output, so its report comes from this one decode.
-    -xerror turns a decode error (a truncated FLAC) into a failure instead of silently concealed audio."""
+    -xerror turns a decode error (a truncated FLAC) into a failure instead of silently concealed audio.
+    `max_seconds` stops reading there (-t on the input): a small file of compressed silence cannot fill memory."""
     pcm = ["-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
-    cmd = [ffmpeg_binary(), "-xerror", "-i", as_input(src)]
+    limit = ["-t", f"{max_seconds:g}"] if max_seconds else []
+    cmd = [ffmpeg_binary(), "-xerror", *limit, "-i", as_input(src)]
     if meter_filter:
         graph = f"[0:a:0]asplit=2[pcm][meter];[meter]{meter_filter}[measured]"
         cmd += ["-filter_complex", graph, "-map", "[pcm]", *pcm, "-map", "[measured]", "-f", "null", "-"]

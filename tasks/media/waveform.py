@@ -16,7 +16,6 @@ pixel row) and only the per-pixel extremes are converted: 240 s of 48 kHz stereo
 from __future__ import annotations
 
 import io
-import math
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -270,7 +269,3 @@ def whole_track_png(prepared: PreparedSignal, sample_rate: int, width: int = 180
     spp = fit_samples_per_pixel(max(prepared.frames, 1), width)
     return render_png(summarize(prepared, sample_rate, spp), width, height)
 
-
-def length_for(frames: int, spp: int) -> int:
-    """ceil(frames / spp): the pixel count, the partial last pixel included."""
-    return math.ceil(frames / spp) if frames else 0
