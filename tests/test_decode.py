@@ -172,7 +172,11 @@ def test_the_decode_command_is_one_argument_list_with_file_protocol(tmp_path: Pa
 
 def test_overlong_audio_is_refused_without_decoding_it_all(tmp_path: Path):
     """A few kB of FLAC silence can decode to hours: the decode stops at the limit instead of filling memory."""
-    path = write_wav(tmp_path / "long.wav", np.zeros((8000 * 12, 1)), 8000)
-    assert decode(path, max_seconds=12).frames == 8000 * 12  # exactly at the limit is fine
+    path = write_wav(tmp_path / "long.wav", np.zeros((44100 * 12, 1)), 44100)
+    assert decode(path, max_seconds=12).frames == 44100 * 12  # exactly at the limit is fine
+    for limit in (6, 11.99):
+        with pytest.raises(UnreadableMedia, match="longer than"):
+            decode(path, max_seconds=limit)
+    flac = encode(path, tmp_path / "long.flac")
     with pytest.raises(UnreadableMedia, match="longer than 0.1 minutes"):
-        decode(path, max_seconds=6)
+        decode(flac, max_seconds=6, measure_loudness=True)

@@ -147,10 +147,10 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
     src = Path(src)
     stream = stream or probe_stream(src)
     meter = loudness_mod.ebur128_filter(stream.channels) if measure_loudness else None
-    # One frame past the limit tells "exactly max_seconds long" from "cut off at the limit".
+    # Reading a little past the limit tells "exactly max_seconds long" from "cut off at the limit".
     limit_frames = int(max_seconds * stream.sample_rate)
     cmd = ffmpeg.build_decode_measure_cmd(src, sample_rate=stream.sample_rate, meter_filter=meter,
-                                          max_seconds=(limit_frames + 1) / stream.sample_rate)
+                                          max_seconds=limit_frames / stream.sample_rate + 0.05)
     try:
         result = ffmpeg.run(cmd, capture_stdout=True, timeout_s=timeout_s)
     except FFmpegError as exc:

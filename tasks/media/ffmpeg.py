@@ -342,7 +342,7 @@ def build_decode_measure_cmd(src: Path, *, sample_rate: int, meter_filter: str |
     -xerror turns a decode error (a truncated FLAC) into a failure instead of silently concealed audio.
     `max_seconds` stops reading there (-t on the input): a small file of compressed silence cannot fill memory."""
     pcm = ["-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
-    limit = ["-t", f"{max_seconds:g}"] if max_seconds else []
+    limit = ["-t", f"{max_seconds:.6f}"] if max_seconds else []
     cmd = [ffmpeg_binary(), "-xerror", *limit, "-i", as_input(src)]
     if meter_filter:
         graph = f"[0:a:0]asplit=2[pcm][meter];[meter]{meter_filter}[measured]"
