@@ -1,28 +1,26 @@
 """media-ingest: one upload to playable HLS, with its analysis alongside."""
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from roadie import limits
-from roadie.settings import get_settings
 from tasks import catalog, versions
+from tasks.media.analysis_tasks import analyze_audio, extract_artwork, publish_analysis, publish_artwork
+from tasks.media.fingerprint_tasks import record_fingerprint
 from tasks.media.transcode import transcode_rendition
 
 
 @flow(name="media-ingest", flow_run_name="ingest-{version_id}", log_prints=False)
 def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
-    """Transcode a registered version to HLS; `ready` once the primary rendition (the first format) is out."""
+    """Transcode a registered version to HLS and analyse it from one decode, side by side. The version is `ready`
+    (playable) once the primary rendition (the first format), its waveform and its loudness are published; the
+    other renditions, the fingerprint check and the cover art finish in the same run, each failing as a warning."""
     started = time.monotonic()
-    log = get_run_logger()
     job = versions.start_processing(version_id, formats)
     timings: dict[str, float] = {}
-    tmp_root = get_settings().tmp_dir
-    with tempfile.TemporaryDirectory(prefix="roadie-ingest-", dir=tmp_root) as tmp:
-        workdir = Path(tmp)
+    with versions.scratch_dir("ingest") as workdir:
         submitted = []
         try:
             src = versions.fetch_original(job, workdir)
@@ -30,23 +28,49 @@ def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
             limits.transcode_started()
             primary, *others = job.formats
             first = transcode_rendition.submit(version_id, src, info, primary, workdir, True)
+            analyzed = analyze_audio.submit(src)
             rest = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, False) for fmt in others}
-            submitted = [first, *rest.values()]
+            cover = extract_artwork.submit(src, workdir)
+            submitted = [first, analyzed, cover, *rest.values()]
             first.result()
+            result = analyzed.result()
+            waveform_keys = publish_analysis(version_id, result)
             versions.mark_ready(version_id, [primary])
             timings["playable_s"] = round(time.monotonic() - started, 3)
-            log.info("version %s is playable (%s) after %.2f s", version_id, primary, timings["playable_s"])
-            for fmt, future in rest.items():
-                try:
-                    future.result()
-                except Exception as exc:  # a secondary rendition is a warning, not a failed version
-                    catalog.record_transcode(version_id, fmt, status="failed", error=versions.failure_message(exc))
-                    versions.add_warning(version_id, f"{fmt} failed: {versions.failure_message(exc)}")
+            get_run_logger().info("version %s is playable (%s) after %.2f s", version_id, primary,
+                                  timings["playable_s"])
         except Exception as exc:
             for future in submitted:  # nothing may publish after the discard below
                 future.wait()
             versions.discard_outputs(version_id)
             versions.mark_failed(version_id, versions.failure_message(exc))
             raise
+        duplicates = _finish_as_warning(version_id, "duplicate check",
+                                        lambda: record_fingerprint(version_id, result.fingerprint)
+                                        if result.fingerprint is not None else [])
+        artwork_keys = _finish_as_warning(version_id, "cover art",
+                                          lambda: publish_artwork(version_id, cover.result()))
+        for fmt, future in rest.items():
+            _finish_as_warning(version_id, fmt, future.result, failed_rendition=fmt)
     timings["total_s"] = round(time.monotonic() - started, 3)
-    return {**catalog.describe_version(version_id), "timings": timings}
+    report = catalog.describe_version(version_id)
+    if result.loudness is not None:  # both meters and their comparison, not only the stored values
+        report["loudness"] = result.as_dict()["loudness"]
+    if waveform_keys is not None:
+        report["waveform"] = waveform_keys.as_dict()
+    if artwork_keys is not None:
+        report["artwork"] = artwork_keys.as_dict()
+    report["duplicates"] = [m.as_dict() for m in duplicates or []]
+    return {**report, "timings": timings}
+
+
+def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str | None = None):
+    """Work after `ready`: a failure is recorded on the playable version, never fails it."""
+    try:
+        return step()
+    except Exception as exc:
+        reason = versions.failure_message(exc)
+        if failed_rendition:
+            catalog.record_transcode(version_id, failed_rendition, status="failed", error=reason)
+        versions.add_warning(version_id, f"{what} failed: {reason}")
+        return None

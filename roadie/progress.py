@@ -25,3 +25,10 @@ def report(version_id: str, step: str, percent: float) -> None:
         listeners = list(_listeners)
     for listener in listeners:
         listener(version_id, step, percent)
+
+
+def in_prefect_run() -> bool:
+    """Artifacts belong to a flow or task run; a plain call (CLI, tests) makes none."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from roadie.db.models import Asset, Track, TrackVersion, Transcode, User
+from roadie.db.models import Asset, Report, Track, TrackVersion, Transcode, User, Waveform
 from roadie.db.session import session_scope
 from roadie.errors import InvalidInput
 from roadie.settings import FORMATS, get_settings
@@ -134,11 +134,17 @@ def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJ
                           tuple(warnings))
 
 
-def add_warning(version_id: str, message: str) -> None:
+def add_warning(version_id: str, *messages: str) -> None:
     with session_scope() as session:
-        version = session.get(TrackVersion, parse_uuid(version_id))
-        if version is not None:
-            version.warnings = [*(version.warnings or []), message]
+        append_warnings(session, version_id, messages)
+
+
+def append_warnings(session: Session, version_id: str, messages: Iterable[str]) -> None:
+    """Each message once: a rerun of a step does not pile up the same warning."""
+    version = session.get(TrackVersion, parse_uuid(version_id), with_for_update=True)
+    if version is not None:
+        existing = list(version.warnings or [])
+        version.warnings = existing + [m for m in dict.fromkeys(messages) if m not in existing]
 
 
 def set_media_info(version_id: str, duration_s: float, sample_rate: int, channels: int) -> None:
@@ -251,8 +257,36 @@ def describe_version(version_id: str, storage: Storage | None = None) -> dict[st
             "loudness": {"integrated_lufs": version.loudness_lufs, "loudness_range_lu": version.loudness_range,
                          "true_peak_dbtp": version.true_peak},
             "transcodes": transcodes,
+            "waveform": _waveform_keys(session, vid),
+            "artwork": _artwork_keys(session, version.track_id),
+            "duplicate_reports": _duplicate_reports(session, vid),
             "warnings": list(version.warnings or []),
         }
+
+
+def _asset_key(session: Session, asset_id: uuid.UUID | None) -> str | None:
+    return session.scalar(select(Asset.key).where(Asset.id == asset_id)) if asset_id is not None else None
+
+
+def _waveform_keys(session: Session, vid: uuid.UUID) -> dict[str, str | None] | None:
+    row = session.scalar(select(Waveform).where(Waveform.track_version_id == vid))
+    if row is None:
+        return None
+    return {"json_key": _asset_key(session, row.json_asset_id), "png_key": _asset_key(session, row.png_asset_id)}
+
+
+def _artwork_keys(session: Session, track_id: uuid.UUID) -> dict[str, str | None] | None:
+    track = session.get(Track, track_id)
+    if track is None or track.artwork_asset_id is None:
+        return None
+    return {"full_key": _asset_key(session, track.artwork_asset_id),
+            "thumbnail_key": _asset_key(session, track.artwork_thumb_asset_id)}
+
+
+def _duplicate_reports(session: Session, vid: uuid.UUID) -> list[str]:
+    return list(session.scalars(select(Report.description).where(
+        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
+        .order_by(Report.created_at)))
 
 
 def load_job(version_id: str) -> VersionJob:

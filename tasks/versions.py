@@ -1,7 +1,10 @@
 """Thin Prefect tasks over the catalogue and the original: state changes retry (database), input never does."""
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from prefect import task
 
@@ -11,6 +14,15 @@ from tasks import catalog
 from tasks.media import ffmpeg
 
 RETRY = transient_retries()
+
+
+@contextmanager
+def scratch_dir(job: str) -> Iterator[Path]:
+    """A private working folder under ROADIE_TMP_DIR, removed however the run ends."""
+    from roadie.settings import get_settings
+
+    with tempfile.TemporaryDirectory(prefix=f"roadie-{job}-", dir=get_settings().tmp_dir) as tmp:
+        yield Path(tmp)
 
 
 @task(name="start-processing", **RETRY)

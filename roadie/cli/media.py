@@ -90,14 +90,10 @@ def ingest(
             _show(result, as_json)
             continue
         say(f"ingesting {path} as version {reg.version_id}")
-        timings = None
         try:
-            timings = media_ingest(reg.version_id, wanted).get("timings")
-        except Exception:
-            pass  # the version row carries the reason; describe_version reports it
-        result.update(describe_version(reg.version_id))
-        if timings:
-            result["timings"] = timings
+            result.update(media_ingest(reg.version_id, wanted))
+        except Exception:  # the version row carries the reason; describe_version reports it
+            result.update(describe_version(reg.version_id))
         any_failed |= result["status"] != "ready"
         _show(result, as_json)
     progress.remove_listener(printer)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from tasks.media.loudness import LoudnessReading, LoudnessResult
 WAVEFORM_PPS = 20  # the original design's 20 px/s, 8-bit JSON (peaks.js reads 8-bit)
 WAVEFORM_BITS = 8
 PNG_SIZE = (1800, 280)
+STEPS = ("waveform", "loudness", "fingerprint")  # the reprocessing flows run one of them alone
 
 
 class LoudnessUnavailable(RoadieError):
@@ -147,28 +148,34 @@ def _fingerprint_step(decoded: DecodedAudio) -> Fingerprint:
 
 
 def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int = WAVEFORM_PPS,
-                    png_size: tuple[int, int] | None = PNG_SIZE, with_fingerprint: bool = True,
+                    png_size: tuple[int, int] | None = PNG_SIZE, steps: Iterable[str] = STEPS,
                     pool: ThreadPoolExecutor | None = None) -> Analysis:
-    """Everything after the decode, the three steps side by side."""
+    """Everything after the decode, the asked-for steps side by side."""
+    steps = _check_steps(steps)
     warnings: list[str] = list(decoded.warnings)
     timings: dict[str, float] = {"decode_s": round(decoded.seconds, 3)}
+    skipped = (None, None, 0.0)
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=3, thread_name_prefix="analysis")
     try:
         started = time.perf_counter()
-        from_ffmpeg = pool.submit(_timed, _ffmpeg_loudness_step, decoded)
-        jobs: dict[str, Future] = {
-            "loudness": pool.submit(_timed, _loudness_step, decoded, from_ffmpeg),
-            "waveform": pool.submit(_timed, _waveform_step, decoded, waveform_pps, png_size),
-        }
-        fp, fp_error, fp_s = None, None, 0.0
-        if with_fingerprint:  # fpcalc is a subprocess: run it from this thread while the pool computes
+        jobs: dict[str, Future] = {}
+        if "loudness" in steps:
+            from_ffmpeg = pool.submit(_timed, _ffmpeg_loudness_step, decoded)
+            jobs["loudness"] = pool.submit(_timed, _loudness_step, decoded, from_ffmpeg)
+        if "waveform" in steps:
+            jobs["waveform"] = pool.submit(_timed, _waveform_step, decoded, waveform_pps, png_size)
+        fp, fp_error, fp_s = skipped
+        if "fingerprint" in steps:  # fpcalc is a subprocess: run it from this thread while the pool computes
             fp, fp_error, fp_s = _timed(_fingerprint_step, decoded)
             timings["fingerprint_s"] = round(fp_s, 3)
-        wave, wave_error, wave_s = jobs["waveform"].result()
-        loud, loud_error, loud_s = jobs["loudness"].result()
-        timings.update(ffmpeg_loudness_s=round(from_ffmpeg.result()[2], 3), loudness_s=round(loud_s, 3),
-                       waveform_s=round(wave_s, 3), after_decode_s=round(time.perf_counter() - started, 3))
+        wave, wave_error, wave_s = jobs["waveform"].result() if "waveform" in jobs else skipped
+        loud, loud_error, loud_s = jobs["loudness"].result() if "loudness" in jobs else skipped
+        if "loudness" in jobs:
+            timings.update(ffmpeg_loudness_s=round(from_ffmpeg.result()[2], 3), loudness_s=round(loud_s, 3))
+        if "waveform" in jobs:
+            timings["waveform_s"] = round(wave_s, 3)
+        timings["after_decode_s"] = round(time.perf_counter() - started, 3)
     finally:
         if own_pool:
             pool.shutdown(wait=True)
@@ -187,6 +194,13 @@ def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int
                     data, WAVEFORM_BITS, png, loud, fp, tuple(dict.fromkeys(warnings)), tuple(timings.items()))
 
 
+def _check_steps(steps: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(steps)
+    if not chosen or chosen - set(STEPS):
+        raise ValueError(f"analysis steps must be some of {', '.join(STEPS)}; got {sorted(chosen)}")
+    return chosen
+
+
 def _timed(fn: Callable, *args) -> tuple[Any, str | None, float]:
     """(result, None, seconds) or (None, "why", seconds): a step's failure is data, not an exception."""
     started = time.perf_counter()
@@ -201,18 +215,19 @@ def _describe(exc: BaseException) -> str:
 
 
 def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tuple[int, int] | None = PNG_SIZE,
-                 with_fingerprint: bool = True) -> Analysis:
+                 steps: Iterable[str] = STEPS) -> Analysis:
     """Decode `path` once and analyse it. Raises UnreadableMedia (InvalidInput) for an unreadable upload; every
     later step degrades to a warning."""
-    path = Path(path)
+    path, steps = Path(path), _check_steps(steps)
     overall = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis") as pool:
         stream = probe_stream(path)
         # Not waited for: a step that needs what it loads simply blocks on the import lock until it is there.
-        pool.submit(_warm_up, stream.sample_rate, stream.channels)
+        if "loudness" in steps:
+            pool.submit(_warm_up, stream.sample_rate, stream.channels)
         decoded = decode(path, stream=stream)
         result = analyze_decoded(decoded, label=str(path), waveform_pps=waveform_pps, png_size=png_size,
-                                 with_fingerprint=with_fingerprint, pool=pool)
+                                 steps=steps, pool=pool)
     timings = dict(result.timings)
     timings["total_s"] = round(time.perf_counter() - overall, 3)
     return _replace_timings(result, timings)

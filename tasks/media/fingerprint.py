@@ -98,6 +98,10 @@ class DuplicateMatch:
     def offset_s(self) -> float:
         return round(self.offset * ITEM_SECONDS, 2)
 
+    def as_dict(self) -> dict[str, object]:
+        """What the CLI and the flows report."""
+        return {"version_id": self.version_id, "score": self.score, "offset_s": self.offset_s}
+
 
 # ---------------------------------------------------------------- making fingerprints
 

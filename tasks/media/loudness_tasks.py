@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from roadie.db.session import session_scope
+from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
 from tasks.media import loudness
 from tasks.media.loudness import LoudnessReading, LoudnessResult
@@ -51,6 +52,12 @@ def record_loudness(version_id: str, result: LoudnessResult) -> None:
     """ffmpeg's values onto the version, the warnings into its list, and a table a person can read."""
     with session_scope() as session:
         loudness.save_loudness(session, version_id, result)
+    loudness_artifact(version_id, result)
+
+
+def loudness_artifact(version_id: str, result: LoudnessResult) -> None:
+    if not in_prefect_run():
+        return
     verdict = "the meters agree" if result.agrees else "the meters DISAGREE: " + "; ".join(result.warnings)
     create_table_artifact(loudness_table(result), key=f"loudness-{version_id}",
                           description=f"Loudness of track version {version_id}: {verdict}")

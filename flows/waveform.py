@@ -1,0 +1,17 @@
+"""waveform: redraw one version's waveform JSON and PNG (reprocessing; media-ingest does this for new uploads)."""
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks import versions
+from tasks.media.analysis_tasks import analyze_audio, publish_waveform, require
+
+
+@flow(name="waveform", flow_run_name="waveform-{version_id}")
+def waveform(version_id: str) -> dict:
+    """Decode the original, draw the waveform, and replace the published one. The version keeps its status."""
+    job = versions.load_job(version_id)
+    with versions.scratch_dir("waveform") as workdir:
+        src = versions.fetch_original(job, workdir)
+        result = require(analyze_audio(src, steps=("waveform",)), "waveform")
+    return publish_waveform(version_id, result).as_dict()
