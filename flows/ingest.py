@@ -5,7 +5,6 @@ import time
 
 from prefect import flow, get_run_logger
 
-from roadie import limits
 from tasks import catalog, versions
 from tasks.media.analysis_tasks import analyze_audio, extract_artwork, publish_analysis, publish_artwork
 from tasks.media.fingerprint_tasks import record_fingerprint
@@ -25,7 +24,6 @@ def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
         try:
             src = versions.fetch_original(job, workdir)
             info = versions.probe_original(version_id, src)
-            limits.transcode_started()
             primary, *others = job.formats
             first = transcode_rendition.submit(version_id, src, info, primary, workdir, True)
             analyzed = analyze_audio.submit(src)

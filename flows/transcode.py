@@ -6,7 +6,6 @@ from pathlib import Path
 
 from prefect import flow
 
-from roadie import limits
 from roadie.settings import get_settings
 from tasks import catalog, versions
 from tasks.media.transcode import transcode_rendition
@@ -22,7 +21,6 @@ def transcode(version_id: str, formats: list[str] | None = None) -> dict:
         workdir = Path(tmp)
         src = versions.fetch_original(job, workdir)
         info = versions.probe_original(version_id, src)
-        limits.transcode_started()
         futures = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0)
                    for i, fmt in enumerate(wanted)}
         failed = []

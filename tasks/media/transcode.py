@@ -35,6 +35,8 @@ def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, w
                         primary: bool) -> hls.Rendition:
     from roadie.settings import get_settings
 
+    if primary:  # one slot of the per-minute rate per version, taken here so the analysis need not wait for it
+        limits.transcode_started()
     catalog.record_transcode(version_id, fmt, status="processing")
     reporter = _ProgressArtifact(version_id, fmt)
     with limits.encode_slot():
