@@ -32,7 +32,8 @@ def ensure_api(start: bool = True) -> str:
             if not start:
                 raise RuntimeError(f"no Prefect server at {url}")
             home = local_home()
-            services.start_prefect_server(home, port=settings.prefect_local_port, detach=True)
+            services.start_prefect_server(home, port=settings.prefect_local_port, detach=True,
+                                          database_url=settings.prefect_database_url)
         os.environ["PREFECT_HOME"] = str(local_home())
     os.environ["PREFECT_API_URL"] = url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

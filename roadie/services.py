@@ -176,10 +176,15 @@ def prefect_api_healthy(api_url: str) -> bool:
 
 
 def start_prefect_server(home: Path, port: int | None = None, log: Path | None = None,
-                         extra_env: dict[str, str] | None = None, detach: bool = False) -> Service:
+                         extra_env: dict[str, str] | None = None, detach: bool = False,
+                         database_url: str | None = None) -> Service:
+    """`prefect server start` on 127.0.0.1, its state in `database_url` (postgresql+asyncpg://…) or, by default,
+    SQLite under `home`."""
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     env = prefect_env(home)
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     env.update(extra_env or {})
     env.pop("PREFECT_API_URL", None)
     log = log or home / "server.log"

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ROADIE_PREFECT_API_URL", "PREFECT_API_URL")
     )
     prefect_local_port: int = 4242
+    # The local server's own database. Unset: SQLite under ROADIE_HOME/prefect, fine for trying roadie out, but
+    # Prefect's SQLite backend answers simultaneous concurrency-slot requests with "database is locked" and its
+    # client then waits ~2 s. With PostgreSQL (postgresql+asyncpg://…) a short ingest is several times faster.
+    prefect_database_url: Optional[str] = None
 
     ffmpeg_binary: Optional[str] = None
     fpcalc_binary: str = "fpcalc"

@@ -42,11 +42,7 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     from roadie.db.session import upgrade
 
-    name = f"roadie_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    url = fresh_database(pg_server_url, "roadie_test")
     upgrade(url)
     try:
         yield url
@@ -54,9 +50,25 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
         from roadie.db.session import engine_for
 
         engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(pg_server_url, url)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def fresh_database(server_url: str, prefix: str, driver: str | None = None) -> str:
+    """An empty database on the test server, for one session."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(server_url).set(database=name)
+    return (url.set(drivername=driver) if driver else url).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -85,12 +97,13 @@ def s3_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real Prefect server for the session; flows run in-process report to it."""
+def prefect_api(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Iterator[str]:
+    """One real Prefect server for the session, on PostgreSQL as in production; flows run in-process report to it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-home")
-    server = services.start_prefect_server(home)
+    database = fresh_database(pg_server_url, "prefect_test", driver="postgresql+asyncpg")
+    server = services.start_prefect_server(home, database_url=database)
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.url
     try:
@@ -105,6 +118,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         else:
             os.environ["PREFECT_API_URL"] = old
         server.stop()
+        drop_database(pg_server_url, database)
 
 
 @pytest.fixture(params=["s3", "file"])
