@@ -5,10 +5,13 @@
 Prints wall times and ratios. The original recipe is its own separate commands run one after another:
 opus HLS, aac HLS, ebur128, fpcalc. roadie runs the real CLI (flow on a warm local Prefect server, SQLite,
 local folder), reports time to playable and time to all outputs, beside the floor: the slowest single encode.
+roadie runs twice: with the local Prefect server on its default SQLite, and, when PostgreSQL answers on
+127.0.0.1:5432 (or ROADIE_BENCH_PG_URL), with that server on PostgreSQL as in production.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -66,29 +69,60 @@ def main() -> None:
         work = Path(tmp)
         src = write_sample(work / "track.wav", args.seconds, 48000, 2)
         tiny = write_sample(work / "tiny.wav", 1.0, 48000, 2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_API"))}
-        env.update(ROADIE_HOME=str(work / "home"), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()))
-
-        cold, _ = roadie_ingest(tiny, env)  # first use: migrates SQLite, starts the local Prefect server
-        warm, _ = roadie_ingest(tiny, env)  # per call: process start, imports, one flow run
         steps = original_recipe(src, work / "recipe")
         recipe = sum(steps.values())
-        wall, result = roadie_ingest(src, env)
-        assert result["status"] == "ready", result
-        playable, total = result["timings"]["playable_s"], result["timings"]["total_s"]
         floor = max(steps["opus_hls"], steps["aac_hls"])
-        subprocess.run([str(Path(sys.executable).with_name("roadie")), "--help"], env=env, capture_output=True)
-        _stop_server(env)
+        runs = {"Prefect on SQLite (default)": roadie_runs(src, tiny, work / "sqlite", None)}
+        pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+        from roadie.services import postgres_reachable
+
+        if postgres_reachable(pg):
+            with prefect_database(pg) as url:
+                runs["Prefect on PostgreSQL"] = roadie_runs(src, tiny, work / "pg", url)
 
     print(f"input: {args.seconds:g} s music-like, 48 kHz stereo WAV; {os.cpu_count()} cores")
     print("original recipe (sequential): " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
           + f" = {recipe:.2f} s")
     print(f"floor (slowest single encode, aac_hls alone): {floor:.2f} s = {floor / recipe:.2f}x recipe")
-    print(f"roadie ingest, time to playable (in flow): {playable:.2f} s = {playable / recipe:.2f}x recipe")
-    print(f"roadie ingest, time to all outputs (in flow): {total:.2f} s = {total / recipe:.2f}x recipe")
-    print(f"roadie ingest, whole CLI process: {wall:.2f} s = {wall / recipe:.2f}x recipe")
-    print(f"CLI overhead on a 1 s file: first use {cold:.2f} s (starts the local Prefect server), "
-          f"then {warm:.2f} s per call")
+    for label, (cold, warm, wall, playable, total) in runs.items():
+        print(f"roadie ingest, {label}:")
+        print(f"  time to playable (in flow): {playable:.2f} s = {playable / recipe:.2f}x recipe")
+        print(f"  time to all outputs (in flow): {total:.2f} s = {total / recipe:.2f}x recipe")
+        print(f"  whole CLI process: {wall:.2f} s = {wall / recipe:.2f}x recipe")
+        print(f"  CLI overhead on a 1 s file: first use {cold:.2f} s (starts the local Prefect server), "
+              f"then {warm:.2f} s per call")
+
+
+def roadie_runs(src: Path, tiny: Path, home: Path, prefect_db: str | None) -> tuple[float, ...]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_API"))}
+    env.update(ROADIE_HOME=str(home), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()))
+    if prefect_db:
+        env["ROADIE_PREFECT_DATABASE_URL"] = prefect_db
+    try:
+        cold, _ = roadie_ingest(tiny, env)  # first use: migrates SQLite, starts the local Prefect server
+        warm, _ = roadie_ingest(tiny, env)  # per call: process start, imports, one flow run
+        wall, result = roadie_ingest(src, env)
+        assert result["status"] == "ready", result
+    finally:
+        _stop_server(env)
+    return cold, warm, wall, result["timings"]["playable_s"], result["timings"]["total_s"]
+
+
+@contextlib.contextmanager
+def prefect_database(server_url: str):
+    import sqlalchemy as sa
+
+    name = f"roadie_bench_prefect_{os.getpid()}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(server_url).set(drivername="postgresql+asyncpg", database=name).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _free_port() -> int:
