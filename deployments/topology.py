@@ -113,9 +113,9 @@ def ensure_limits(api_url: str) -> None:
 
 def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_seconds: Optional[int] = None) -> dict:
     """Everything the deployments need, safe to run any number of times. Returns what it did."""
-    from roadie.ops.settings import get_ops_settings
+    from roadie.settings import get_settings
 
-    within = zombie_after_seconds or get_ops_settings().zombie_after_seconds
+    within = zombie_after_seconds or get_settings().zombie_after_seconds
     created = []
     pools = [(PROCESS_POOL, "process", "roadie workers as local processes (roadie serve, one machine)")]
     if docker:

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from roadie.ops import dead_letter
 from roadie.ops.client import PrefectREST
-from roadie.ops.settings import get_ops_settings
+from roadie.settings import get_settings
 from roadie.retries import transient_retries
 
 RETRY = transient_retries()
@@ -45,7 +45,7 @@ def record_dead_letter(flow_run_id: str) -> dict:
                 failed.flow_run_name, failed.state, failed.attempts, failed.error)
     if letter.first_time:
         dead_letter.emit(letter)
-        settings = get_ops_settings()
+        settings = get_settings()
         if settings.dead_letter_webhook_url:
             notify_webhook(letter, settings.dead_letter_webhook_url)
         if settings.dead_letter_notify_block:

@@ -28,9 +28,8 @@ from deployments.topology import ensure_topology
 from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
-from roadie.ops.settings import OpsSettings, reload_ops_settings
+from roadie.settings import Settings, reload_settings
 from roadie.services import free_port
-from roadie.settings import reload_settings
 from tests.ops_support import Recorder, flow_run_pids
 from tests.support import sine, write_wav
 
@@ -125,7 +124,6 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
         for key, value in roadie_env.items():
             mp.setenv(key, value)
         reload_settings()
-        reload_ops_settings()
         try:
             ensure_topology(client, docker=False, zombie_after_seconds=ZOMBIE_AFTER_S)
             present, missing = split_by_presence(ROOT / "prefect.yaml", ROOT)
@@ -151,7 +149,6 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
             client.close()
             hook.close()
     reload_settings()
-    reload_ops_settings()
 
 
 def register(tmp_path: Path, name: str, seconds: float, rate: int, channels: int, lossless: bool = False):
@@ -443,7 +440,7 @@ def test_rollup_backfill_with_start_and_end_through_rest(stack):
 
 
 def test_health_and_metrics_against_the_live_system(stack):
-    server = OpsServer(stack.client, "127.0.0.1", 0, OpsSettings(work_pool=POOL)).start()
+    server = OpsServer(stack.client, "127.0.0.1", 0, Settings(work_pool=POOL)).start()
     try:
         base = f"http://127.0.0.1:{server.port}"
         health = httpx.get(f"{base}/health", timeout=60)

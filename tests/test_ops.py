@@ -21,8 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from roadie.ops import dead_letter
 from roadie.ops.client import PrefectAPIError, PrefectREST
 from roadie.ops.health import DURATION_BUCKETS, JobMetrics, OpsServer, check_health
-from roadie.ops.settings import OpsSettings, reload_ops_settings
-from roadie.settings import reload_settings
+from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, make_deployment, set_state, unique
 from tests.support import sine, write_wav
 
@@ -44,10 +43,8 @@ def ops_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ROADIE_DATABASE_URL", pg_url)
     monkeypatch.setenv("ROADIE_STORAGE_URL", (tmp_path / "storage").as_uri())
     settings = reload_settings()
-    reload_ops_settings()
     yield settings
     reload_settings()
-    reload_ops_settings()
 
 
 # ---------------------------------------------------------------------- REST client
@@ -383,7 +380,7 @@ def job_runs(client: PrefectREST, flow: str, name: str) -> dict[str, list[str]]:
 def test_health_counts_per_job_and_decides_status(client, worker_pool):
     name = unique("health-job")
     job_runs(client, unique("roadie-test-flow"), name)
-    healthy = check_health(client, OpsSettings(work_pool=worker_pool))
+    healthy = check_health(client, Settings(work_pool=worker_pool))
     figures = healthy.queues[name]
     assert (figures.waiting, figures.active, figures.failed) == (2, 1, 2)
     assert healthy.workers_online == 1
@@ -391,11 +388,11 @@ def test_health_counts_per_job_and_decides_status(client, worker_pool):
     if healthy.failed_in_window <= 100:
         assert healthy.status == "healthy" and healthy.reasons == ()
 
-    too_many = check_health(client, OpsSettings(work_pool=worker_pool, health_max_failed=1))
+    too_many = check_health(client, Settings(work_pool=worker_pool, health_max_failed=1))
     assert too_many.status == "unhealthy" and "failed in the last 60 min" in too_many.reasons[0]
-    outside_window = check_health(client, OpsSettings(work_pool=worker_pool, health_window_minutes=0))
+    outside_window = check_health(client, Settings(work_pool=worker_pool, health_window_minutes=0))
     assert outside_window.queues[name].failed == 0
-    nobody = check_health(client, OpsSettings(work_pool=unique("roadie-empty-pool")))
+    nobody = check_health(client, Settings(work_pool=unique("roadie-empty-pool")))
     assert nobody.status == "unhealthy" and nobody.workers_online == 0
     assert any("no worker online" in r for r in nobody.reasons)
     assert set(healthy.as_json()) >= {"status", "queues"}
@@ -414,7 +411,7 @@ def scrape(url: str) -> dict[str, dict[tuple, float]]:
 def test_metrics_come_from_the_api_and_only_grow(client, worker_pool):
     flow, name = unique("roadie-test-flow"), unique("metrics-job")
     job_runs(client, flow, name)
-    server = OpsServer(client, "127.0.0.1", 0, OpsSettings(work_pool=worker_pool)).start()
+    server = OpsServer(client, "127.0.0.1", 0, Settings(work_pool=worker_pool)).start()
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         first = scrape(url)
@@ -468,10 +465,10 @@ def test_health_endpoint_says_unhealthy_when_the_api_is_down():
 def test_job_metrics_backfill_ignores_old_runs(client, worker_pool):
     name = unique("backfill-job")
     job_runs(client, unique("roadie-test-flow"), name)
-    nothing_back = JobMetrics(client, OpsSettings(work_pool=worker_pool, metrics_backfill_hours=0))
+    nothing_back = JobMetrics(client, Settings(work_pool=worker_pool, metrics_backfill_hours=0))
     nothing_back.refresh()
     assert not any(queue == name for queue, _ in nothing_back.processed)
-    day_back = JobMetrics(client, OpsSettings(work_pool=worker_pool))
+    day_back = JobMetrics(client, Settings(work_pool=worker_pool))
     day_back.refresh()
     assert day_back.processed[(name, "completed")] == 1
 

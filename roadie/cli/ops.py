@@ -72,9 +72,9 @@ def serve(
     """Everything on one machine: a Prefect server (unless one is configured), setup, deployments, N workers
     and the health endpoint. Ctrl-C stops all of it."""
     from roadie.ops.serve import serve as run_serve
-    from roadie.ops.settings import get_ops_settings
+    from roadie.settings import get_settings
 
-    run_serve(workers=workers, port=port if port is not None else get_ops_settings().health_port, limit=limit,
+    run_serve(workers=workers, port=port if port is not None else get_settings().health_port, limit=limit,
               grace_s=grace, health=health, say=say, ready=emit_json if as_json else None)
 
 
@@ -87,9 +87,9 @@ def health(
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
     from roadie.ops.health import OpsServer, check_health
-    from roadie.ops.settings import get_ops_settings
+    from roadie.settings import get_settings
 
-    settings = get_ops_settings()
+    settings = get_settings()
     with _client(api_url) as client:
         if serve_http:
             server = OpsServer(client, host or settings.health_host, port if port is not None else settings.health_port)

@@ -199,7 +199,7 @@ class PrefectREST:
     @classmethod
     def from_settings(cls, api_url: Optional[str] = None, **kwargs: Any) -> "PrefectREST":
         """The configured API (ROADIE_PREFECT_API_URL / PREFECT_API_URL), else the local server's URL."""
-        from roadie.ops.settings import get_ops_settings
+        from roadie.settings import get_settings
         from roadie.settings import get_settings
 
         url = api_url or get_settings().prefect_api_url
@@ -207,7 +207,7 @@ class PrefectREST:
             from roadie.prefect_local import local_api_url
 
             url = local_api_url()
-        return cls(url, auth_string=get_ops_settings().prefect_api_auth_string, **kwargs)
+        return cls(url, auth_string=get_settings().prefect_api_auth_string, **kwargs)
 
     def __enter__(self) -> "PrefectREST":
         return self

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Optional
 
 from roadie.ops.client import Deployment, FlowRun, PrefectREST, iso
-from roadie.ops.settings import OpsSettings, get_ops_settings
+from roadie.settings import Settings, get_settings
 
 JOB_TAG = "roadie-job"
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -82,8 +82,8 @@ def workers_online(client: PrefectREST, pool: str) -> int:
     return sum(1 for w in client.workers(pool) if w.status == "ONLINE")
 
 
-def check_health(client: PrefectREST, settings: Optional[OpsSettings] = None) -> HealthReport:
-    settings = settings or get_ops_settings()
+def check_health(client: PrefectREST, settings: Optional[Settings] = None) -> HealthReport:
+    settings = settings or get_settings()
     now = datetime.now(timezone.utc)
     window = timedelta(minutes=settings.health_window_minutes)
     queues = {name: queue_figures(client, ids, now, window)
@@ -136,9 +136,9 @@ class JobMetrics:
     # Runs are visible a moment after their end_time is set; re-read this much behind the watermark.
     OVERLAP = timedelta(minutes=2)
 
-    def __init__(self, client: PrefectREST, settings: Optional[OpsSettings] = None):
+    def __init__(self, client: PrefectREST, settings: Optional[Settings] = None):
         self.client = client
-        self.settings = settings or get_ops_settings()
+        self.settings = settings or get_settings()
         self._lock = threading.Lock()
         self._watermark: Optional[datetime] = None
         self._recent: dict[str, datetime] = {}  # run id -> end time, for runs inside the overlap
@@ -209,7 +209,7 @@ class JobMetrics:
                                     value=online)
 
 
-def metrics_registry(client: PrefectREST, settings: Optional[OpsSettings] = None):
+def metrics_registry(client: PrefectREST, settings: Optional[Settings] = None):
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -224,10 +224,10 @@ class OpsServer:
     """GET /health (200 healthy, 503 unhealthy) and GET /metrics, on a background thread."""
 
     def __init__(self, client: PrefectREST, host: str = "0.0.0.0", port: int = 3001,
-                 settings: Optional[OpsSettings] = None):
+                 settings: Optional[Settings] = None):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        self.client, self.settings = client, settings or get_ops_settings()
+        self.client, self.settings = client, settings or get_settings()
         registry = metrics_registry(client, self.settings)
         outer = self
 

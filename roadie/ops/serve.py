@@ -222,9 +222,9 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
         health_url = None
         if health:
             from roadie.ops.health import OpsServer
-            from roadie.ops.settings import get_ops_settings
+            from roadie.settings import get_settings
 
-            ops = OpsServer(client, get_ops_settings().health_host, port).start()
+            ops = OpsServer(client, get_settings().health_host, port).start()
             serving.stop_callbacks.append(ops.stop)
             health_url = f"http://127.0.0.1:{ops.port}"
         info = {"ui": client.ui_url, "api": api_url, "workers": [w.name for w in serving.workers],
