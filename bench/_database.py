@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,26 +18,17 @@ LOCAL_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 @contextmanager
 def bench_database(prefix: str) -> Iterator[str]:
-    from roadie.db.session import engine_for, upgrade
+    from roadie.db.session import upgrade
 
     given = os.environ.get("ROADIE_BENCH_DATABASE_URL")
     if given:
         upgrade(given)
         yield given
         return
-    name = f"roadie_bench_{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(LOCAL_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(LOCAL_SERVER).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    from roadie.services import scratch_database
+
+    with scratch_database(LOCAL_SERVER, f"roadie_bench_{prefix}", migrate=True) as url:
         yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def load(url: str, statements: list[tuple[str, dict]]) -> None:

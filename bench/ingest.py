@@ -11,7 +11,6 @@ roadie runs twice: with the local Prefect server on its default SQLite, and, whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -74,10 +73,10 @@ def main() -> None:
         floor = max(steps["opus_hls"], steps["aac_hls"])
         runs = {"Prefect on SQLite (default)": roadie_runs(src, tiny, work / "sqlite", None)}
         pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-        from roadie.services import postgres_reachable
+        from roadie.services import postgres_reachable, scratch_database
 
         if postgres_reachable(pg):
-            with prefect_database(pg) as url:
+            with scratch_database(pg, "roadie_bench_prefect", driver="postgresql+asyncpg") as url:
                 runs["Prefect on PostgreSQL"] = roadie_runs(src, tiny, work / "pg", url)
 
     print(f"input: {args.seconds:g} s music-like, 48 kHz stereo WAV; {os.cpu_count()} cores")
@@ -106,23 +105,6 @@ def roadie_runs(src: Path, tiny: Path, home: Path, prefect_db: str | None) -> tu
     finally:
         _stop_server(env)
     return cold, warm, wall, result["timings"]["playable_s"], result["timings"]["total_s"]
-
-
-@contextlib.contextmanager
-def prefect_database(server_url: str):
-    import sqlalchemy as sa
-
-    name = f"roadie_bench_prefect_{os.getpid()}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(server_url).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _free_port() -> int:

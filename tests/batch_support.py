@@ -3,9 +3,8 @@ throwaway databases for tests that must commit (locks, flows, the CLI)."""
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterator, Optional
+from typing import Optional
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -84,24 +83,11 @@ def period_rows(session: Session, period_start: date) -> dict[str, list[tuple]]:
             for k, q in stmt.items()}
 
 
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str):
     """A new, migrated PostgreSQL database on the test server, dropped afterwards (for tests that commit)."""
-    from roadie.db.session import engine_for, upgrade
+    from roadie.services import scratch_database
 
-    name = f"roadie_batch_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return scratch_database(server_url, "roadie_batch", migrate=True)
 
 
 def month_days(first: date) -> int:

@@ -40,35 +40,8 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
-    from roadie.db.session import upgrade
-
-    url = fresh_database(pg_server_url, "roadie_test")
-    upgrade(url)
-    try:
+    with services.scratch_database(pg_server_url, "roadie_test", migrate=True) as url:
         yield url
-    finally:
-        from roadie.db.session import engine_for
-
-        engine_for(url).dispose()
-        drop_database(pg_server_url, url)
-
-
-def drop_database(server_url: str, url: str) -> None:
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def fresh_database(server_url: str, prefix: str, driver: str | None = None) -> str:
-    """An empty database on the test server, for one session."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.make_url(server_url).set(database=name)
-    return (url.set(drivername=driver) if driver else url).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -102,23 +75,18 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-home")
-    database = fresh_database(pg_server_url, "prefect_test", driver="postgresql+asyncpg")
-    server = services.start_prefect_server(home, database_url=database)
-    old = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.url}):
-            from roadie.limits import ensure_limits
+    with services.scratch_database(pg_server_url, "prefect_test", driver="postgresql+asyncpg") as database:
+        server = services.start_prefect_server(home, database_url=database)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.url}), \
+                    pytest.MonkeyPatch.context() as env:
+                env.setenv("PREFECT_API_URL", server.url)  # for the subprocesses tests start
+                from roadie.limits import ensure_limits
 
-            ensure_limits()  # flows take their slots with strict=True
-            yield server.url
-    finally:
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
-        server.stop()
-        drop_database(pg_server_url, database)
+                ensure_limits()  # flows take their slots with strict=True
+                yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture(params=["s3", "file"])

@@ -27,3 +27,22 @@ def encode(src: Path, dst: Path, *args: str) -> Path:
     subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(src), *args,
                     str(dst)], check=True)
     return dst
+
+
+def new_version(session, warnings: list[str] | None = None):
+    """A track version row (with its owner, track and original asset) to hang analysis results on."""
+    import uuid
+
+    from roadie.db.models import Asset, Track, TrackVersion, User
+
+    user = User(username=f"artist-{uuid.uuid4().hex[:8]}")
+    asset = Asset(bucket="roadie", key=f"originals/{uuid.uuid4()}/a.wav", size_bytes=1)
+    session.add_all([user, asset])
+    session.flush()
+    track = Track(owner_user_id=user.id, title="t")
+    session.add(track)
+    session.flush()
+    version = TrackVersion(track_id=track.id, original_asset_id=asset.id, warnings=list(warnings or []))
+    session.add(version)
+    session.flush()
+    return version

@@ -17,7 +17,7 @@ from roadie.settings import reload_settings
 from tasks.media import analysis, loudness, waveform as wf
 from tasks.media.decode import decode
 from tasks.media.ffmpeg import UnreadableMedia
-from tests.support import encode, music_like, sine, write_wav
+from tests.support import encode, music_like, new_version, sine, write_wav
 
 KEYS = {"input", "duration_s", "sample_rate", "channels", "codec", "loudness", "waveform", "fingerprint", "warnings"}
 
@@ -123,28 +123,12 @@ def test_failing_waveform_is_a_warning(song: Path, monkeypatch: pytest.MonkeyPat
 # ---------------------------------------------------------------- publishing the waveform
 
 
-def new_version(session: Session) -> uuid.UUID:
-    from roadie.db.models import Asset, Track, TrackVersion, User
-
-    user = User(username=f"artist-{uuid.uuid4().hex[:8]}")
-    asset = Asset(bucket="roadie", key=f"originals/{uuid.uuid4()}/a.wav", size_bytes=1)
-    session.add_all([user, asset])
-    session.flush()
-    track = Track(owner_user_id=user.id, title="t")
-    session.add(track)
-    session.flush()
-    version = TrackVersion(track_id=track.id, original_asset_id=asset.id, warnings=[])
-    session.add(version)
-    session.flush()
-    return version.id
-
-
 def test_save_waveform_publishes_and_reruns_in_place(roadie_env, pg: Session, song: Path):
     from roadie.db.models import Asset, Waveform
     from roadie.storage import STAGING_ROOT, get_storage
 
     storage = get_storage()
-    version_id = new_version(pg)
+    version_id = new_version(pg).id
     result = analysis.analyze_file(song)
     keys = analysis.save_waveform(pg, storage, str(version_id), result)
     assert keys.as_dict() == {"json_key": f"{version_id}/waveform/waveform.json",
@@ -174,7 +158,7 @@ def test_save_waveform_needs_a_waveform_and_a_version(roadie_env, pg: Session, s
         analysis.save_waveform(pg, get_storage(), str(uuid.uuid4()), analysis.analyze_file(song, png_size=None))
     monkeypatch.setattr(wf, "prepare", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     with pytest.raises(InvalidInput, match="no waveform"):
-        analysis.save_waveform(pg, get_storage(), str(new_version(pg)), analysis.analyze_file(song))
+        analysis.save_waveform(pg, get_storage(), str(new_version(pg).id), analysis.analyze_file(song))
 
 
 def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: Path, tmp_path: Path):
@@ -185,7 +169,7 @@ def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: P
     from tasks.media import analysis_tasks
 
     with session_scope() as session:
-        version_id = str(new_version(session))
+        version_id = str(new_version(session).id)
     result = analysis_tasks.analyze_audio.fn(song)
     keys = analysis_tasks.publish_waveform.fn(version_id, result)
     art = analysis_tasks.extract_artwork.fn(song, tmp_path)

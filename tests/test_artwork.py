@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from tasks.media import artwork
 from tasks.media.artwork import BrokenArtwork
 from tasks.media.ffmpeg import ffmpeg_binary
-from tests.support import music_like, write_wav
+from tests.support import music_like, new_version, write_wav
 
 RED, GREEN, BLUE = (220, 0, 0), (0, 200, 0), (0, 0, 220)
 
@@ -147,28 +147,13 @@ def test_hostile_names_and_bombs(tmp_path: Path):
 # ---------------------------------------------------------------- storing
 
 
-def new_version(session: Session) -> tuple[uuid.UUID, uuid.UUID]:
-    from roadie.db.models import Asset, Track, TrackVersion, User
-
-    user = User(username=f"artist-{uuid.uuid4().hex[:8]}")
-    asset = Asset(bucket="roadie", key=f"originals/{uuid.uuid4()}/a.wav", size_bytes=1)
-    session.add_all([user, asset])
-    session.flush()
-    track = Track(owner_user_id=user.id, title="t")
-    session.add(track)
-    session.flush()
-    version = TrackVersion(track_id=track.id, original_asset_id=asset.id, warnings=[])
-    session.add(version)
-    session.flush()
-    return version.id, track.id
-
-
 def test_save_artwork_stores_both_and_points_the_track_at_them(roadie_env, pg: Session, tmp_path: Path):
     from roadie.db.models import Asset, Track
     from roadie.storage import STAGING_ROOT, get_storage
 
     storage = get_storage()
-    version_id, track_id = new_version(pg)
+    version = new_version(pg)
+    version_id, track_id = version.id, version.track_id
     striped_cover(tmp_path / "cover.jpg")
     art = artwork.load_artwork(with_cover(tmp_path, "m4a", tmp_path / "cover.jpg"), tmp_path)
     keys = artwork.save_artwork(pg, storage, str(version_id), art)

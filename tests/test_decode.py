@@ -156,7 +156,7 @@ def test_truncated_flac_is_caught_by_the_decode_not_the_probe(tmp_path: Path):
                                   "ünïcødé ♫.wav", "-i.wav", "concat:x.wav", "http:x.wav"])
 def test_file_names_are_data(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    path = write_wav(tmp_path / name, sine(440, 0.5, 8000, channels=1), 8000)
+    write_wav(tmp_path / name, sine(440, 0.5, 8000, channels=1), 8000)
     decoded = decode(Path(name), measure_loudness=True)
     assert decoded.frames == 4000 and decoded.loudness is not None
     assert not (tmp_path / "pwned").exists()

@@ -6,7 +6,6 @@ meter gets, so the two see the same audio.
 from __future__ import annotations
 
 import math
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from scipy.signal import resample_poly
 from tasks.media import loudness
 from tasks.media.ffmpeg import ParseError, as_input, build_ebur128_cmd, ffmpeg_binary, run
 from tasks.media.loudness import LoudnessReading, compare_loudness, measure_ffmpeg, measure_pcm
-from tests.support import music_like, sine, write_wav
+from tests.support import music_like, new_version, sine, write_wav
 
 RATES = [44100, 48000]
 METERS = ["ffmpeg", "numpy"]
@@ -290,26 +289,10 @@ def test_compare_warns_on_disagreement() -> None:
     assert not one_silent.agrees and one_silent.integrated_lufs is None
 
 
-def make_version(session) -> uuid.UUID:
-    from roadie.db.models import Asset, Track, TrackVersion, User
-
-    user = User(username=f"u-{uuid.uuid4().hex[:8]}")
-    asset = Asset(bucket="roadie", key=f"originals/{uuid.uuid4()}/a.wav", size_bytes=1)
-    session.add_all([user, asset])
-    session.flush()
-    track = Track(owner_user_id=user.id, title="t")
-    session.add(track)
-    session.flush()
-    version = TrackVersion(track_id=track.id, original_asset_id=asset.id, warnings=["earlier warning"])
-    session.add(version)
-    session.flush()
-    return version.id
-
-
 def test_save_loudness_on_postgres(pg) -> None:
     from roadie.db.models import TrackVersion
 
-    vid = make_version(pg)
+    vid = new_version(pg, warnings=["earlier warning"]).id
     result = compare_loudness(LoudnessReading(-14.0, 6.0, -1.0), LoudnessReading(-14.6, 6.0, -1.0), 120)
     loudness.save_loudness(pg, str(vid), result)
     loudness.save_loudness(pg, vid, result)  # a rerun adds no second copy of the warning

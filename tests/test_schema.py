@@ -35,24 +35,12 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path):
 
 
 def test_postgres_downgrade_and_back(pg_server_url):
-    import uuid
+    from roadie.services import scratch_database
 
-    name = f"roadie_mig_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    with scratch_database(pg_server_url, "roadie_mig", migrate=True) as url:
         downgrade(url, "base")
         upgrade(url)
         assert _diff(url) == []
-    finally:
-        from roadie.db.session import engine_for
-
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.parametrize("status", ["done", "READY", ""])

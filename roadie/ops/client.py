@@ -200,7 +200,6 @@ class PrefectREST:
     def from_settings(cls, api_url: Optional[str] = None, **kwargs: Any) -> "PrefectREST":
         """The configured API (ROADIE_PREFECT_API_URL / PREFECT_API_URL), else the local server's URL."""
         from roadie.settings import get_settings
-        from roadie.settings import get_settings
 
         url = api_url or get_settings().prefect_api_url
         if not url:
