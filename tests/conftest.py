@@ -106,4 +106,5 @@ def roadie_env(request, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv("ROADIE_STORAGE_URL", (tmp_path / "storage").as_uri())
     settings = reload_settings()
     yield settings
+    monkeypatch.undo()  # the test's own changes too, so that no setting leaks into the next test's cache
     reload_settings()

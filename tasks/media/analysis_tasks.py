@@ -29,7 +29,7 @@ class AnalysisStepFailed(RoadieError):
 
 
 # NO_CACHE: the default cache key would hash the whole PCM inside the result.
-@task(name="analyze-audio", cache_policy=NO_CACHE, tags=["analysis"])
+@task(name="analyze-audio", cache_policy=NO_CACHE)
 def analyze_audio(src: Path, steps: tuple[str, ...] = analysis.STEPS) -> Analysis:
     """One decode, then the asked-for steps (all by default). Raises UnreadableMedia only."""
     return analysis.analyze_file(src, steps=steps)
@@ -82,7 +82,7 @@ def waveform_artifact(version_id: str, result: Analysis, keys: WaveformKeys) -> 
                              description=f"Waveform of track version {version_id}")
 
 
-@task(name="extract-artwork", cache_policy=NO_CACHE, tags=["analysis"])
+@task(name="extract-artwork", cache_policy=NO_CACHE)
 def extract_artwork(src: Path, workdir: Path, has_cover: bool | None = None) -> Artwork:
     """The embedded cover, or the default (with a warning when the embedded one is broken)."""
     return artwork.artwork_or_default(src, workdir, has_cover=has_cover)

@@ -1,9 +1,6 @@
 """Prefect tasks around `tasks.media.fingerprint`: fingerprint, store, find and report duplicates."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -12,17 +9,6 @@ from roadie.db.session import session_scope
 from roadie.retries import transient_retries
 from tasks.media import fingerprint
 from tasks.media.fingerprint import DuplicateMatch, Fingerprint
-
-
-@task(name="fingerprint-pcm", cache_policy=NO_CACHE, tags=["analysis"])
-def fingerprint_pcm(samples: np.ndarray, sample_rate: int) -> Fingerprint:
-    """FingerprintError (fpcalc missing or failing) is not retried: the caller records a warning instead."""
-    return fingerprint.fingerprint_pcm(samples, sample_rate)
-
-
-@task(name="fingerprint-file", cache_policy=NO_CACHE, tags=["analysis"])
-def fingerprint_file(path: Path) -> Fingerprint:
-    return fingerprint.fingerprint_file(path)
 
 
 @task(name="find-duplicates", cache_policy=NO_CACHE, **transient_retries())

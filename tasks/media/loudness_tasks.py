@@ -1,9 +1,6 @@
 """Prefect tasks around `tasks.media.loudness`: measure, record on the version, show a table artifact."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -12,25 +9,7 @@ from roadie.db.session import session_scope
 from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
 from tasks.media import loudness
-from tasks.media.loudness import LoudnessReading, LoudnessResult
-
-
-# NO_CACHE: the default cache key would hash the whole PCM array on every call.
-@task(name="loudness-ffmpeg", cache_policy=NO_CACHE, tags=["analysis"])
-def ffmpeg_loudness(path: Path, channels: int) -> LoudnessReading:
-    return loudness.measure_ffmpeg(path, channels)
-
-
-@task(name="loudness-pcm", cache_policy=NO_CACHE, tags=["analysis"])
-def pcm_loudness(samples: np.ndarray, sample_rate: int) -> LoudnessReading:
-    return loudness.measure_pcm(samples, sample_rate)
-
-
-@task(name="loudness", cache_policy=NO_CACHE, tags=["analysis"])
-def measure_loudness(path: Path, samples: np.ndarray, sample_rate: int, channels: int | None = None,
-                     duration_s: float | None = None) -> LoudnessResult:
-    """Both meters at once (ffmpeg in its own process beside numpy), compared."""
-    return loudness.measure_loudness(path, samples, sample_rate, channels, duration_s)
+from tasks.media.loudness import LoudnessResult
 
 
 def loudness_table(result: LoudnessResult) -> list[dict[str, object]]:

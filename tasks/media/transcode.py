@@ -33,7 +33,7 @@ class _ProgressArtifact:
             update_progress_artifact(self.artifact_id, progress=percent)
 
 
-@task(name="transcode-rendition", task_run_name="transcode-{fmt}", tags=["transcode"])
+@task(name="transcode-rendition", task_run_name="transcode-{fmt}")
 def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, workdir: Path,
                         primary: bool) -> hls.Rendition:
     from roadie.settings import get_settings
