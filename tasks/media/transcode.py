@@ -15,9 +15,6 @@ from tasks.media import hls
 from tasks.media.ffmpeg import AudioInfo
 
 
-SECONDARY_NICE = 4
-
-
 class _ProgressArtifact:
     """A Prefect progress artifact per rendition, updated every 5 %, mirrored to CLI listeners."""
 
@@ -43,11 +40,10 @@ def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, w
     catalog.record_transcode(version_id, fmt, status="processing")
     reporter = _ProgressArtifact(version_id, fmt)
     with limits.encode_slot():
-        # Secondary renditions lean back for the primary one and the analysis (playable sooner), but only a
-        # little: at nice 10 the AAC encode, the longest, starved and the whole run took ~20 % longer.
+        # Secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
         local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
                                      source_codec=info.codec, segment_seconds=get_settings().hls_segment_seconds,
-                                     on_progress=reporter, nice=0 if primary else SECONDARY_NICE)
+                                     on_progress=reporter, nice=0 if primary else 10)
     rendition = publish_rendition(version_id, local)
     return rendition
 
