@@ -51,16 +51,7 @@ def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
         for fmt, future in rest.items():
             _finish_as_warning(version_id, fmt, future.result, failed_rendition=fmt)
     timings["total_s"] = round(time.monotonic() - started, 3)
-    report = catalog.describe_version(version_id)
-    if result.loudness is not None:  # both meters and their comparison, not only the stored values
-        report["loudness"] = result.as_dict()["loudness"]
-    if waveform_keys is not None:
-        report["waveform"] = waveform_keys.as_dict()
-    if artwork_keys is not None:
-        report["artwork"] = artwork_keys.as_dict()
-    report["duplicates"] = [m.as_dict() for m in duplicates or []]
-    return {**report, "timings": timings}
-
+    return versions.ingest_report(version_id, result, waveform_keys, artwork_keys, duplicates or [], timings)
 
 def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str | None = None):
     """Work after `ready`: a failure is recorded on the playable version, never fails it."""

@@ -84,3 +84,18 @@ def failure_message(exc: BaseException) -> str:
 @task(name="load-version", **RETRY)
 def load_job(version_id: str) -> catalog.VersionJob:
     return catalog.load_job(version_id)
+
+
+def ingest_report(version_id: str, analysis, waveform_keys, artwork_keys, duplicates, timings: dict[str, float]
+                  ) -> dict:
+    """What `roadie ingest --json` and the flow's result show: the version as stored, plus what only this run
+    knows (both loudness meters and their comparison, whether the cover was embedded, the duplicate scores)."""
+    report = catalog.describe_version(version_id)
+    if analysis.loudness is not None:
+        report["loudness"] = analysis.as_dict()["loudness"]
+    if waveform_keys is not None:
+        report["waveform"] = waveform_keys.as_dict()
+    if artwork_keys is not None:
+        report["artwork"] = artwork_keys.as_dict()
+    report["duplicates"] = [match.as_dict() for match in duplicates]
+    return {**report, "timings": timings}
