@@ -1,12 +1,8 @@
 """transcode: rebuild HLS renditions of one version (reprocessing; media-ingest does this for new uploads)."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from prefect import flow
 
-from roadie.settings import get_settings
 from tasks import catalog, versions
 from tasks.media.transcode import transcode_rendition
 
@@ -17,8 +13,7 @@ def transcode(version_id: str, formats: list[str] | None = None) -> dict:
     rendition and fail the run."""
     wanted = catalog.parse_formats(formats)
     job = versions.load_job(version_id)
-    with tempfile.TemporaryDirectory(prefix="roadie-transcode-", dir=get_settings().tmp_dir) as tmp:
-        workdir = Path(tmp)
+    with versions.scratch_dir("transcode") as workdir:
         src = versions.fetch_original(job, workdir)
         info = versions.probe_original(version_id, src)
         futures = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0)
