@@ -57,3 +57,38 @@ def test_status_is_constrained(pg, status):
     pg.add(TrackVersion(track_id=track.id, original_asset_id=asset.id, status=status))
     with pytest.raises(sa.exc.IntegrityError):
         pg.flush()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_rekeying_analytics_daily_keeps_its_rows(backend, tmp_path, pg_server_url):
+    """0005 rebuilds analytics_daily's keys (a table copy on SQLite): the stored stats must survive it."""
+    import contextlib
+    import uuid
+    from datetime import date
+
+    from roadie.services import scratch_database
+
+    if backend == "sqlite":
+        database = contextlib.nullcontext(f"sqlite:///{tmp_path / 'roadie.db'}")
+    else:
+        database = scratch_database(pg_server_url, "roadie_mig0005")
+    with database as url:
+        upgrade(url, "0003")
+        upgrade(url, "0004")
+        engine = sa.create_engine(url)
+        user_id, track_id = uuid.uuid4(), uuid.uuid4()
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (id, username, lossless_enabled, created_at) "
+                                 "VALUES (:id, 'u', false, CURRENT_TIMESTAMP)"), {"id": user_id.hex})
+            conn.execute(sa.text("INSERT INTO tracks (id, owner_user_id, title, created_at) "
+                                 "VALUES (:id, :owner, 't', CURRENT_TIMESTAMP)"),
+                         {"id": track_id.hex, "owner": user_id.hex})
+            conn.execute(sa.text("INSERT INTO analytics_daily VALUES (:t, :d, 5, 4, 3, 2, 1, 0)"),
+                         {"t": track_id.hex, "d": date(2026, 11, 1)})
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT plays, uniques, completions, likes, reposts, downloads "
+                                        "FROM analytics_daily")).all()
+        engine.dispose()
+        assert [tuple(r) for r in rows] == [(5, 4, 3, 2, 1, 0)]
+        assert _diff(url) == []

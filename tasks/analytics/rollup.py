@@ -26,9 +26,10 @@ _COLUMNS = "track_id, day, plays, uniques, completions, likes, reposts, download
 # Distinct listeners: users by user_id, anonymous plays by ip_hash; COUNT ignores NULLs, so a play with neither
 # is a play but not a listener. (Two DISTINCT aggregates measured faster here than one over a coalesced text key,
 # or a two-level GROUP BY.)
-# The day's stored rows come in through the UNION with a count of 0 and their stored values: a track whose
-# activity is gone gets its zeros, and HAVING drops rows that would not change (ON CONFLICT would still lock,
-# that is write, each of them). Not a join against the table being inserted into: on a still empty table the
+# The day's stored non-zero rows come in through the UNION with a count of 0 and their stored values: a track
+# whose activity is gone gets its zeros, and HAVING drops rows that would not change (ON CONFLICT would still
+# lock, that is write, each of them). Stored zeros are left out: a zero needs no reset, and on a first run (the
+# plays statement has just inserted the day's rows) the engagement statements then read only the new activity. Not a join against the table being inserted into: on a still empty table the
 # planner may choose a nested loop that rescans the rows this very statement inserts.
 _UNIQUES = "COUNT(DISTINCT user_id) + COUNT(DISTINCT ip_hash) FILTER (WHERE user_id IS NULL)"
 _PLAYS = sql(
@@ -41,13 +42,14 @@ _PLAYS = sql(
         FROM analytics_play
         WHERE started_at >= :lo AND started_at < :hi
         UNION ALL
-        SELECT track_id, NULL, NULL, 0, 0, plays, uniques, completions FROM analytics_daily WHERE day = :day
+        SELECT track_id, NULL, NULL, 0, 0, plays, uniques, completions FROM analytics_daily
+        WHERE day = :day AND plays <> 0
     ) AS day_plays
     WHERE true
     GROUP BY track_id
     HAVING MAX(stored_plays) IS NULL OR MAX(stored_plays) <> SUM(is_play)
         OR MAX(stored_uniques) <> {_UNIQUES} OR MAX(stored_completions) <> SUM(done)
-    ON CONFLICT (track_id, day) DO UPDATE
+    ON CONFLICT (day, track_id) DO UPDATE
     SET plays = excluded.plays, uniques = excluded.uniques, completions = excluded.completions
     """,
     day=DAY, lo=TIMESTAMP, hi=TIMESTAMP,
@@ -64,12 +66,12 @@ def _engagement(table: str) -> sa.TextClause:
         FROM (
             SELECT track_id, 1 AS n, NULL AS stored FROM {table} WHERE created_at >= :lo AND created_at < :hi
             UNION ALL
-            SELECT track_id, 0, {table} FROM analytics_daily WHERE day = :day
+            SELECT track_id, 0, {table} FROM analytics_daily WHERE day = :day AND {table} <> 0
         ) AS day_{table}
         WHERE true
         GROUP BY track_id
         HAVING MAX(stored) IS NULL OR MAX(stored) <> SUM(n)
-        ON CONFLICT (track_id, day) DO UPDATE SET {table} = excluded.{table}
+        ON CONFLICT (day, track_id) DO UPDATE SET {table} = excluded.{table}
         """,
         day=DAY, lo=TIMESTAMP, hi=TIMESTAMP,
     )
