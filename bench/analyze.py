@@ -8,10 +8,11 @@ On one music-like stereo track written to bench/out/ as a 16-bit WAV:
     2. fpcalc on the file
     3. pyloudnorm on the re-read file: integrated (+ LRA when this pyloudnorm has it) and a 4x resample_poly true peak
     4. a waveform pass: decode the file again, 8-bit JSON at 20 px/s and the 1800x280 PNG
-  roadie: analyze_file, i.e. one decode to PCM in memory, then ffmpeg ebur128 on that PCM, the numpy meter, the
-    waveform (JSON + PNG) and the fingerprint (fpcalc fed the PCM) side by side
-  and, for the record, roadie with ebur128 on a split branch inside the decode (one ffmpeg process), and the four
-  separate passes done with roadie's own fast steps (to show what decoding once and overlapping alone buys).
+  roadie: analyze_file, i.e. one decode to PCM in memory with ffmpeg ebur128 measuring that PCM as it is decoded,
+    then the numpy meter, the waveform (JSON + PNG) and the fingerprint (fpcalc fed the PCM) side by side
+  and, for the record, roadie with ebur128 started only after the decode, roadie with ebur128 on a split branch
+  inside the decode (one ffmpeg process), and the four separate passes done with roadie's own fast steps (to show
+  what decoding once and overlapping alone buys).
 
 Each variant runs once to warm up (imports, caches; the cold run is printed too), then --repeat times,
 alternating; the median wall time is reported with the CPU seconds it used (this process and its children).
@@ -104,6 +105,11 @@ def roadie_split(path: Path) -> analysis.Analysis:
     return analysis.analyze_decoded(decode(path, measure_loudness=True, stream=stream), label=str(path))
 
 
+def roadie_meter_after_decode(path: Path) -> analysis.Analysis:
+    """The previous design: ebur128 measures the PCM only once the whole decode is done."""
+    return analysis.analyze_decoded(decode(path, stream=probe_stream(path)), label=str(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=240.0)
@@ -121,8 +127,9 @@ def main() -> None:
     cold_s, cold_cpu, _ = timed(lambda: analysis.analyze_file(wav))
     timed(lambda: naive_sequence(wav))
     timed(lambda: roadie_split(wav))
+    timed(lambda: roadie_meter_after_decode(wav))
     timed(lambda: separate_fast_passes(wav))
-    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "split": [], "fast": []}
+    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "after": [], "split": [], "fast": []}
     naive_steps: list[dict[str, float]] = []
     result = None
     for _ in range(args.repeat):
@@ -131,6 +138,8 @@ def main() -> None:
         naive_steps.append(steps)
         wall, cpu, result = timed(lambda: analysis.analyze_file(wav))
         runs["roadie"].append((wall, cpu))
+        wall, cpu, _ = timed(lambda: roadie_meter_after_decode(wav))
+        runs["after"].append((wall, cpu))
         wall, cpu, _ = timed(lambda: roadie_split(wav))
         runs["split"].append((wall, cpu))
         wall, cpu, _ = timed(lambda: separate_fast_passes(wav))
@@ -141,6 +150,7 @@ def main() -> None:
 
     naive_s, naive_cpu = median("naive")
     roadie_s, roadie_cpu = median("roadie")
+    after_s, after_cpu = median("after")
     split_s, split_cpu = median("split")
     fast_s, fast_cpu = median("fast")
     print("naive sequence, step by step (median)")
@@ -157,6 +167,7 @@ def main() -> None:
     print(f"{'naive sequence (4 separate passes)':<46} {naive_s:7.3f}s {naive_cpu:7.3f}s")
     print(f"{'roadie analyze_file (one decode)':<46} {roadie_s:7.3f}s {roadie_cpu:7.3f}s")
     print(f"{'  roadie, first run in this process (cold)':<46} {cold_s:7.3f}s {cold_cpu:7.3f}s")
+    print(f"{'  roadie, ebur128 after the decode':<46} {after_s:7.3f}s {after_cpu:7.3f}s")
     print(f"{'  roadie, ebur128 inside the decode (asplit)':<46} {split_s:7.3f}s {split_cpu:7.3f}s")
     print(f"{'  4 separate passes with roadie fast steps':<46} {fast_s:7.3f}s {fast_cpu:7.3f}s")
     ratio = roadie_s / naive_s

@@ -1,10 +1,10 @@
 """The whole audio analysis from one decode: waveform (JSON + PNG), loudness cross-checked, fingerprint.
 
-ffmpeg decodes the upload once into PCM in memory (tasks.media.decode) while the other core warms the numpy meter
-up (imports, filter design, BLAS setup). Then, side by side in threads (subprocesses and numpy release the GIL):
-ffmpeg's ebur128 measures that PCM fed through a pipe, the numpy meter measures the same array, and the waveform
-and the fingerprint are made from it. ebur128's true peak (a 192 kHz resampler) is the slowest part; running it
-beside the rest instead of inside the decode makes the whole analysis about a quarter faster (bench/analyze.py).
+ffmpeg decodes the upload once into PCM in memory (tasks.media.decode). ebur128's true peak (a 192 kHz resampler)
+is the slowest part, so a second ffmpeg measures that PCM as it comes out of the decoder, through a pipe, while
+the numpy meter warms up (imports, filter design, BLAS setup). When the decode is done, side by side in threads
+(subprocesses and numpy release the GIL): the numpy meter measures the same array, and the waveform and the
+fingerprint are made from it. Measured in bench/analyze.py against ebur128 inside the decode and after it.
 
 Each step after the decode degrades on its own: a failing step becomes a warning and a None field, so a version
 is still published without, say, a fingerprint when fpcalc is missing. Only an unreadable upload raises.
@@ -22,7 +22,7 @@ import numpy as np
 
 from roadie.errors import RoadieError
 from tasks.media import waveform as wf
-from tasks.media.decode import DecodedAudio, decode, measure_with_ffmpeg, probe_stream
+from tasks.media.decode import DecodedAudio, PcmFeed, decode, measure_pcm_feed, measure_with_ffmpeg, probe_stream
 from tasks.media.fingerprint import Fingerprint
 from tasks.media.loudness import LoudnessReading, LoudnessResult
 
@@ -149,8 +149,9 @@ def _fingerprint_step(decoded: DecodedAudio) -> Fingerprint:
 
 def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int = WAVEFORM_PPS,
                     png_size: tuple[int, int] | None = PNG_SIZE, steps: Iterable[str] = STEPS,
-                    pool: ThreadPoolExecutor | None = None) -> Analysis:
-    """Everything after the decode, the asked-for steps side by side."""
+                    pool: ThreadPoolExecutor | None = None, ffmpeg_loudness: Future | None = None) -> Analysis:
+    """Everything after the decode, the asked-for steps side by side. `ffmpeg_loudness`: ebur128 already started
+    during the decode (a `_timed` future of a LoudnessReading); without it, ebur128 measures the decoded PCM."""
     steps = _check_steps(steps)
     warnings: list[str] = list(decoded.warnings)
     timings: dict[str, float] = {"decode_s": round(decoded.seconds, 3)}
@@ -161,7 +162,7 @@ def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int
         started = time.perf_counter()
         jobs: dict[str, Future] = {}
         if "loudness" in steps:
-            from_ffmpeg = pool.submit(_timed, _ffmpeg_loudness_step, decoded)
+            from_ffmpeg = ffmpeg_loudness or pool.submit(_timed, _ffmpeg_loudness_step, decoded)
             jobs["loudness"] = pool.submit(_timed, _loudness_step, decoded, from_ffmpeg)
         if "waveform" in steps:
             jobs["waveform"] = pool.submit(_timed, _waveform_step, decoded, waveform_pps, png_size)
@@ -220,14 +221,22 @@ def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tupl
     later step degrades to a warning."""
     path, steps = Path(path), _check_steps(steps)
     overall = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis") as pool:
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="analysis") as pool:
         stream = probe_stream(path)
-        # Not waited for: a step that needs what it loads simply blocks on the import lock until it is there.
+        feed, from_ffmpeg = None, None
         if "loudness" in steps:
+            # Not waited for: a step that needs what it loads simply blocks on the import lock until it is there.
             pool.submit(_warm_up, stream.sample_rate, stream.channels)
-        decoded = decode(path, stream=stream)
+            # ebur128 (the slowest step) measures the PCM as the decoder writes it, not after the decode.
+            feed = PcmFeed()
+            from_ffmpeg = pool.submit(_timed, measure_pcm_feed, feed, stream)
+        try:
+            decoded = decode(path, stream=stream, on_pcm=feed.put if feed else None)
+        finally:
+            if feed:
+                feed.close()
         result = analyze_decoded(decoded, label=str(path), waveform_pps=waveform_pps, png_size=png_size,
-                                 steps=steps, pool=pool)
+                                 steps=steps, pool=pool, ffmpeg_loudness=from_ffmpeg)
     timings = dict(result.timings)
     timings["total_s"] = round(time.perf_counter() - overall, 3)
     return _replace_timings(result, timings)

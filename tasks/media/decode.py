@@ -12,9 +12,11 @@ Either way the file is read and decoded exactly once, and truncated or corrupt i
 from __future__ import annotations
 
 import json
+import queue
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -135,7 +137,8 @@ def _reason(exc: FFmpegError) -> str:
 
 
 def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | None = None,
-           timeout_s: float | None = 600, max_seconds: float = MAX_DECODE_SECONDS) -> DecodedAudio:
+           timeout_s: float | None = 600, max_seconds: float = MAX_DECODE_SECONDS,
+           on_pcm: Callable[[bytes], None] | None = None) -> DecodedAudio:
     """Decode `src` once into memory. With `measure_loudness`, ffmpeg's ebur128 (true peak on; dual mono for mono
     input) runs on a split of the same decode in the same process, and its final Summary is parsed into `loudness`:
     one process, but the PCM only arrives once the (slower) meter is done. `analysis` instead decodes without it
@@ -143,7 +146,8 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
 
     A decode error anywhere in the file (truncated or corrupt data) raises UnreadableMedia, as does a file with
     no audio samples; a missing ffmpeg raises FFmpegError (not the upload's fault). Pass `stream` from an
-    earlier `probe_stream` to skip probing again."""
+    earlier `probe_stream` to skip probing again. `on_pcm` sees each chunk of PCM as the decoder writes it
+    (see PcmFeed)."""
     src = Path(src)
     stream = stream or probe_stream(src)
     meter = loudness_mod.ebur128_filter(stream.channels) if measure_loudness else None
@@ -152,7 +156,7 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
     cmd = ffmpeg.build_decode_measure_cmd(src, sample_rate=stream.sample_rate, meter_filter=meter,
                                           max_seconds=limit_frames / stream.sample_rate + 0.05)
     try:
-        result = ffmpeg.run(cmd, capture_stdout=True, timeout_s=timeout_s)
+        result = ffmpeg.run(cmd, capture_stdout=True, on_stdout=on_pcm, timeout_s=timeout_s)
     except FFmpegError as exc:
         if exc.returncode == 127:
             raise
@@ -180,8 +184,36 @@ def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | No
 def measure_with_ffmpeg(decoded: DecodedAudio, timeout_s: float | None = 600) -> LoudnessReading:
     """ffmpeg's ebur128 over the decoded PCM, fed through stdin: the same samples the numpy meter reads, so the
     cross-check compares the meters and nothing else, and the original is not decoded twice."""
-    cmd = ffmpeg.build_measure_pcm_cmd(decoded.sample_rate, decoded.channels,
-                                       loudness_mod.ebur128_filter(decoded.channels), decoded.stream.channel_layout)
     pcm = memoryview(np.ascontiguousarray(decoded.samples, dtype="<f4")).cast("B")
+    return _measure_stdin(decoded.stream, pcm, timeout_s)
+
+
+class PcmFeed:
+    """The decoder's PCM handed on chunk by chunk while it decodes, so ffmpeg's meter starts at once instead of
+    after the whole decode (bench/analyze.py). `put` is the decode's `on_pcm`; iterating yields the chunks until
+    `close`, which must always follow the decode, failed or not, or the meter waits for input forever."""
+
+    def __init__(self) -> None:
+        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def put(self, chunk: bytes) -> None:
+        self._chunks.put(chunk)
+
+    def close(self) -> None:
+        self._chunks.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (chunk := self._chunks.get()) is not None:
+            yield chunk
+
+
+def measure_pcm_feed(feed: PcmFeed, stream: StreamInfo, timeout_s: float | None = 600) -> LoudnessReading:
+    """ffmpeg's ebur128 over PCM as it arrives from a decode (the same bytes the numpy meter will read)."""
+    return _measure_stdin(stream, feed, timeout_s)
+
+
+def _measure_stdin(stream: StreamInfo, pcm: memoryview | PcmFeed, timeout_s: float | None) -> LoudnessReading:
+    cmd = ffmpeg.build_measure_pcm_cmd(stream.sample_rate, stream.channels,
+                                       loudness_mod.ebur128_filter(stream.channels), stream.channel_layout)
     result = ffmpeg.run(cmd, stdin_data=pcm, timeout_s=timeout_s)
     return loudness_mod.parse_ebur128_summary(result.stderr)

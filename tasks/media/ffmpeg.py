@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import ffmpeg as ffmpeg_python
 
@@ -150,18 +150,23 @@ ProgressCallback = Callable[[float], None]
 
 def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: ProgressCallback | None = None,
         stdout_path: Path | None = None, nice: int = 0, timeout_s: float | None = None,
-        capture_stdout: bool = False, stdin_data: bytes | memoryview | None = None) -> FFmpegRun:
+        capture_stdout: bool = False, on_stdout: Callable[[bytes], None] | None = None,
+        stdin_data: bytes | memoryview | Iterable[bytes] | None = None) -> FFmpegRun:
     """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
 
     With `stdout_path`, stdout goes to that file instead (raw PCM and the like). With `capture_stdout`, stdout is
-    read into memory whole and returned as `FFmpegRun.stdout` (PCM from a pipe, ffprobe's JSON); no progress.
-    With `stdin_data`, those bytes are fed to stdin from a thread (PCM already in memory, read as `pipe:0`)."""
+    read into memory whole and returned as `FFmpegRun.stdout` (PCM from a pipe, ffprobe's JSON); no progress;
+    `on_stdout` then also sees each chunk as it arrives (to hand PCM on while the decode goes on).
+    With `stdin_data`, those bytes (or each chunk of an iterable, as it comes) are fed to stdin from a thread
+    (PCM read as `pipe:0`)."""
     import time
 
     if isinstance(cmd, str):  # a shell string is never acceptable here
         raise TypeError("ffmpeg commands are argument lists, not strings")
     if capture_stdout and stdout_path:
         raise ValueError("capture_stdout and stdout_path are exclusive")
+    if on_stdout and not capture_stdout:
+        raise ValueError("on_stdout needs capture_stdout")
     started = time.monotonic()
     stderr_lines: deque[str] = deque(maxlen=4000)
     stdout_file = open(stdout_path, "wb") if stdout_path else None
@@ -185,7 +190,11 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
     def feed_stdin() -> None:
         assert proc.stdin is not None
         try:
-            proc.stdin.write(stdin_data)
+            if isinstance(stdin_data, (bytes, bytearray, memoryview)):
+                proc.stdin.write(stdin_data)
+            else:
+                for chunk in stdin_data:
+                    proc.stdin.write(chunk)
         except (BrokenPipeError, OSError):
             pass  # ffmpeg stopped reading (it failed): its exit code and stderr say why
         finally:
@@ -201,7 +210,13 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         writer.start()
     captured = b""
     try:
-        if proc.stdout is not None and capture_stdout:
+        if proc.stdout is not None and capture_stdout and on_stdout:
+            chunks = []
+            while chunk := proc.stdout.read1(1 << 20):
+                chunks.append(chunk)
+                on_stdout(chunk)
+            captured = b"".join(chunks)
+        elif proc.stdout is not None and capture_stdout:
             captured = proc.stdout.read()
         elif proc.stdout is not None:
             for raw in iter(proc.stdout.readline, b""):
