@@ -1,6 +1,7 @@
 """Decoding an upload once into PCM, and ffmpeg's loudness from that one decode."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from tasks.media import ffmpeg, loudness
-from tasks.media.decode import decode, measure_with_ffmpeg, probe_stream
+from tasks.media.decode import PcmFeed, decode, measure_pcm_feed, measure_with_ffmpeg, probe_stream
 from tasks.media.ffmpeg import UnreadableMedia
 from tests.support import encode, music_like, sine, write_wav
 
@@ -180,3 +181,28 @@ def test_overlong_audio_is_refused_without_decoding_it_all(tmp_path: Path):
     flac = encode(path, tmp_path / "long.flac")
     with pytest.raises(UnreadableMedia, match="longer than 0.1 minutes"):
         decode(flac, max_seconds=6, measure_loudness=True)
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("sr", RATES)
+def test_ebur128_measures_the_pcm_while_it_is_decoded(tmp_path: Path, sr: int, channels: int):
+    """The meter fed chunk by chunk during the decode reads exactly what it reads from the finished array."""
+    path = write_wav(tmp_path / "tone.wav", sine(1000, 12.0, sr, dbfs=-23.0, channels=channels), sr)
+    feed = PcmFeed()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        streamed = pool.submit(measure_pcm_feed, feed, probe_stream(path))
+        try:
+            decoded = decode(path, on_pcm=feed.put)
+        finally:
+            feed.close()
+        reading = streamed.result(timeout=60)
+    assert reading.integrated_lufs == pytest.approx(-23.0, abs=0.1)
+    assert reading == measure_with_ffmpeg(decoded)
+
+
+def test_truncated_upload_stops_the_streamed_meter_too(tmp_path: Path):
+    """The decode fails half way: the analysis raises the decode's reason and does not wait on its meter."""
+    from tasks.media.analysis import analyze_file
+
+    with pytest.raises(UnreadableMedia, match="truncated or corrupt"):
+        analyze_file(make_bad(tmp_path, "truncated-flac"))
