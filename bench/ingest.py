@@ -5,8 +5,9 @@
 Prints wall times and ratios. The original recipe is its own separate commands run one after another:
 opus HLS, aac HLS, ebur128, fpcalc. roadie runs the real CLI (flow on a warm local Prefect server, SQLite,
 local folder), reports time to playable and time to all outputs, beside the floor: the slowest single encode.
-roadie runs twice: with the local Prefect server on its default SQLite, and, when PostgreSQL answers on
-127.0.0.1:5432 (or ROADIE_BENCH_PG_URL), with that server on PostgreSQL as in production.
+roadie runs with the local Prefect server on its default SQLite, and, when PostgreSQL answers on 127.0.0.1:5432
+(or ROADIE_BENCH_PG_URL), with that server on PostgreSQL as in production, there with both CPU schedules:
+the default (everything shares the CPUs, secondary renditions at nice 10) and ROADIE_CPU_LANES=true.
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def main() -> None:
         if postgres_reachable(pg):
             with scratch_database(pg, "roadie_bench_prefect", driver="postgresql+asyncpg") as url:
                 runs["Prefect on PostgreSQL"] = roadie_runs(src, tiny, work / "pg", url)
+                runs["Prefect on PostgreSQL, ROADIE_CPU_LANES=true"] = roadie_runs(
+                    src, tiny, work / "pg-lanes", url, {"ROADIE_CPU_LANES": "true"})
 
     print(f"input: {args.seconds:g} s music-like, 48 kHz stereo WAV; {os.cpu_count()} cores")
     print("original recipe (sequential): " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
@@ -92,9 +95,10 @@ def main() -> None:
               f"then {warm:.2f} s per call")
 
 
-def roadie_runs(src: Path, tiny: Path, home: Path, prefect_db: str | None) -> tuple[float, ...]:
+def roadie_runs(src: Path, tiny: Path, home: Path, prefect_db: str | None,
+                settings: dict[str, str] | None = None) -> tuple[float, ...]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_API"))}
-    env.update(ROADIE_HOME=str(home), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()))
+    env.update(ROADIE_HOME=str(home), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()), **(settings or {}))
     if prefect_db:
         env["ROADIE_PREFECT_DATABASE_URL"] = prefect_db
     try:

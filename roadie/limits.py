@@ -1,8 +1,9 @@
 """Global concurrency and rate limits that protect the machines (names shared by flows and setup)."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Literal
 
 # At most 2 ffmpeg encodes at once across every worker: encodes are CPU-bound, one core each.
 TRANSCODE_CONCURRENCY = ("transcode", 2, None)
@@ -45,3 +46,36 @@ def db_batch_slot() -> Iterator[None]:
 
     with concurrency(DB_BATCH_CONCURRENCY[0], occupy=1, strict=True):
         yield
+
+
+Lane = Literal["playable", "background"]
+
+
+def lane_cpus(lane: Lane) -> frozenset[int] | None:
+    """The CPUs of a lane: "background" is the last CPU this process may use, "playable" the others. None when
+    lanes are off (ROADIE_CPU_LANES=false), unsupported (not Linux) or pointless (a single CPU)."""
+    from roadie.settings import get_settings
+
+    if not get_settings().cpu_lanes or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(os.getpid()))  # the process's mask, not this (maybe pinned) thread's
+    if len(allowed) < 2:
+        return None
+    return frozenset(allowed[-1:]) if lane == "background" else frozenset(allowed[:-1])
+
+
+@contextmanager
+def cpu_lane(lane: Lane) -> Iterator[bool]:
+    """Run the calling thread, and every thread and process it starts meanwhile (they inherit its CPU mask), on
+    the lane's CPUs; the thread's own mask comes back afterwards (task threads are reused). Yields whether it
+    pinned anything."""
+    cpus = lane_cpus(lane)
+    if cpus is None:
+        yield False
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, before)

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from roadie import limits
 from roadie.db.session import session_scope
 from roadie.errors import RoadieError
 from roadie.progress import in_prefect_run
@@ -32,7 +33,8 @@ class AnalysisStepFailed(RoadieError):
 @task(name="analyze-audio", cache_policy=NO_CACHE)
 def analyze_audio(src: Path, steps: tuple[str, ...] = analysis.STEPS) -> Analysis:
     """One decode, then the asked-for steps (all by default). Raises UnreadableMedia only."""
-    return analysis.analyze_file(src, steps=steps)
+    with limits.cpu_lane("playable"):  # beside the primary encode, off the secondary renditions' CPU
+        return analysis.analyze_file(src, steps=steps)
 
 
 def require(result: Analysis, step: str) -> Analysis:

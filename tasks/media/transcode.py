@@ -6,10 +6,9 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from roadie import progress
+from roadie import limits, progress
 from roadie.retries import transient_retries
 from roadie.storage import get_storage
-from roadie import limits
 from tasks import catalog
 from tasks.media import hls
 from tasks.media.ffmpeg import AudioInfo
@@ -39,11 +38,11 @@ def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, w
         limits.transcode_started()
     catalog.record_transcode(version_id, fmt, status="processing")
     reporter = _ProgressArtifact(version_id, fmt)
-    with limits.encode_slot():
-        # Secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
+    with limits.encode_slot(), limits.cpu_lane("playable" if primary else "background") as pinned:
+        # Without lanes, secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
         local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
                                      source_codec=info.codec, segment_seconds=get_settings().hls_segment_seconds,
-                                     on_progress=reporter, nice=0 if primary else 10)
+                                     on_progress=reporter, nice=0 if primary or pinned else 10)
     rendition = publish_rendition(version_id, local)
     return rendition
 
