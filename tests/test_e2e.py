@@ -495,12 +495,14 @@ def test_the_image_healthcheck_probe(stack):
 
 def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
     env = {**stack.env, "ROADIE_PREFECT_API_URL": stack.api, "ROADIE_HOME": str(tmp_path / "serve-home")}
+    stderr_path = tmp_path / "serve-stderr.txt"
+    stderr = open(stderr_path, "w")  # a file, not an unread pipe: the workers' logs would fill it and block them
     proc = subprocess.Popen([sys.executable, "-m", "roadie", "serve", "--workers", "1", "--port", "0", "--json",
                              "--grace", "20"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=stderr, text=True, start_new_session=True)
     try:
         line = proc.stdout.readline()  # one JSON line once everything is up
-        assert line, proc.stderr.read()
+        assert line, stderr_path.read_text()[-3000:]
         info = json.loads(line)
         assert info["ui"] == stack.api.removesuffix("/api")
         health = httpx.get(info["health"], timeout=60).json()
@@ -510,8 +512,8 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
                        and info["workers"][0].encode() in _cmdline(p)]
         assert worker_pids
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=60) == 0
-        assert "stopped" in proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, stderr_path.read_text()[-3000:]
+        assert "stopped" in stderr_path.read_text()
         assert all(_gone(pid) for pid in worker_pids)
         with pytest.raises(httpx.HTTPError):
             httpx.get(info["health"], timeout=5)
@@ -519,6 +521,7 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
         if proc.poll() is None:
             kill_tree(proc.pid)
             proc.wait()
+        stderr.close()
 
 
 def _cmdline(entry: Path) -> bytes:

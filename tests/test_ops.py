@@ -552,7 +552,7 @@ def test_trigger_job_and_health_cli(client, ops_env, prefect_api):
     assert report["queues"][name] == {"waiting": 1, "active": 0, "failed": 0}
 
 
-def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool):
+def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, tmp_path):
     import os
     import signal
 
@@ -560,8 +560,10 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool):
 
     port = free_port()
     env = {**_cli_env(prefect_api), "ROADIE_WORK_POOL": worker_pool}
+    # stderr to a file, not an unread pipe: a full pipe would block the server's writes, and so its exit.
+    stderr = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen([sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port),
-                             "--host", "127.0.0.1"], env=env, stderr=subprocess.PIPE, text=True)
+                             "--host", "127.0.0.1"], env=env, stderr=stderr, text=True)
     try:
         report = None
         deadline = time.monotonic() + 60
@@ -575,8 +577,13 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool):
         assert response.status_code == (200 if report["status"] == "healthy" else 503)
         assert "roadie_workers_online 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            returncode = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        assert returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        stderr.close()
