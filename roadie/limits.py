@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
+
+T = TypeVar("T")
 
 # At most 2 ffmpeg encodes at once across every worker: encodes are CPU-bound, one core each.
 TRANSCODE_CONCURRENCY = ("transcode", 2, None)
@@ -79,3 +83,26 @@ def cpu_lane(lane: Lane) -> Iterator[bool]:
         yield True
     finally:
         os.sched_setaffinity(0, before)
+
+
+def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a thread of its own at a lower CPU priority, which every thread and process it starts
+    inherits (Linux keeps nice per thread). A fresh thread, because a raised nice cannot be lowered again
+    without privileges, and task threads are reused."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return fn(*args)
+    outcome: dict[str, Any] = {}
+
+    def niced() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)  # 0: this thread
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=niced, name=f"niced-{getattr(fn, '__name__', 'call')}")
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -1,4 +1,4 @@
-"""CPU lanes: a thread pinned to a lane passes its CPUs on to the processes it starts, and gets its own back."""
+"""CPU lanes and niced calls: what a thread is given passes on to the processes it starts, and nothing leaks back."""
 from __future__ import annotations
 
 import json
@@ -42,3 +42,23 @@ def test_processes_started_in_a_lane_run_on_its_cpus(lanes_on, lane: str):
 def test_lanes_are_off_by_default():
     with limits.cpu_lane("background") as pinned:
         assert not pinned and child_cpus() == sorted(os.sched_getaffinity(0))
+
+
+def test_run_niced_lowers_the_priority_of_the_call_and_its_processes_only():
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    child_nice = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+
+    def in_thread() -> tuple[int, int]:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        return own, int(subprocess.run(child_nice, capture_output=True, text=True, check=True).stdout)
+
+    assert limits.run_niced(3, in_thread) == (min(mine + 3, 19), min(mine + 3, 19))
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the caller's thread is untouched
+
+
+def test_run_niced_hands_exceptions_back():
+    def fails() -> None:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        limits.run_niced(3, fails)
