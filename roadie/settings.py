@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # Off (default, playable first): every encode and the analysis share every CPU, the secondary renditions at a
     # lower priority (nice 10). On (Linux, 2+ CPUs): the secondary renditions get the worker's last CPU to
     # themselves and the primary rendition and the analysis share the others: all outputs sooner, playable later
-    # (bench/ingest on 2 cores: playable 5.6 -> 7.9 s, all outputs 15.3 -> 12.5 s).
+    # (bench/ingest, 240 s on 2 cores: playable 5.1 -> 8.1 s, all outputs 15.6 -> 12.6 s).
     cpu_lanes: bool = False
 
     # Operations: health, metrics, dead letters, crash detection.

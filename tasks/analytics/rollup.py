@@ -29,8 +29,9 @@ _COLUMNS = "track_id, day, plays, uniques, completions, likes, reposts, download
 # The day's stored non-zero rows come in through the UNION with a count of 0 and their stored values: a track
 # whose activity is gone gets its zeros, and HAVING drops rows that would not change (ON CONFLICT would still
 # lock, that is write, each of them). Stored zeros are left out: a zero needs no reset, and on a first run (the
-# plays statement has just inserted the day's rows) the engagement statements then read only the new activity. Not a join against the table being inserted into: on a still empty table the
-# planner may choose a nested loop that rescans the rows this very statement inserts.
+# plays statement has just inserted the day's rows) the engagement statements then read only the new activity.
+# Not a join against the table being inserted into: on a still empty table the planner may choose a nested loop
+# that rescans the rows this very statement inserts.
 _UNIQUES = "COUNT(DISTINCT user_id) + COUNT(DISTINCT ip_hash) FILTER (WHERE user_id IS NULL)"
 _PLAYS = sql(
     f"""

@@ -2,12 +2,14 @@
 
 One ffmpeg process reads the file and writes float32 PCM at the native rate and channel count to a pipe: the
 waveform, the numpy loudness meter and the fingerprint all work from that array. ffmpeg's ebur128 gets the same
-decoded audio one of two ways:
-- `measure_with_ffmpeg`: the PCM fed back through stdin to a second ffmpeg that only measures (what the analysis
-  uses: the decode finishes in a quarter of the time, and the slow true-peak meter runs beside the numpy work);
+decoded audio one of three ways:
+- `measure_pcm_feed`: a second ffmpeg that only measures, fed the PCM chunk by chunk while the decode writes it
+  (`decode(on_pcm=feed.put)`): what the analysis uses, the slow true-peak meter starts at once and runs beside
+  the decode and then the numpy work;
+- `measure_with_ffmpeg`: the same, fed the finished array through stdin;
 - `decode(measure_loudness=True)`: an `asplit` branch inside the decoding process (one process, but the PCM only
   arrives when the meter is done).
-Either way the file is read and decoded exactly once, and truncated or corrupt input fails (-xerror).
+Each way the file is read and decoded exactly once, and truncated or corrupt input fails (-xerror).
 """
 from __future__ import annotations
 
