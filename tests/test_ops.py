@@ -552,7 +552,10 @@ def test_trigger_job_and_health_cli(client, ops_env, prefect_api):
     assert report["queues"][name] == {"waiting": 1, "active": 0, "failed": 0}
 
 
-def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGINT, started in the background", "SIGTERM"])
+def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, tmp_path, stop):
+    """Ctrl-C, Ctrl-C to a server a script started in the background (which inherits SIGINT ignored), and
+    `docker stop` (SIGTERM) all end it cleanly with exit code 0."""
     import os
     import signal
 
@@ -562,8 +565,9 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, 
     env = {**_cli_env(prefect_api), "ROADIE_WORK_POOL": worker_pool}
     # stderr to a file, not an unread pipe: a full pipe would block the server's writes, and so its exit.
     stderr = open(tmp_path / "stderr.txt", "w")
+    background = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "background" in stop else None
     proc = subprocess.Popen([sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port),
-                             "--host", "127.0.0.1"], env=env, stderr=stderr, text=True)
+                             "--host", "127.0.0.1"], env=env, stderr=stderr, text=True, preexec_fn=background)
     try:
         report = None
         deadline = time.monotonic() + 60
@@ -576,7 +580,7 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, 
         assert report is not None and report["workers_online"] == 1 and set(report) >= {"status", "queues"}
         assert response.status_code == (200 if report["status"] == "healthy" else 503)
         assert "roadie_workers_online 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)
         try:
             returncode = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

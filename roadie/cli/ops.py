@@ -87,6 +87,7 @@ def health(
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
     from roadie.ops.health import OpsServer, check_health
+    from roadie.ops.signals import stop_on_signals
     from roadie.settings import get_settings
 
     settings = get_settings()
@@ -96,7 +97,8 @@ def health(
             say(f"serving http://{host or settings.health_host}:{server.port}/health and /metrics "
                 f"from {client.api_url}")
             try:
-                server.serve_forever()
+                with stop_on_signals():  # Ctrl-C or `docker stop`, also when started in the background
+                    server.serve_forever()
             except KeyboardInterrupt:
                 pass
             finally:

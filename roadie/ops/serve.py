@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from roadie.ops.signals import stop_on_signals
+
 PROCESS_POOL = "roadie-process"
 
 
@@ -191,65 +193,61 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
     if started_server:
         serving.stop_callbacks.append(lambda: (say("stopping the Prefect server"), stop_local()))
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    # Our own handlers (also when started with SIGINT ignored, as a background job), and so the workers, which
+    # inherit an ignored signal but not a handler, can be drained with SIGINT; a second Ctrl-C during the drain
+    # kills them.
+    with stop_on_signals():
+        try:
+            from deployments.topology import ensure_topology
+            from roadie.ops.client import PrefectREST
 
-    # Our own handlers for both: also when started with SIGINT ignored (a background job), and so the workers,
-    # which inherit an ignored signal but not a handler, can be drained with SIGINT.
-    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        from deployments.topology import ensure_topology
-        from roadie.ops.client import PrefectREST
+            upgrade()
+            client = PrefectREST.from_settings(api_url)
+            serving.stop_callbacks.append(client.close)
+            ensure_topology(client, docker=False)
+            result = deploy(api_url)
+            say(f"deployed {len(result.deployed)}: {', '.join(result.deployed)}")
+            if result.missing:
+                say(f"not deployed (flow module not there yet): {', '.join(result.missing)}")
 
-        upgrade()
-        client = PrefectREST.from_settings(api_url)
-        serving.stop_callbacks.append(client.close)
-        ensure_topology(client, docker=False)
-        result = deploy(api_url)
-        say(f"deployed {len(result.deployed)}: {', '.join(result.deployed)}")
-        if result.missing:
-            say(f"not deployed (flow module not there yet): {', '.join(result.missing)}")
+            env = {**os.environ, "PREFECT_API_URL": api_url}
+            logs = settings.home / "logs"
+            host = socket.gethostname().split(".")[0]
+            for i in range(1, workers + 1):
+                name = f"roadie-{host}-{os.getpid()}-{i}"
+                worker = WorkerProcess(name, worker_command(PROCESS_POOL, name, limit), env, logs / f"{name}.log")
+                worker.start()
+                serving.workers.append(worker)
 
-        env = {**os.environ, "PREFECT_API_URL": api_url}
-        logs = settings.home / "logs"
-        host = socket.gethostname().split(".")[0]
-        for i in range(1, workers + 1):
-            name = f"roadie-{host}-{os.getpid()}-{i}"
-            worker = WorkerProcess(name, worker_command(PROCESS_POOL, name, limit), env, logs / f"{name}.log")
-            worker.start()
-            serving.workers.append(worker)
+            health_url = None
+            if health:
+                from roadie.ops.health import OpsServer
+                from roadie.settings import get_settings
 
-        health_url = None
-        if health:
-            from roadie.ops.health import OpsServer
-            from roadie.settings import get_settings
-
-            ops = OpsServer(client, get_settings().health_host, port).start()
-            serving.stop_callbacks.append(ops.stop)
-            health_url = f"http://127.0.0.1:{ops.port}"
-        info = {"ui": client.ui_url, "api": api_url, "workers": [w.name for w in serving.workers],
-                "logs": str(logs), "health": f"{health_url}/health" if health_url else None,
-                "metrics": f"{health_url}/metrics" if health_url else None}
-        say(f"Prefect UI: {client.ui_url}")
-        say(f"{workers} worker(s) on pool {PROCESS_POOL}, logs in {logs}")
-        if health_url:
-            say(f"health: {health_url}/health   metrics: {health_url}/metrics")
-        say("Ctrl-C to stop")
-        if ready:
-            ready(info)
-        while True:
-            time.sleep(1)
-            for worker in serving.workers:
-                if not worker.alive:
-                    assert worker.proc is not None
-                    worker.restarts += 1
-                    say(f"worker {worker.name} exited with {worker.proc.returncode}; restart #{worker.restarts}")
-                    time.sleep(min(30, 2 ** worker.restarts))
-                    worker.start()
-    except KeyboardInterrupt:
-        say(f"stopping: letting runs in flight finish (up to {grace_s:.0f} s; Ctrl-C again to kill) …")
-    finally:
-        serving.stop(grace_s, say)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        say("stopped")
+                ops = OpsServer(client, get_settings().health_host, port).start()
+                serving.stop_callbacks.append(ops.stop)
+                health_url = f"http://127.0.0.1:{ops.port}"
+            info = {"ui": client.ui_url, "api": api_url, "workers": [w.name for w in serving.workers],
+                    "logs": str(logs), "health": f"{health_url}/health" if health_url else None,
+                    "metrics": f"{health_url}/metrics" if health_url else None}
+            say(f"Prefect UI: {client.ui_url}")
+            say(f"{workers} worker(s) on pool {PROCESS_POOL}, logs in {logs}")
+            if health_url:
+                say(f"health: {health_url}/health   metrics: {health_url}/metrics")
+            say("Ctrl-C to stop")
+            if ready:
+                ready(info)
+            while True:
+                time.sleep(1)
+                for worker in serving.workers:
+                    if not worker.alive:
+                        assert worker.proc is not None
+                        worker.restarts += 1
+                        say(f"worker {worker.name} exited with {worker.proc.returncode}; restart #{worker.restarts}")
+                        time.sleep(min(30, 2 ** worker.restarts))
+                        worker.start()
+        except KeyboardInterrupt:
+            say(f"stopping: letting runs in flight finish (up to {grace_s:.0f} s; Ctrl-C again to kill) …")
+        finally:
+            serving.stop(grace_s, say)
+            say("stopped")
