@@ -12,6 +12,8 @@ is still published without, say, a fingerprint when fpcalc is missing. Only an u
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ WAVEFORM_PPS = 20  # the original design's 20 px/s, 8-bit JSON (peaks.js reads 8
 WAVEFORM_BITS = 8
 PNG_SIZE = (1800, 280)
 STEPS = ("waveform", "loudness", "fingerprint")  # the reprocessing flows run one of them alone
+HELPER_NICE = 2  # the steps beside ebur128 yield to it (bench/analyze)
 
 
 class LoudnessUnavailable(RoadieError):
@@ -157,7 +160,7 @@ def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int
     timings: dict[str, float] = {"decode_s": round(decoded.seconds, 3)}
     skipped = (None, None, 0.0)
     own_pool = pool is None
-    pool = pool or ThreadPoolExecutor(max_workers=3, thread_name_prefix="analysis")
+    pool = pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis")
     try:
         started = time.perf_counter()
         jobs: dict[str, Future] = {}
@@ -166,9 +169,10 @@ def analyze_decoded(decoded: DecodedAudio, *, label: str = "", waveform_pps: int
             jobs["loudness"] = pool.submit(_timed, _loudness_step, decoded, from_ffmpeg)
         if "waveform" in steps:
             jobs["waveform"] = pool.submit(_timed, _waveform_step, decoded, waveform_pps, png_size)
-        fp, fp_error, fp_s = skipped
-        if "fingerprint" in steps:  # fpcalc is a subprocess: run it from this thread while the pool computes
-            fp, fp_error, fp_s = _timed(_fingerprint_step, decoded)
+        if "fingerprint" in steps:
+            jobs["fingerprint"] = pool.submit(_timed, _fingerprint_step, decoded)
+        fp, fp_error, fp_s = jobs["fingerprint"].result() if "fingerprint" in jobs else skipped
+        if "fingerprint" in jobs:
             timings["fingerprint_s"] = round(fp_s, 3)
         wave, wave_error, wave_s = jobs["waveform"].result() if "waveform" in jobs else skipped
         loud, loud_error, loud_s = jobs["loudness"].result() if "loudness" in jobs else skipped
@@ -221,15 +225,18 @@ def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tupl
     later step degrades to a warning."""
     path, steps = Path(path), _check_steps(steps)
     overall = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="analysis") as pool:
+    # ebur128 (the slowest step, so the critical path) gets a thread of its own; every other step runs in a pool
+    # whose threads (and their fpcalc) yield it the CPU. The decode feeds ebur128, so it stays in this thread.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebur128") as meter, \
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis", initializer=_yield_cpu) as pool:
         stream = probe_stream(path)
         feed, from_ffmpeg = None, None
         if "loudness" in steps:
             # Not waited for: a step that needs what it loads simply blocks on the import lock until it is there.
             pool.submit(_warm_up, stream.sample_rate, stream.channels)
-            # ebur128 (the slowest step) measures the PCM as the decoder writes it, not after the decode.
+            # ebur128 measures the PCM as the decoder writes it, not after the decode.
             feed = PcmFeed()
-            from_ffmpeg = pool.submit(_timed, measure_pcm_feed, feed, stream)
+            from_ffmpeg = meter.submit(_timed, measure_pcm_feed, feed, stream)
         try:
             decoded = decode(path, stream=stream, on_pcm=feed.put if feed else None)
         finally:
@@ -240,6 +247,12 @@ def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tupl
     timings = dict(result.timings)
     timings["total_s"] = round(time.perf_counter() - overall, 3)
     return _replace_timings(result, timings)
+
+
+def _yield_cpu() -> None:
+    """A pool thread's start: a lower priority for it and what it starts (Linux keeps nice per thread)."""
+    if sys.platform.startswith("linux"):  # elsewhere this call would lower the whole process
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE)
 
 
 def _replace_timings(result: Analysis, timings: dict[str, float]) -> Analysis:
