@@ -85,6 +85,14 @@ def cpu_lane(lane: Lane) -> Iterator[bool]:
         os.sched_setaffinity(0, before)
 
 
+def lower_thread_priority(by: int) -> None:
+    """Raise the calling thread's nice by `by`; the threads and processes it starts later inherit it. Only on
+    Linux, which keeps nice per thread: elsewhere this call would lower the whole process. Irreversible without
+    privileges, so only for threads that end with their work (see run_niced)."""
+    if sys.platform.startswith("linux"):
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + by)  # 0: this thread
+
+
 def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) in a thread of its own at a lower CPU priority, which every thread and process it starts
     inherits (Linux keeps nice per thread). A fresh thread, because a raised nice cannot be lowered again
@@ -95,7 +103,7 @@ def run_niced(nice: int, fn: Callable[..., T], *args: Any) -> T:
 
     def niced() -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)  # 0: this thread
+            lower_thread_priority(nice)
             outcome["value"] = fn(*args)
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc

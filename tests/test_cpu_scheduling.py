@@ -62,3 +62,20 @@ def test_run_niced_hands_exceptions_back():
 
     with pytest.raises(ValueError, match="bad input"):
         limits.run_niced(3, fails)
+
+
+def test_lowered_thread_priority_passes_to_what_the_thread_starts_only():
+    import threading
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    child_nice = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+    seen: list[int] = []
+
+    def pool_thread_start() -> None:
+        limits.lower_thread_priority(2)
+        seen.append(int(subprocess.run(child_nice, capture_output=True, text=True, check=True).stdout))
+
+    worker = threading.Thread(target=pool_thread_start)
+    worker.start()
+    worker.join()
+    assert seen == [min(mine + 2, 19)] and os.getpriority(os.PRIO_PROCESS, 0) == mine

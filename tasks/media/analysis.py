@@ -12,8 +12,6 @@ is still published without, say, a fingerprint when fpcalc is missing. Only an u
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from roadie.errors import RoadieError
+from roadie.limits import lower_thread_priority
 from tasks.media import waveform as wf
 from tasks.media.decode import DecodedAudio, PcmFeed, decode, measure_pcm_feed, measure_with_ffmpeg, probe_stream
 from tasks.media.fingerprint import Fingerprint
@@ -228,7 +227,8 @@ def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tupl
     # ebur128 (the slowest step, so the critical path) gets a thread of its own; every other step runs in a pool
     # whose threads (and their fpcalc) yield it the CPU. The decode feeds ebur128, so it stays in this thread.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebur128") as meter, \
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis", initializer=_yield_cpu) as pool:
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="analysis", initializer=lower_thread_priority,
+                               initargs=(HELPER_NICE,)) as pool:
         stream = probe_stream(path)
         feed, from_ffmpeg = None, None
         if "loudness" in steps:
@@ -247,12 +247,6 @@ def analyze_file(path: Path, *, waveform_pps: int = WAVEFORM_PPS, png_size: tupl
     timings = dict(result.timings)
     timings["total_s"] = round(time.perf_counter() - overall, 3)
     return _replace_timings(result, timings)
-
-
-def _yield_cpu() -> None:
-    """A pool thread's start: a lower priority for it and what it starts (Linux keeps nice per thread)."""
-    if sys.platform.startswith("linux"):  # elsewhere this call would lower the whole process
-        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE)
 
 
 def _replace_timings(result: Analysis, timings: dict[str, float]) -> Analysis:
