@@ -53,6 +53,7 @@ def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
     timings["total_s"] = round(time.monotonic() - started, 3)
     return versions.ingest_report(version_id, result, waveform_keys, artwork_keys, duplicates or [], timings)
 
+
 def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str | None = None):
     """Work after `ready`: a failure is recorded on the playable version, never fails it."""
     try:

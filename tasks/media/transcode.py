@@ -13,6 +13,9 @@ from tasks import catalog
 from tasks.media import hls
 from tasks.media.ffmpeg import AudioInfo
 
+# Without CPU lanes, the secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
+SECONDARY_NICE = 10
+
 
 class _ProgressArtifact:
     """A Prefect progress artifact per rendition, updated every 5 %, mirrored to CLI listeners."""
@@ -39,10 +42,9 @@ def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, w
     catalog.record_transcode(version_id, fmt, status="processing")
     reporter = _ProgressArtifact(version_id, fmt)
     with limits.encode_slot(), limits.cpu_lane("playable" if primary else "background") as pinned:
-        # Without lanes, secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
         local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
                                      source_codec=info.codec, segment_seconds=get_settings().hls_segment_seconds,
-                                     on_progress=reporter, nice=0 if primary or pinned else 10)
+                                     on_progress=reporter, nice=0 if primary or pinned else SECONDARY_NICE)
     rendition = publish_rendition(version_id, local)
     return rendition
 
