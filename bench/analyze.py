@@ -8,11 +8,13 @@ On one music-like stereo track written to bench/out/ as a 16-bit WAV:
     2. fpcalc on the file
     3. pyloudnorm on the re-read file: integrated (+ LRA when this pyloudnorm has it) and a 4x resample_poly true peak
     4. a waveform pass: decode the file again, 8-bit JSON at 20 px/s and the 1800x280 PNG
-  roadie: analyze_file, i.e. one decode to PCM in memory with ffmpeg ebur128 measuring that PCM as it is decoded,
-    then the numpy meter, the waveform (JSON + PNG) and the fingerprint (fpcalc fed the PCM) side by side
-  and, for the record, roadie with ebur128 started only after the decode, roadie with ebur128 on a split branch
-  inside the decode (one ffmpeg process), and the four separate passes done with roadie's own fast steps (to show
-  what decoding once and overlapping alone buys).
+  roadie: analyze_file, i.e. one decode streamed in chunks to ffmpeg's ebur128, the numpy meter, the waveform
+    (JSON + PNG) and fpcalc, side by side in bounded memory
+  and, for the record, the previous design (the whole PCM decoded into memory first, then every step on the array),
+  and the four separate passes done with roadie's own fast steps (to show what decoding once and overlapping alone
+  buys).
+  whole process: `roadie analyze` as a command, start-up included, against ffmpeg's `ebur128=peak=true` pass
+    alone on the same file (the floor: the published meter's own time).
 
 Each variant runs once to warm up (imports, caches; the cold run is printed too), then --repeat times,
 alternating; the median wall time is reported with the CPU seconds it used (this process and its children).
@@ -23,8 +25,10 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +40,8 @@ import soundfile as sf  # noqa: E402
 
 from roadie.sample import music_like  # noqa: E402
 from tasks.media import analysis, fingerprint as fpm, loudness, waveform as wf  # noqa: E402
-from tasks.media.decode import decode, probe_stream  # noqa: E402
+from tasks.media.decode import decode, measure_ebur128  # noqa: E402
+from tasks.media.ffmpeg import build_ebur128_cmd, ffmpeg_binary  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -69,9 +74,13 @@ def naive_pyloudnorm(path: Path) -> loudness.LoudnessReading:
 
 def naive_waveform(path: Path) -> tuple[str, bytes]:
     decoded = decode(path)
-    prepared = wf.prepare(decoded.samples, integer_pcm=decoded.stream.integer_pcm)
-    data = wf.summarize(prepared, decoded.sample_rate, wf.samples_per_pixel(decoded.sample_rate, pixels_per_second=20))
-    return data.to_json(8), wf.whole_track_png(prepared, decoded.sample_rate, 1800, 280)
+    return _waveform_of(decoded.samples, decoded.sample_rate, decoded.stream.integer_pcm)
+
+
+def _waveform_of(samples: np.ndarray, rate: int, integer_pcm: bool) -> tuple[str, bytes]:
+    prepared = wf.prepare(samples, integer_pcm=integer_pcm)
+    data = wf.summarize(prepared, rate, wf.samples_per_pixel(rate, pixels_per_second=20))
+    return data.to_json(8), wf.whole_track_png(prepared, rate, 1800, 280)
 
 
 def naive_sequence(path: Path) -> dict[str, float]:
@@ -99,15 +108,23 @@ def separate_fast_passes(path: Path) -> None:
 # ---------------------------------------------------------------- roadie
 
 
-def roadie_split(path: Path) -> analysis.Analysis:
-    """The alternative design: ebur128 on an asplit branch inside the one decode process."""
-    stream = probe_stream(path)
-    return analysis.analyze_decoded(decode(path, measure_loudness=True, stream=stream), label=str(path))
+def previous_design(path: Path) -> None:
+    """Before issue 9: the whole PCM decoded into memory, then ebur128 fed that array, the numpy meter, the
+    waveform and fpcalc on it side by side (its memory grows with the upload: 6.8 GB for an hour)."""
+    decoded = decode(path)
+    x, rate = decoded.samples, decoded.sample_rate
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [pool.submit(measure_ebur128, [x], decoded.stream), pool.submit(loudness.measure_pcm, x, rate),
+                pool.submit(_waveform_of, x, rate, decoded.stream.integer_pcm),
+                pool.submit(fpm.fingerprint_pcm, x, rate)]
+        for job in jobs:
+            job.result()
 
 
-def roadie_meter_after_decode(path: Path) -> analysis.Analysis:
-    """The previous design: ebur128 measures the PCM only once the whole decode is done."""
-    return analysis.analyze_decoded(decode(path, stream=probe_stream(path)), label=str(path))
+def whole_process(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -124,12 +141,15 @@ def main() -> None:
     print(f"{args.seconds:g} s stereo {args.rate} Hz music-like WAV ({wav.stat().st_size / 1e6:.1f} MB), "
           f"{os.cpu_count()} cores, load average {load:.2f} at start; median of {args.repeat} after a warm-up\n")
 
+    roadie_cli = [str(Path(sys.executable).with_name("roadie")), "analyze", "--json", str(wav)]
+    ebur128_alone = build_ebur128_cmd(wav, loudness.ebur128_filter(2))
     cold_s, cold_cpu, _ = timed(lambda: analysis.analyze_file(wav))
     timed(lambda: naive_sequence(wav))
-    timed(lambda: roadie_split(wav))
-    timed(lambda: roadie_meter_after_decode(wav))
+    timed(lambda: previous_design(wav))
     timed(lambda: separate_fast_passes(wav))
-    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "after": [], "split": [], "fast": []}
+    whole_process(roadie_cli)
+    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "after": [], "fast": [], "cli": [],
+                                                  "ebur128": []}
     naive_steps: list[dict[str, float]] = []
     result = None
     for _ in range(args.repeat):
@@ -138,12 +158,14 @@ def main() -> None:
         naive_steps.append(steps)
         wall, cpu, result = timed(lambda: analysis.analyze_file(wav))
         runs["roadie"].append((wall, cpu))
-        wall, cpu, _ = timed(lambda: roadie_meter_after_decode(wav))
+        wall, cpu, _ = timed(lambda: previous_design(wav))
         runs["after"].append((wall, cpu))
-        wall, cpu, _ = timed(lambda: roadie_split(wav))
-        runs["split"].append((wall, cpu))
         wall, cpu, _ = timed(lambda: separate_fast_passes(wav))
         runs["fast"].append((wall, cpu))
+        wall, cpu, _ = timed(lambda: whole_process(roadie_cli))
+        runs["cli"].append((wall, cpu))
+        wall, cpu, _ = timed(lambda: whole_process(ebur128_alone))
+        runs["ebur128"].append((wall, cpu))
 
     def median(name: str) -> tuple[float, float]:
         return statistics.median(w for w, _ in runs[name]), statistics.median(c for _, c in runs[name])
@@ -151,7 +173,8 @@ def main() -> None:
     naive_s, naive_cpu = median("naive")
     roadie_s, roadie_cpu = median("roadie")
     after_s, after_cpu = median("after")
-    split_s, split_cpu = median("split")
+    cli_s, cli_cpu = median("cli")
+    ebur_s, ebur_cpu = median("ebur128")
     fast_s, fast_cpu = median("fast")
     print("naive sequence, step by step (median)")
     for step in naive_steps[0]:
@@ -167,12 +190,15 @@ def main() -> None:
     print(f"{'naive sequence (4 separate passes)':<46} {naive_s:7.3f}s {naive_cpu:7.3f}s")
     print(f"{'roadie analyze_file (one decode)':<46} {roadie_s:7.3f}s {roadie_cpu:7.3f}s")
     print(f"{'  roadie, first run in this process (cold)':<46} {cold_s:7.3f}s {cold_cpu:7.3f}s")
-    print(f"{'  roadie, ebur128 after the decode':<46} {after_s:7.3f}s {after_cpu:7.3f}s")
-    print(f"{'  roadie, ebur128 inside the decode (asplit)':<46} {split_s:7.3f}s {split_cpu:7.3f}s")
+    print(f"{'  previous design (whole PCM in memory first)':<46} {after_s:7.3f}s {after_cpu:7.3f}s")
     print(f"{'  4 separate passes with roadie fast steps':<46} {fast_s:7.3f}s {fast_cpu:7.3f}s")
+    print(f"{'whole process: roadie analyze (command)':<46} {cli_s:7.3f}s {cli_cpu:7.3f}s")
+    print(f"{'whole process: ffmpeg ebur128=peak=true alone':<46} {ebur_s:7.3f}s {ebur_cpu:7.3f}s")
     ratio = roadie_s / naive_s
     print(f"\nratio roadie / naive: {ratio:.2f}x (target <= 0.50x)   roadie wall: {roadie_s:.2f} s (target <= 1.5 s)")
     print(f"ratio roadie / separate passes with roadie's fast steps: {roadie_s / fast_s:.2f}x")
+    print(f"ratio roadie / previous design (whole PCM in memory): {roadie_s / after_s:.2f}x")
+    print(f"ratio roadie analyze command / ffmpeg ebur128 pass alone: {cli_s / ebur_s:.2f}x (target <= 1.5x)")
     r = result.as_dict()["loudness"]
     print(f"readings: ffmpeg I {r['integrated_lufs']} LUFS, LRA {r['loudness_range_lu']} LU, TP "
           f"{r['true_peak_dbtp']} dBTP; pyloudnorm I {r['pyloudnorm']['integrated_lufs']}; delta {r['delta_lu']} LU; "

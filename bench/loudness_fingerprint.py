@@ -9,8 +9,7 @@ On one music-like stereo track (written as a 16-bit WAV) it times, best of --rep
     roadie: measure_pcm on the PCM already decoded (K-weighting once for I and LRA, polyphase true peak as BLAS)
   loudness, both meters
     naive: ffmpeg ebur128, then the naive numpy meter
-    roadie: ffmpeg ebur128, then measure_pcm; and measure_loudness (ffmpeg in its own process while numpy runs:
-            it only gains where a core is free)
+    roadie: ffmpeg ebur128, then measure_pcm; and both meters (ffmpeg on the file, then numpy on the PCM)
   fingerprint (the same PCM decoded once is what roadie has in hand)
     fpcalc on the WAV / on a FLAC upload (fpcalc decodes again) / on a temp WAV written from the PCM
     against fpcalc fed the PCM through a pipe
@@ -35,7 +34,7 @@ import soundfile as sf  # noqa: E402
 
 from tasks.media import fingerprint as fpm  # noqa: E402
 from tasks.media import loudness  # noqa: E402
-from tests.support import music_like  # noqa: E402
+from tests.support import both_meters, music_like  # noqa: E402
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
@@ -98,7 +97,7 @@ def main() -> None:
         naive_np_s, naive_np = best_of(repeat, lambda: naive_numpy_loudness(wav))
         roadie_np_s, roadie_np = best_of(repeat, lambda: loudness.measure_pcm(samples, rate))
         ffmpeg_s, from_ffmpeg = best_of(repeat, lambda: loudness.measure_ffmpeg(wav, 2))
-        both_s, both = best_of(repeat, lambda: loudness.measure_loudness(wav, samples, rate))
+        both_s, both = best_of(repeat, lambda: both_meters(wav, samples, rate))
         flac = Path(tmp) / "track.flac"
         sf.write(str(flac), samples, rate, subtype="PCM_16")
         print("readings")

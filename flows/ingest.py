@@ -26,9 +26,9 @@ def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
             info = versions.probe_original(version_id, src)
             primary, *others = job.formats
             first = transcode_rendition.submit(version_id, src, info, primary, workdir, True)
-            analyzed = analyze_audio.submit(src)
+            analyzed = analyze_audio.submit(src, info)
             rest = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, False) for fmt in others}
-            cover = extract_artwork.submit(src, workdir)
+            cover = extract_artwork.submit(src, workdir, info.has_cover)
             submitted = [first, analyzed, cover, *rest.values()]
             first.result()
             result = analyzed.result()

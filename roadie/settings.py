@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     fpcalc_binary: str = "fpcalc"
     tmp_dir: Optional[Path] = None
 
+    # The longest upload roadie accepts, read from the probe before any work; the decode also stops there, whatever
+    # a header claims. Memory does not grow with length (the analysis streams), so this bounds time and disk.
+    max_duration_s: float = Field(default=4 * 3600, gt=0)
+
     default_formats: tuple[str, ...] = ("hls_opus", "hls_aac")
     hls_segment_seconds: int = 6
     # Off (default, playable first): every encode and the analysis share every CPU, the secondary renditions at a

@@ -39,8 +39,10 @@ def fetch_original(job: catalog.VersionJob, workdir: Path) -> Path:
 
 
 @task(name="probe-original")
-def probe_original(version_id: str, src: Path) -> ffmpeg.AudioInfo:
+def probe_original(version_id: str, src: Path) -> ffmpeg.MediaInfo:
+    """The run's one probe, passed to every step. An upload over ROADIE_MAX_DURATION_S fails here, before any work."""
     info = ffmpeg.probe(src)
+    ffmpeg.check_duration(info)
     catalog.set_media_info(version_id, info.duration_s, info.sample_rate, info.channels)
     return info
 

@@ -8,6 +8,7 @@ import numpy as np
 import soundfile as sf
 
 from roadie.sample import music_like  # noqa: F401  (re-exported for the tests)
+from tasks.media import loudness
 from tasks.media.ffmpeg import ffmpeg_binary
 
 
@@ -46,3 +47,12 @@ def new_version(session, warnings: list[str] | None = None):
     session.add(version)
     session.flush()
     return version
+
+
+def both_meters(path: Path, samples: np.ndarray, sample_rate: int) -> loudness.LoudnessResult:
+    """ffmpeg's ebur128 on the file beside the numpy meter on the same samples, compared: the cross-check the
+    analysis makes on its one decode, here on a test signal held whole."""
+    frames = np.asarray(samples)
+    channels = 1 if frames.ndim == 1 else frames.shape[1]
+    measured = loudness.measure_ffmpeg(Path(path), channels)
+    return loudness.compare_loudness(measured, loudness.measure_pcm(frames, sample_rate), len(frames) / sample_rate)

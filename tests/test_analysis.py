@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from roadie.settings import reload_settings
+from tasks.catalog import results
 from tasks.media import analysis, loudness, waveform as wf
 from tasks.media.decode import decode
 from tasks.media.ffmpeg import UnreadableMedia
@@ -97,11 +98,21 @@ def test_missing_fpcalc_is_a_warning(song: Path, monkeypatch: pytest.MonkeyPatch
     assert result.loudness is not None and result.waveform is not None and result.png is not None
 
 
-def test_failing_numpy_meter_keeps_ffmpeg_values(song: Path, monkeypatch: pytest.MonkeyPatch):
-    def broken(*args, **kwargs):
-        raise MemoryError("no room for the meter")
+class _BrokenStep:
+    """A step that fails on its first chunk, as a meter out of memory or a drawing bug would."""
 
-    monkeypatch.setattr(loudness, "measure_pcm", broken)
+    error: BaseException
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def feed(self, chunk):
+        raise self.error
+
+
+def test_failing_numpy_meter_keeps_ffmpeg_values(song: Path, monkeypatch: pytest.MonkeyPatch):
+    broken = type("BrokenMeter", (_BrokenStep,), {"error": MemoryError("no room for the meter")})
+    monkeypatch.setattr(loudness, "LoudnessMeter", broken)
     result = analysis.analyze_file(song)
     assert result.loudness.integrated_lufs is not None and result.loudness.pyloudnorm.integrated_lufs is None
     assert not result.loudness.agrees
@@ -110,10 +121,7 @@ def test_failing_numpy_meter_keeps_ffmpeg_values(song: Path, monkeypatch: pytest
 
 
 def test_failing_waveform_is_a_warning(song: Path, monkeypatch: pytest.MonkeyPatch):
-    def broken(*args, **kwargs):
-        raise ValueError("cannot draw")
-
-    monkeypatch.setattr(wf, "prepare", broken)
+    monkeypatch.setattr(wf, "WaveformBuilder", type("BrokenBuilder", (_BrokenStep,), {"error": ValueError("cannot draw")}))
     result = analysis.analyze_file(song)
     assert result.waveform is None and result.png is None and result.waveform_json is None
     assert "waveform unavailable: ValueError: cannot draw" in result.warnings
@@ -130,7 +138,7 @@ def test_save_waveform_publishes_and_reruns_in_place(roadie_env, pg: Session, so
     storage = get_storage()
     version_id = new_version(pg).id
     result = analysis.analyze_file(song)
-    keys = analysis.save_waveform(pg, storage, str(version_id), result)
+    keys = results.save_waveform(pg, storage, str(version_id), result)
     assert keys.as_dict() == {"json_key": f"{version_id}/waveform/waveform.json",
                               "png_key": f"{version_id}/waveform/waveform.png"}
     assert storage.get_bytes(keys.json_key).decode() == result.waveform_json
@@ -141,7 +149,7 @@ def test_save_waveform_publishes_and_reruns_in_place(roadie_env, pg: Session, so
         keys.json_key, "application/json", len(result.waveform_json))
     assert pg.get(Asset, row.png_asset_id).key == keys.png_key
 
-    again = analysis.save_waveform(pg, storage, str(version_id), analysis.analyze_file(song, png_size=None))
+    again = results.save_waveform(pg, storage, str(version_id), analysis.analyze_file(song, png_size=None))
     assert again.png_key is None and again.json_asset_id == keys.json_asset_id
     assert pg.scalar(select(func.count()).select_from(Waveform).where(Waveform.track_version_id == version_id)) == 1
     pg.refresh(row)
@@ -155,10 +163,10 @@ def test_save_waveform_needs_a_waveform_and_a_version(roadie_env, pg: Session, s
     from roadie.storage import get_storage
 
     with pytest.raises(InvalidInput):
-        analysis.save_waveform(pg, get_storage(), str(uuid.uuid4()), analysis.analyze_file(song, png_size=None))
-    monkeypatch.setattr(wf, "prepare", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+        results.save_waveform(pg, get_storage(), str(uuid.uuid4()), analysis.analyze_file(song, png_size=None))
+    monkeypatch.setattr(wf, "WaveformBuilder", type("BrokenBuilder", (_BrokenStep,), {"error": ValueError("x")}))
     with pytest.raises(InvalidInput, match="no waveform"):
-        analysis.save_waveform(pg, get_storage(), str(new_version(pg).id), analysis.analyze_file(song))
+        results.save_waveform(pg, get_storage(), str(new_version(pg).id), analysis.analyze_file(song))
 
 
 def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: Path, tmp_path: Path):

@@ -13,6 +13,7 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tasks.catalog import results
 from tasks.media import artwork
 from tasks.media.artwork import BrokenArtwork
 from tasks.media.ffmpeg import ffmpeg_binary
@@ -156,7 +157,7 @@ def test_save_artwork_stores_both_and_points_the_track_at_them(roadie_env, pg: S
     version_id, track_id = version.id, version.track_id
     striped_cover(tmp_path / "cover.jpg")
     art = artwork.load_artwork(with_cover(tmp_path, "m4a", tmp_path / "cover.jpg"), tmp_path)
-    keys = artwork.save_artwork(pg, storage, str(version_id), art)
+    keys = results.save_artwork(pg, storage, str(version_id), art)
     assert keys.as_dict() == {"full_key": f"tracks/{track_id}/artwork/cover.jpg",
                               "thumbnail_key": f"tracks/{track_id}/artwork/cover-200.jpg", "embedded": True}
     assert storage.get_bytes(keys.full_key) == art.full
@@ -168,7 +169,7 @@ def test_save_artwork_stores_both_and_points_the_track_at_them(roadie_env, pg: S
 
     # A rerun with the default instead: objects replaced, no stale cover left, no duplicate asset rows.
     default = artwork.default_artwork()
-    again = artwork.save_artwork(pg, storage, str(version_id), default)
+    again = results.save_artwork(pg, storage, str(version_id), default)
     assert again.full_key.endswith("cover.png") and not again.embedded
     assert storage.list(f"tracks/{track_id}/artwork") == sorted([again.full_key, again.thumbnail_key])
     assert again.thumbnail_asset_id == keys.thumbnail_asset_id  # same key, same row
@@ -183,4 +184,4 @@ def test_save_artwork_for_a_missing_version(roadie_env, pg: Session):
     from roadie.storage import get_storage
 
     with pytest.raises(InvalidInput):
-        artwork.save_artwork(pg, get_storage(), str(uuid.uuid4()), artwork.default_artwork())
+        results.save_artwork(pg, get_storage(), str(uuid.uuid4()), artwork.default_artwork())

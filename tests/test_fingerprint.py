@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from tasks.catalog import results
 from tasks.media import fingerprint as fpm
 from tasks.media.fingerprint import FpcalcFailed, FpcalcNotFound, match_score
 from tests.support import encode, music_like, write_wav
@@ -235,7 +236,7 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     stranger, _ = new_track_version(db)
     for vid, name in ((first, "original"), (second, "same track, flac"), (upload, "mp3 upload"),
                       (stranger, "unrelated")):
-        fpm.store_fingerprint(db, vid, prints[name])
+        results.store_fingerprint(db, vid, prints[name])
 
     row = db.scalar(sa.select(AudioFingerprint).where(AudioFingerprint.track_version_id == upload))
     assert row.chromaprint_data == list(prints["mp3 upload"].items) and row.item_count == len(row.chromaprint_data)
@@ -244,14 +245,14 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     assert index_rows == len(fpm.index_keys(prints["mp3 upload"])) > 0
 
     # The upload finds both versions of the original track through the index, and nothing else.
-    found = fpm.find_duplicates(db, upload, prints["mp3 upload"])
+    found = results.find_duplicates(db, upload, prints["mp3 upload"])
     assert {m.version_id for m in found} == {str(first), str(second)}
     assert all(m.track_id == str(track) and m.score > 0.8 for m in found)
     # The same track's versions are never reported against each other: the second version finds only the upload.
-    assert {m.version_id for m in fpm.find_duplicates(db, second, prints["same track, flac"])} == {str(upload)}
-    assert fpm.find_duplicates(db, stranger, prints["unrelated"]) == []
+    assert {m.version_id for m in results.find_duplicates(db, second, prints["same track, flac"])} == {str(upload)}
+    assert results.find_duplicates(db, stranger, prints["unrelated"]) == []
 
-    ids = fpm.report_duplicates(db, upload, found)
+    ids = results.report_duplicates(db, upload, found)
     reports = list(db.scalars(sa.select(Report).where(Report.target_id == upload)))
     assert sorted(str(r.id) for r in reports) == sorted(ids) and len(reports) == 2
     for report in reports:
@@ -261,16 +262,16 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
 
     # A rerun stores, indexes and reports the same things once.
     reports[0].status = "reviewed"
-    fpm.store_fingerprint(db, upload, prints["mp3 upload"])
-    again = fpm.find_duplicates(db, upload, prints["mp3 upload"])
+    results.store_fingerprint(db, upload, prints["mp3 upload"])
+    again = results.find_duplicates(db, upload, prints["mp3 upload"])
     assert again == found
-    assert sorted(fpm.report_duplicates(db, upload, again)) == sorted(ids)
+    assert sorted(results.report_duplicates(db, upload, again)) == sorted(ids)
     assert db.scalar(sa.select(sa.func.count()).where(Report.target_id == upload)) == 2
     assert db.scalar(sa.select(Report.status).where(Report.id == reports[0].id)) == "reviewed"
     assert db.scalar(sa.select(sa.func.count()).where(FingerprintIndex.track_version_id == upload)) == index_rows
     assert db.scalar(sa.select(sa.func.count()).where(AudioFingerprint.track_version_id == upload)) == 1
     # Matches that are gone take their pending reports with them; reviewed ones stay.
-    fpm.report_duplicates(db, upload, [])
+    results.report_duplicates(db, upload, [])
     left = list(db.scalars(sa.select(Report).where(Report.target_id == upload)))
     assert [r.status for r in left] == ["reviewed"]
     assert upload_track != track

@@ -94,8 +94,8 @@ def waveform(
     of the whole track."""
     from roadie.errors import InvalidInput, RoadieError
     from tasks.media import waveform as wf
-    from tasks.media.decode import decode
-    from tasks.media.ffmpeg import UnreadableMedia
+    from tasks.media.decode import decode_stream
+    from tasks.media.ffmpeg import UnreadableMedia, check_duration, probe
 
     kind = output.suffix.lower().lstrip(".")
     if kind not in WAVEFORM_FORMATS:
@@ -110,20 +110,22 @@ def waveform(
         raise fail("--pixels-per-second must be at least 1")
     if kind == "png" and (width < 1 or height < 2):
         raise fail("the image must be at least 1 x 2 pixels")
+    # A PNG with no zoom fits the whole track into its width, however long the decode turns out to be.
+    fit = kind == "png" and pixels_per_second is None and zoom is None
     try:
-        decoded = decode(src)
-        prepared = wf.prepare(decoded.samples, integer_pcm=decoded.stream.integer_pcm, split_channels=split_channels)
-        if kind == "png" and pixels_per_second is None and zoom is None:
-            spp = wf.fit_samples_per_pixel(max(prepared.frames, 1), width)
-        else:
-            spp = wf.samples_per_pixel(decoded.sample_rate, pixels_per_second=pixels_per_second, zoom=zoom)
-        data = wf.summarize(prepared, decoded.sample_rate, spp)
+        info = probe(src)
+        check_duration(info)
+        spp = wf.samples_per_pixel(info.sample_rate, pixels_per_second=pixels_per_second, zoom=zoom)
+        builder = wf.WaveformBuilder(info.sample_rate, info.channels, spp, integer_pcm=info.integer_pcm,
+                                     split_channels=split_channels, png_width=width if fit else None)
+        decode_stream(src, info, builder.feed)
+        data = builder.finish()
         if kind == "json":
             body = data.to_json(bits).encode("ascii")
         elif kind == "dat":
             body = data.to_dat(bits)
         else:
-            body = data.to_png(width, height)
+            body = builder.png(width, height) if fit else data.to_png(width, height)
     except UnreadableMedia as exc:
         raise fail(f"{src}: {exc}", 1)
     except InvalidInput as exc:  # the options do not fit this file (e.g. too many pixels per second)
@@ -132,8 +134,8 @@ def waveform(
         raise fail(f"{src}: {exc}", 1)
     _write_atomically(output, body)
     detail = f"{width}x{height}" if kind == "png" else f"{bits}-bit"
-    say(f"wrote {output} ({kind}, {data.channels} channel(s), {data.length} pixels at "
-        f"{data.samples_per_pixel} samples/pixel, {detail})")
+    scale = "the whole track" if fit else f"{data.length} pixels at {data.samples_per_pixel} samples/pixel"
+    say(f"wrote {output} ({kind}, {data.channels} channel(s), {scale}, {detail})")
 
 
 def _write_atomically(path: Path, body: bytes) -> None:

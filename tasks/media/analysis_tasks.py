@@ -20,9 +20,12 @@ from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
 from roadie.storage import get_storage
 from tasks import catalog
-from tasks.media import analysis, artwork, loudness
-from tasks.media.analysis import Analysis, WaveformKeys
+from tasks.catalog import results
+from tasks.catalog.results import WaveformKeys
+from tasks.media import analysis, artwork
+from tasks.media.analysis import Analysis
 from tasks.media.artwork import Artwork, ArtworkKeys
+from tasks.media.ffmpeg import MediaInfo
 from tasks.media.loudness_tasks import loudness_artifact
 
 
@@ -36,12 +39,13 @@ class AnalysisStepFailed(RoadieError):
     """A reprocessing flow's one step produced nothing (the ingest records this as a warning instead)."""
 
 
-# NO_CACHE: the default cache key would hash the whole PCM inside the result.
+# NO_CACHE: a cache key would hash the waveform and fingerprint inside the result, for nothing.
 @task(name="analyze-audio", cache_policy=NO_CACHE)
-def analyze_audio(src: Path, steps: tuple[str, ...] = analysis.STEPS) -> Analysis:
-    """One decode, then the asked-for steps (all by default). Raises UnreadableMedia only."""
+def analyze_audio(src: Path, info: MediaInfo | None = None, steps: tuple[str, ...] = analysis.STEPS) -> Analysis:
+    """One streamed decode feeding the asked-for steps (all by default). `info`: the ingest's one probe. Raises
+    InvalidInput (too long, unreadable) only."""
     with limits.cpu_lane("playable"):  # beside the primary encode, off the secondary renditions' CPU
-        return limits.run_niced(ANALYSIS_NICE, functools.partial(analysis.analyze_file, src, steps=steps))
+        return limits.run_niced(ANALYSIS_NICE, functools.partial(analysis.analyze_file, src, info=info, steps=steps))
 
 
 def require(result: Analysis, step: str) -> Analysis:
@@ -55,7 +59,7 @@ def require(result: Analysis, step: str) -> Analysis:
 @task(name="publish-waveform", cache_policy=NO_CACHE, **transient_retries())
 def publish_waveform(version_id: str, result: Analysis) -> WaveformKeys:
     with session_scope() as session:
-        keys = analysis.save_waveform(session, get_storage(), version_id, result)
+        keys = results.save_waveform(session, get_storage(), version_id, result)
     waveform_artifact(version_id, result, keys)
     return keys
 
@@ -67,9 +71,9 @@ def publish_analysis(version_id: str, result: Analysis) -> WaveformKeys | None:
     with session_scope() as session:
         keys = None
         if result.waveform is not None:
-            keys = analysis.save_waveform(session, get_storage(), version_id, result)
+            keys = results.save_waveform(session, get_storage(), version_id, result)
         if result.loudness is not None:
-            loudness.save_loudness(session, version_id, result.loudness)
+            results.save_loudness(session, version_id, result.loudness)
         catalog.append_warnings(session, version_id, result.warnings)
     if keys is not None:
         waveform_artifact(version_id, result, keys)
@@ -100,6 +104,6 @@ def extract_artwork(src: Path, workdir: Path, has_cover: bool | None = None) -> 
 @task(name="publish-artwork", cache_policy=NO_CACHE, **transient_retries())
 def publish_artwork(version_id: str, art: Artwork) -> ArtworkKeys:
     with session_scope() as session:
-        keys = artwork.save_artwork(session, get_storage(), version_id, art)
+        keys = results.save_artwork(session, get_storage(), version_id, art)
         catalog.append_warnings(session, version_id, art.warnings)
     return keys

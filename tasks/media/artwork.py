@@ -6,7 +6,6 @@ image and makes the thumbnail. No ImageMagick anywhere.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 import warnings
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from roadie.errors import InvalidInput, RoadieError
+from roadie.errors import RoadieError
 
 THUMBNAIL_SIZE = (200, 200)
 THUMBNAIL_QUALITY = 88
@@ -45,6 +44,10 @@ class Artwork:
     @property
     def full_name(self) -> str:
         return f"cover.{self.full_extension}"
+
+    @property
+    def content_type(self) -> str:
+        return "image/png" if self.full_extension == "png" else "image/jpeg"
 
     thumbnail_name = "cover-200.jpg"
 
@@ -211,48 +214,6 @@ def artwork_or_default(src: Path, workdir: Path, *, has_cover: bool | None = Non
         fallback = default_artwork()
         return Artwork(fallback.full, fallback.full_extension, fallback.width, fallback.height, fallback.thumbnail,
                        False, (f"cover art ignored, default used: {exc}",))
-
-
-# ---------------------------------------------------------------- storing
-
-
-def artwork_prefix(track_id: str) -> str:
-    """Artwork belongs to the track (tracks.artwork_asset_id), so it lives under the track, not the version:
-    a failed later version, whose outputs are discarded, cannot leave the track pointing at deleted objects."""
-    from roadie.storage import join_key
-
-    return join_key("tracks", str(track_id), "artwork")
-
-
-def save_artwork(session, storage, version_id: str, artwork: Artwork) -> ArtworkKeys:
-    """Publish the cover and its thumbnail (staged, so never half-visible), record both as assets and point the
-    version's track at them. A rerun replaces the objects and updates the same asset rows."""
-    from roadie.db.models import Track, TrackVersion
-    from roadie.storage import staged
-    from tasks.catalog import parse_uuid, upsert_asset
-
-    version = session.get(TrackVersion, parse_uuid(version_id))
-    if version is None:
-        raise InvalidInput(f"track version {version_id} does not exist")
-    track = session.get(Track, version.track_id, with_for_update=True)
-    with staged(storage, artwork_prefix(str(version.track_id))) as stage:
-        full_key = stage.put_bytes(artwork.full_name, artwork.full, _content_type(artwork.full_extension))
-        thumb_key = stage.put_bytes(Artwork.thumbnail_name, artwork.thumbnail, "image/jpeg")
-        stage.promote()
-    full_asset = upsert_asset(session, storage, full_key, len(artwork.full), _sha256(artwork.full))
-    thumb_asset = upsert_asset(session, storage, thumb_key, len(artwork.thumbnail), _sha256(artwork.thumbnail))
-    track.artwork_asset_id = full_asset.id
-    track.artwork_thumb_asset_id = thumb_asset.id
-    session.flush()
-    return ArtworkKeys(full_key, thumb_key, artwork.embedded, str(full_asset.id), str(thumb_asset.id))
-
-
-def _content_type(extension: str) -> str:
-    return "image/png" if extension == "png" else "image/jpeg"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 if __name__ == "__main__":  # python -m tasks.media.artwork: (re)draw the bundled default

@@ -1,71 +1,226 @@
-"""Decode an upload once into PCM in memory; ffmpeg's own loudness measured on that same decode.
+"""Decode an upload once, as a stream of fixed-size PCM chunks, and hand every chunk to each consumer.
 
-One ffmpeg process reads the file and writes float32 PCM at the native rate and channel count to a pipe: the
-waveform, the numpy loudness meter and the fingerprint all work from that array. ffmpeg's ebur128 gets the same
-decoded audio one of three ways:
-- `measure_pcm_feed`: a second ffmpeg that only measures, fed the PCM chunk by chunk while the decode writes it
-  (`decode(on_pcm=feed.put)`): what the analysis uses, the slow true-peak meter starts at once and runs beside
-  the decode and then the numpy work;
-- `measure_with_ffmpeg`: the same, fed the finished array through stdin;
-- `decode(measure_loudness=True)`: an `asplit` branch inside the decoding process (one process, but the PCM only
-  arrives when the meter is done).
-Each way the file is read and decoded exactly once, and truncated or corrupt input fails (-xerror).
+One ffmpeg process reads the file and writes float32 PCM at the native rate and channel count to a pipe. The
+pipe's bytes are cut into chunks of `CHUNK_FRAMES` frames (frames x channels arrays); `PcmFanout` gives each
+chunk to every consumer (the waveform, the numpy meter, ffmpeg's ebur128 and fpcalc through their stdin), each
+in a thread of its own behind a queue of at most `QUEUE_BYTES` of PCM. A slow consumer makes the decoder wait
+(back-pressure) instead of letting chunks pile up, so memory does not grow with the length of the upload.
+
+Truncated or corrupt input fails (-xerror), and the decode stops at the length limit whatever the header says.
 """
 from __future__ import annotations
 
-import json
 import queue
-import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from roadie.errors import RoadieError
+from roadie.limits import lower_thread_priority
 from tasks.media import ffmpeg
 from tasks.media import loudness as loudness_mod
-from tasks.media.ffmpeg import FFmpegError, ParseError, UnreadableMedia
+from tasks.media.ffmpeg import FFmpegError, MediaInfo, UnreadableMedia
 from tasks.media.loudness import LoudnessReading
 
-# ffmpeg sample formats that hold integers: their float32 decode is exact (up to 24 bits), so the int16 a
-# libsndfile-based reader (audiowaveform) would see can be recovered exactly from it.
-INTEGER_SAMPLE_FORMATS = frozenset({"u8", "u8p", "s16", "s16p", "s32", "s32p", "s64", "s64p"})
-# The whole signal is held in memory as float32 (and the meters make copies): 90 minutes of 48 kHz stereo is
-# about 2 GB. Longer audio is refused with a clear message rather than taking the worker down.
-MAX_DECODE_SECONDS = 90 * 60
-# Codecs whose output is integer PCM, for when no ffprobe tells us the sample format.
-_INTEGER_CODEC_PREFIXES = ("pcm_s", "pcm_u", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
+# 65536 frames: 1.4 s at 48 kHz, 512 KiB of stereo float32. Big enough that per-chunk Python overhead is noise,
+# small enough that a queue of them is a few MiB.
+CHUNK_FRAMES = 1 << 16
+# What a consumer may fall behind by. The numpy meter's first chunk pays ~0.6 s of one-off costs (scipy and
+# pyloudnorm imports, filter design, the BLAS scan): with 16 MiB (22 s of 48 kHz stereo) of slack the decoder and
+# ebur128 run on meanwhile, and the meter, four times faster than ebur128, catches up.
+QUEUE_BYTES = 16 << 20
+MIN_QUEUE_CHUNKS = 4
+# A consumer that takes no chunk for this long is stuck (its subprocess hung): the decode gives up on it.
+STALL_TIMEOUT_S = 600.0
+
+
+class ConsumerStalled(RoadieError):
+    """A consumer of the decoded PCM stopped taking chunks."""
 
 
 @dataclass(frozen=True)
-class StreamInfo:
-    """The first audio stream, as the decoder will produce it."""
+class DecodeStats:
+    frames: int
+    seconds: float  # wall time of the decode, consumers included (they set its pace)
 
-    codec: str
-    sample_rate: int
-    channels: int
-    sample_format: str  # ffmpeg's name (s16, s32, fltp, …); "" when unknown
-    bits_per_sample: int | None  # the source's precision (24 for a 24-bit FLAC decoded as s32); None if unknown
-    channel_layout: str | None = None  # ffmpeg's name (stereo, 3.0, 5.1(side)); None when unknown
 
-    @property
-    def integer_pcm(self) -> bool:
-        if self.sample_format:
-            return self.sample_format in INTEGER_SAMPLE_FORMATS
-        return self.codec.startswith(_INTEGER_CODEC_PREFIXES)
+# ---------------------------------------------------------------- the decoder
+
+
+class _Chunker:
+    """Bytes from the pipe in, whole fixed-size frame arrays out. Holds at most one chunk of bytes."""
+
+    def __init__(self, channels: int, chunk_frames: int, limit_frames: int, on_chunk: Callable[[np.ndarray], None]):
+        self.channels, self.frame_bytes = channels, 4 * channels
+        self.chunk_bytes = chunk_frames * self.frame_bytes
+        self.limit_frames, self.on_chunk = limit_frames, on_chunk
+        self.pending = bytearray()
+        self.frames = 0
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        while len(self.pending) >= self.chunk_bytes:
+            self._emit(bytes(self.pending[: self.chunk_bytes]))
+            del self.pending[: self.chunk_bytes]
+
+    def flush(self) -> None:
+        # A partial frame can only come from a broken pipe: keep whole frames.
+        whole = len(self.pending) - len(self.pending) % self.frame_bytes
+        if whole:
+            self._emit(bytes(self.pending[:whole]))
+        self.pending.clear()
+
+    def _emit(self, raw: bytes) -> None:
+        chunk = np.frombuffer(raw, dtype="<f4").reshape(-1, self.channels)
+        self.frames += chunk.shape[0]
+        if self.frames > self.limit_frames:
+            raise _TooLong()
+        self.on_chunk(chunk)
+
+
+class _TooLong(Exception):
+    pass
+
+
+def decode_stream(src: Path, info: MediaInfo, on_chunk: Callable[[np.ndarray], None], *,
+                  max_seconds: float | None = None, chunk_frames: int = CHUNK_FRAMES,
+                  timeout_s: float | None = None) -> DecodeStats:
+    """Decode `src` once, calling `on_chunk` with each `chunk_frames` x channels float32 array (the last one
+    shorter). Raises UnreadableMedia for a decode error anywhere in the file (truncated or corrupt data), for a
+    file with no audio samples, and for audio longer than `max_seconds` (ROADIE_MAX_DURATION_S by default) however
+    long its header says it is; a missing ffmpeg raises FFmpegError (not the upload's fault)."""
+    from roadie.settings import get_settings
+
+    limit_s = max_seconds if max_seconds is not None else get_settings().max_duration_s
+    limit_frames = int(limit_s * info.sample_rate)
+    chunker = _Chunker(info.channels, chunk_frames, limit_frames, on_chunk)
+    # Reading a little past the limit tells "exactly max_seconds long" from "cut off at the limit".
+    cmd = ffmpeg.build_decode_pcm_cmd(src, sample_rate=info.sample_rate,
+                                      max_seconds=limit_frames / info.sample_rate + 0.05)
+    started = time.perf_counter()
+    try:
+        ffmpeg.run(cmd, on_stdout=chunker.write, timeout_s=timeout_s)
+        chunker.flush()
+    except _TooLong:
+        raise UnreadableMedia(
+            f"the audio is longer than {limit_s / 60:g} minutes, the most roadie accepts (ROADIE_MAX_DURATION_S="
+            f"{limit_s:g}), although its header says {info.duration_s / 60:.1f} minutes") from None
+    except FFmpegError as exc:
+        if exc.returncode == 127:
+            raise
+        raise UnreadableMedia(f"could not decode the audio ({ffmpeg.readable_reason(exc)}); the file is truncated or corrupt") \
+            from None
+    if chunker.frames == 0:
+        raise UnreadableMedia("the file contains no audio samples")
+    return DecodeStats(chunker.frames, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- fan-out to the consumers
+
+_END = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    value: Any
+    error: str | None
+    seconds: float
+
+
+def queue_depth(channels: int, chunk_frames: int = CHUNK_FRAMES) -> int:
+    """Chunks per consumer queue: QUEUE_BYTES of PCM, at least MIN_QUEUE_CHUNKS."""
+    return max(MIN_QUEUE_CHUNKS, QUEUE_BYTES // (chunk_frames * 4 * channels))
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, RoadieError) and str(exc) else f"{type(exc).__name__}: {exc}"
+
+
+class PcmFanout:
+    """Every chunk to every consumer. A consumer is a function of an iterator of chunks that returns its result;
+    it runs in its own thread behind a queue of at most `depth` chunks. A consumer that fails (or returns early, like fpcalc after
+    its 120 s) keeps draining its queue, so it never blocks the decoder or the others; its error becomes data.
+
+    `niced` consumers run at a lower CPU priority (their subprocesses inherit it): they yield to the others."""
+
+    def __init__(self, consumers: Mapping[str, Callable[[Iterator[np.ndarray]], Any]], *,
+                 niced: Iterable[str] = (), nice: int = 0, depth: int = MIN_QUEUE_CHUNKS) -> None:
+        self._queues: dict[str, queue.Queue] = {name: queue.Queue(maxsize=depth) for name in consumers}
+        self._results: dict[str, StepResult] = {}
+        low = set(niced)
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, fn, nice if name in low else 0),
+                             name=f"pcm-{name}", daemon=True)
+            for name, fn in consumers.items()
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, name: str, fn: Callable[[Iterator[np.ndarray]], Any], nice: int) -> None:
+        if nice:
+            lower_thread_priority(nice)
+        chunks = self._queues[name]
+        finished = threading.Event()
+
+        def stream() -> Iterator[np.ndarray]:
+            while (chunk := chunks.get()) is not _END:
+                yield chunk
+            finished.set()
+
+        started = time.perf_counter()
+        try:
+            result = StepResult(fn(stream()), None, time.perf_counter() - started)
+        except Exception as exc:
+            result = StepResult(None, describe(exc), time.perf_counter() - started)
+        self._results[name] = result
+        if not finished.is_set():  # returned or failed before the end: keep the decoder moving
+            while chunks.get() is not _END:
+                pass
+
+    def put(self, chunk: np.ndarray) -> None:
+        for name, chunks in self._queues.items():
+            try:
+                chunks.put(chunk, timeout=STALL_TIMEOUT_S)
+            except queue.Full:
+                raise ConsumerStalled(f"the {name} step took no audio for {STALL_TIMEOUT_S:g} s") from None
+
+    def close(self) -> dict[str, StepResult]:
+        """End of stream: wait for every consumer and return what each made. Call it however the decode ended."""
+        for chunks in self._queues.values():
+            chunks.put(_END)
+        for thread in self._threads:
+            thread.join()
+        return dict(self._results)
+
+
+# ---------------------------------------------------------------- consumers that run ffmpeg
+
+
+def measure_ebur128(chunks: Iterable[np.ndarray], info: MediaInfo, timeout_s: float | None = None
+                    ) -> LoudnessReading:
+    """ffmpeg's ebur128 (true peak on; dual mono for mono) over decoded PCM fed through its stdin as it comes:
+    the same samples the numpy meter reads, so the cross-check compares the meters and nothing else."""
+    cmd = ffmpeg.build_measure_pcm_cmd(info.sample_rate, info.channels, loudness_mod.ebur128_filter(info.channels),
+                                       info.channel_layout)
+    feed = (memoryview(np.ascontiguousarray(chunk, dtype="<f4")).cast("B") for chunk in chunks)
+    result = ffmpeg.run(cmd, stdin_data=feed, timeout_s=timeout_s)
+    return loudness_mod.parse_ebur128_summary(result.stderr)
+
+
+# ---------------------------------------------------------------- the whole signal, for small inputs
 
 
 @dataclass(frozen=True, eq=False)
 class DecodedAudio:
-    """The whole decoded signal, float32 frames x channels in [-1, 1] at the native rate, and what ffmpeg's
-    ebur128 measured on the same decode (None when not asked for, or unreadable, with a warning saying why)."""
+    """A whole decoded signal in memory, float32 frames x channels: for tests, references and short clips only.
+    Everything that may see a long upload consumes `decode_stream` instead."""
 
     samples: np.ndarray
-    stream: StreamInfo
-    loudness: LoudnessReading | None
-    ebur128_stderr: str
-    warnings: tuple[str, ...]
-    seconds: float  # wall time of the decode
+    stream: MediaInfo
 
     @property
     def sample_rate(self) -> int:
@@ -84,138 +239,9 @@ class DecodedAudio:
         return self.frames / self.sample_rate
 
 
-def probe_stream(src: Path) -> StreamInfo:
-    """What the first audio stream is. Raises UnreadableMedia for empty files, non-audio and garbage."""
-    src = Path(src)
-    if not src.is_file():
-        raise UnreadableMedia(f"{src.name} is not a file")
-    if src.stat().st_size == 0:
-        raise UnreadableMedia("the file is empty")
-    if not ffmpeg.ffprobe_binary():  # imageio-ffmpeg ships no ffprobe: read ffmpeg's banner instead
-        info = ffmpeg.probe(src)
-        return StreamInfo(info.codec, info.sample_rate, info.channels, "", None)
-    try:
-        out = ffmpeg.run(ffmpeg.build_probe_audio_cmd(src), capture_stdout=True, timeout_s=120)
-    except FFmpegError as exc:
-        if exc.returncode == 127:
-            raise
-        raise UnreadableMedia(f"not a readable audio file ({_reason(exc)})") from None
-    try:
-        streams = json.loads(out.stdout.decode("utf-8", "replace") or "{}").get("streams", [])
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"ffprobe printed no JSON: {out.stdout[:200]!r}") from exc
-    if not streams:
-        raise UnreadableMedia("the file has no audio stream")
-    s = streams[0]
-    sample_rate, channels = int(s.get("sample_rate") or 0), int(s.get("channels") or 0)
-    if sample_rate <= 0 or channels <= 0:
-        raise UnreadableMedia(f"the audio stream has no usable format ({sample_rate} Hz, {channels} channels)")
-    bits = int(s.get("bits_per_raw_sample") or 0) or int(s.get("bits_per_sample") or 0) or None
-    layout = str(s.get("channel_layout") or "")
-    return StreamInfo(str(s.get("codec_name") or "unknown"), sample_rate, channels, str(s.get("sample_fmt") or ""),
-                      bits, layout if layout and layout != "unknown" else None)
-
-
-_COMPONENT = re.compile(r"^\[[^\]@]+@ 0x[0-9a-f]+\]\s*")
-_GENERIC = ("Conversion failed!", "Error while decoding stream", "Nothing was written", "Exiting normally")
-
-
-def _reason(exc: FFmpegError) -> str:
-    """The most telling line of ffmpeg's complaint, without our own file path (a person reads this)."""
-    lines = [ln.strip() for ln in exc.stderr_tail.splitlines() if ln.strip()]
-    summary = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].endswith("] Summary:")), None)
-    if summary is not None:  # ebur128 still prints its Summary after a decode error: the cause is above it
-        lines = lines[:summary]
-    for line in reversed(lines):
-        if line.startswith(_GENERIC) or line.startswith(("Input #", "Output #", "Stream ", "Duration:", "size=")):
-            continue
-        line = _COMPONENT.sub("", line)
-        # "file:/abs/path: Invalid data found …" -> "Invalid data found …"
-        if line.startswith("file:") and ": " in line:
-            line = line.split(": ", 1)[1]
-        if line:
-            return line
-    return str(exc)
-
-
-def decode(src: Path, *, measure_loudness: bool = False, stream: StreamInfo | None = None,
-           timeout_s: float | None = 600, max_seconds: float = MAX_DECODE_SECONDS,
-           on_pcm: Callable[[bytes], None] | None = None) -> DecodedAudio:
-    """Decode `src` once into memory. With `measure_loudness`, ffmpeg's ebur128 (true peak on; dual mono for mono
-    input) runs on a split of the same decode in the same process, and its final Summary is parsed into `loudness`:
-    one process, but the PCM only arrives once the (slower) meter is done. `analysis` instead decodes without it
-    and runs `measure_with_ffmpeg` on the PCM beside the numpy work.
-
-    A decode error anywhere in the file (truncated or corrupt data) raises UnreadableMedia, as does a file with
-    no audio samples; a missing ffmpeg raises FFmpegError (not the upload's fault). Pass `stream` from an
-    earlier `probe_stream` to skip probing again. `on_pcm` sees each chunk of PCM as the decoder writes it
-    (see PcmFeed)."""
-    src = Path(src)
-    stream = stream or probe_stream(src)
-    meter = loudness_mod.ebur128_filter(stream.channels) if measure_loudness else None
-    # Reading a little past the limit tells "exactly max_seconds long" from "cut off at the limit".
-    limit_frames = int(max_seconds * stream.sample_rate)
-    cmd = ffmpeg.build_decode_measure_cmd(src, sample_rate=stream.sample_rate, meter_filter=meter,
-                                          max_seconds=limit_frames / stream.sample_rate + 0.05)
-    try:
-        result = ffmpeg.run(cmd, capture_stdout=True, on_stdout=on_pcm, timeout_s=timeout_s)
-    except FFmpegError as exc:
-        if exc.returncode == 127:
-            raise
-        raise UnreadableMedia(f"could not decode the audio ({_reason(exc)}); the file is truncated or corrupt") \
-            from None
-    raw = result.stdout
-    frame_bytes = 4 * stream.channels
-    if len(raw) % frame_bytes:  # a partial frame can only come from a broken pipe; keep whole frames
-        raw = raw[: len(raw) - len(raw) % frame_bytes]
-    if not raw:
-        raise UnreadableMedia("the file contains no audio samples")
-    if len(raw) // frame_bytes > limit_frames:
-        raise UnreadableMedia(f"the audio is longer than {max_seconds / 60:g} minutes, the most roadie analyses")
-    samples = np.frombuffer(raw, dtype="<f4").reshape(-1, stream.channels)
-    warnings: list[str] = []
-    reading = None
-    if meter:
-        try:
-            reading = loudness_mod.parse_ebur128_summary(result.stderr)
-        except ParseError as exc:
-            warnings.append(f"ffmpeg loudness unavailable: {exc}")
-    return DecodedAudio(samples, stream, reading, result.stderr if meter else "", tuple(warnings), result.seconds)
-
-
-def measure_with_ffmpeg(decoded: DecodedAudio, timeout_s: float | None = 600) -> LoudnessReading:
-    """ffmpeg's ebur128 over the decoded PCM, fed through stdin: the same samples the numpy meter reads, so the
-    cross-check compares the meters and nothing else, and the original is not decoded twice."""
-    pcm = memoryview(np.ascontiguousarray(decoded.samples, dtype="<f4")).cast("B")
-    return _measure_stdin(decoded.stream, pcm, timeout_s)
-
-
-class PcmFeed:
-    """The decoder's PCM handed on chunk by chunk while it decodes, so ffmpeg's meter starts at once instead of
-    after the whole decode (bench/analyze.py). `put` is the decode's `on_pcm`; iterating yields the chunks until
-    `close`, which must always follow the decode, failed or not, or the meter waits for input forever."""
-
-    def __init__(self) -> None:
-        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-
-    def put(self, chunk: bytes) -> None:
-        self._chunks.put(chunk)
-
-    def close(self) -> None:
-        self._chunks.put(None)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while (chunk := self._chunks.get()) is not None:
-            yield chunk
-
-
-def measure_pcm_feed(feed: PcmFeed, stream: StreamInfo, timeout_s: float | None = 600) -> LoudnessReading:
-    """ffmpeg's ebur128 over PCM as it arrives from a decode (the same bytes the numpy meter will read)."""
-    return _measure_stdin(stream, feed, timeout_s)
-
-
-def _measure_stdin(stream: StreamInfo, pcm: memoryview | PcmFeed, timeout_s: float | None) -> LoudnessReading:
-    cmd = ffmpeg.build_measure_pcm_cmd(stream.sample_rate, stream.channels,
-                                       loudness_mod.ebur128_filter(stream.channels), stream.channel_layout)
-    result = ffmpeg.run(cmd, stdin_data=pcm, timeout_s=timeout_s)
-    return loudness_mod.parse_ebur128_summary(result.stderr)
+def decode(src: Path, *, info: MediaInfo | None = None, max_seconds: float | None = None) -> DecodedAudio:
+    """The whole signal as one array (see DecodedAudio): `decode_stream`, collected."""
+    info = info or ffmpeg.probe(Path(src))
+    chunks: list[np.ndarray] = []
+    decode_stream(Path(src), info, chunks.append, max_seconds=max_seconds)
+    return DecodedAudio(np.concatenate(chunks), info)

@@ -23,6 +23,7 @@ from roadie.errors import InvalidInput, RoadieError
 from roadie.settings import get_settings
 
 STDERR_TAIL_LINES = 25
+STDOUT_CHUNK_BYTES = 1 << 18  # what one read of a streamed stdout may return
 
 # format -> (encoder options, CODECS attribute for the multivariant playlist, nominal bandwidth in bit/s)
 HLS_FORMATS: dict[str, tuple[dict[str, str], str, int]] = {
@@ -57,6 +58,25 @@ _NOISE = re.compile(r"^(\s*$|ffmpeg version|  built with|  configuration:|  lib|
 def _reason_from(stderr_tail: str) -> str:
     lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip() and not _NOISE.match(ln)]
     return lines[-1] if lines else ""
+
+
+_COMPONENT = re.compile(r"^\[[^\]@]+@ 0x[0-9a-f]+\]\s*")
+_GENERIC = ("Conversion failed!", "Error while decoding stream", "Nothing was written", "Exiting normally")
+
+
+def readable_reason(exc: FFmpegError) -> str:
+    """The most telling line of ffmpeg's complaint, without our own file path (a person reads this)."""
+    lines = [ln.strip() for ln in exc.stderr_tail.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith(_GENERIC) or line.startswith(("Input #", "Output #", "Stream ", "Duration:", "size=")):
+            continue
+        line = _COMPONENT.sub("", line)
+        # "file:/abs/path: Invalid data found …" -> "Invalid data found …"
+        if line.startswith("file:") and ": " in line:
+            line = line.split(": ", 1)[1]
+        if line:
+            return line
+    return str(exc)
 
 
 @lru_cache(maxsize=1)
@@ -154,9 +174,10 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         stdin_data: bytes | memoryview | Iterable[bytes] | None = None) -> FFmpegRun:
     """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
 
-    With `stdout_path`, stdout goes to that file instead (raw PCM and the like). With `capture_stdout`, stdout is
-    read into memory whole and returned as `FFmpegRun.stdout` (PCM from a pipe, ffprobe's JSON); no progress;
-    `on_stdout` then also sees each chunk as it arrives (to hand PCM on while the decode goes on).
+    With `stdout_path`, stdout goes to that file instead. With `capture_stdout`, stdout is read into memory whole
+    and returned as `FFmpegRun.stdout` (ffprobe's JSON: small). With `on_stdout`, each chunk of stdout goes to that
+    callback as it arrives and is not kept (decoded PCM: any length in bounded memory); an exception it raises
+    stops the process.
     With `stdin_data`, those bytes (or each chunk of an iterable, as it comes) are fed to stdin from a thread
     (PCM read as `pipe:0`)."""
     import time
@@ -165,8 +186,8 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         raise TypeError("ffmpeg commands are argument lists, not strings")
     if capture_stdout and stdout_path:
         raise ValueError("capture_stdout and stdout_path are exclusive")
-    if on_stdout and not capture_stdout:
-        raise ValueError("on_stdout needs capture_stdout")
+    if on_stdout and (capture_stdout or stdout_path):
+        raise ValueError("on_stdout streams stdout: it excludes capture_stdout and stdout_path")
     started = time.monotonic()
     stderr_lines: deque[str] = deque(maxlen=4000)
     stdout_file = open(stdout_path, "wb") if stdout_path else None
@@ -210,12 +231,9 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         writer.start()
     captured = b""
     try:
-        if proc.stdout is not None and capture_stdout and on_stdout:
-            chunks = []
-            while chunk := proc.stdout.read1(1 << 20):
-                chunks.append(chunk)
+        if proc.stdout is not None and on_stdout:
+            while chunk := proc.stdout.read1(STDOUT_CHUNK_BYTES):
                 on_stdout(chunk)
-            captured = b"".join(chunks)
         elif proc.stdout is not None and capture_stdout:
             captured = proc.stdout.read()
         elif proc.stdout is not None:
@@ -247,36 +265,75 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
 # ---------------------------------------------------------------- probing
 
 
+# ffmpeg sample formats that hold integers: their float32 decode is exact (up to 24 bits), so the int16 a
+# libsndfile-based reader (audiowaveform) would see can be recovered exactly from it.
+INTEGER_SAMPLE_FORMATS = frozenset({"u8", "u8p", "s16", "s16p", "s32", "s32p", "s64", "s64p"})
+# Codecs whose output is integer PCM, for when no ffprobe tells us the sample format.
+_INTEGER_CODEC_PREFIXES = ("pcm_s", "pcm_u", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
+
+
 @dataclass(frozen=True)
-class AudioInfo:
+class MediaInfo:
+    """What the upload is, from one probe: the first audio stream as the decoder will produce it, its duration as
+    the header states it (it can lie: the decode enforces limits on what it really reads), and whether a cover
+    picture is attached. Every step of an ingest gets this one value."""
+
     codec: str
     sample_rate: int
     channels: int
     duration_s: float
     has_cover: bool
+    sample_format: str = ""  # ffmpeg's name (s16, s32, fltp, …); "" when unknown
+    bits_per_sample: int | None = None  # the source's precision (24 for a 24-bit FLAC decoded as s32)
+    channel_layout: str | None = None  # ffmpeg's name (stereo, 3.0, 5.1(side)); None when unknown
+
+    @property
+    def integer_pcm(self) -> bool:
+        if self.sample_format:
+            return self.sample_format in INTEGER_SAMPLE_FORMATS
+        return self.codec.startswith(_INTEGER_CODEC_PREFIXES)
 
 
-def probe(src: Path) -> AudioInfo:
+def probe(src: Path) -> MediaInfo:
     """What the upload is. Raises UnreadableMedia with a person-readable reason."""
-    if not src.exists() or src.stat().st_size == 0:
+    src = Path(src)
+    if not src.is_file():
+        raise UnreadableMedia(f"{src.name} is not a file")
+    if src.stat().st_size == 0:
         raise UnreadableMedia("the file is empty")
     probe_bin = ffprobe_binary()
     if probe_bin:
-        cmd = [probe_bin, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", as_input(src)]
+        cmd = [probe_bin, "-hide_banner", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+               as_input(src)]
         try:
-            out = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+            out = run(cmd, capture_stdout=True, timeout_s=120)
+        except FFmpegError as exc:
+            if exc.returncode == 127:
+                raise
+            raise UnreadableMedia(f"not a readable audio file ({readable_reason(exc)})") from None
         except subprocess.TimeoutExpired as exc:
             raise UnreadableMedia("probing the file took longer than 120 s") from exc
-        if out.returncode != 0:
-            reason = _reason_from(out.stderr.decode("utf-8", "replace")) or "unknown format"
-            raise UnreadableMedia(f"not a readable audio file ({reason})")
         return parse_ffprobe_json(out.stdout.decode("utf-8", "replace"))
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", as_input(src)]
-    out = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
-    return parse_ffmpeg_banner(out.stderr.decode("utf-8", "replace"))
+    out_banner = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    return parse_ffmpeg_banner(out_banner.stderr.decode("utf-8", "replace"))
 
 
-def parse_ffprobe_json(text: str) -> AudioInfo:
+def check_duration(info: MediaInfo, max_seconds: float | None = None) -> None:
+    """Refuse an upload whose header says it is longer than ROADIE_MAX_DURATION_S, before any work is done."""
+    limit = max_seconds if max_seconds is not None else get_settings().max_duration_s
+    if info.duration_s > limit:
+        raise InvalidInput(
+            f"the audio is {_clock(info.duration_s)} long, over roadie's limit of {_clock(limit)} "
+            f"(ROADIE_MAX_DURATION_S={limit:g}); split the upload, or raise ROADIE_MAX_DURATION_S on the workers")
+
+
+def _clock(seconds: float) -> str:
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def parse_ffprobe_json(text: str) -> MediaInfo:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -291,21 +348,29 @@ def parse_ffprobe_json(text: str) -> AudioInfo:
         duration_s = float(duration)
     except (TypeError, ValueError):
         raise UnreadableMedia("the audio has no known duration") from None
-    return AudioInfo(
+    sample_rate, channels = int(audio.get("sample_rate") or 0), int(audio.get("channels") or 0)
+    if sample_rate <= 0 or channels <= 0:
+        raise UnreadableMedia(f"the audio stream has no usable format ({sample_rate} Hz, {channels} channels)")
+    bits = int(audio.get("bits_per_raw_sample") or 0) or int(audio.get("bits_per_sample") or 0) or None
+    layout = str(audio.get("channel_layout") or "")
+    return MediaInfo(
         codec=audio.get("codec_name", "unknown"),
-        sample_rate=int(audio.get("sample_rate") or 0),
-        channels=int(audio.get("channels") or 0),
+        sample_rate=sample_rate,
+        channels=channels,
         duration_s=duration_s,
         has_cover=has_cover,
+        sample_format=str(audio.get("sample_fmt") or ""),
+        bits_per_sample=bits,
+        channel_layout=layout if layout and layout != "unknown" else None,
     )
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_AUDIO = re.compile(r"Stream #\S+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
+_AUDIO = re.compile(r"Stream #\S+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)(?:, (\w+)(?: \((\d+) bit\))?)?")
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "7.1": 8}
 
 
-def parse_ffmpeg_banner(stderr: str) -> AudioInfo:
+def parse_ffmpeg_banner(stderr: str) -> MediaInfo:
     """Fallback probe from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe)."""
     duration_line = next((ln for ln in stderr.splitlines() if "Duration:" in ln), None)
     audio_line = next((ln for ln in stderr.splitlines() if ": Audio: " in ln), None)
@@ -325,10 +390,12 @@ def parse_ffmpeg_banner(stderr: str) -> AudioInfo:
         if not digits:
             raise ParseError(f"could not read the channel layout in: {audio_line.strip()!r}")
         channels = int(digits.group(1))
-    return AudioInfo(
+    return MediaInfo(
         codec=match.group(1), sample_rate=int(match.group(2)), channels=channels,
         duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
         has_cover="(attached pic)" in stderr,
+        sample_format=match.group(4) or "",
+        bits_per_sample=int(match.group(5)) if match.group(5) else None,
     )
 
 
@@ -338,32 +405,14 @@ def build_ebur128_cmd(src: Path, filter_spec: str) -> list[str]:
     return _finish(cmd, progress=False)
 
 
-def build_probe_audio_cmd(src: Path) -> list[str]:
-    """ffprobe, as JSON, of the first audio stream: what the decoder will produce (sample format and bit depth
-    included, which `probe` does not report)."""
-    probe_bin = ffprobe_binary()
-    if not probe_bin:
-        raise FFmpegError(["ffprobe"], 127, "", summary="ffprobe is not installed")
-    return [probe_bin, "-hide_banner", "-v", "error", "-select_streams", "a:0", "-show_entries",
-            "stream=codec_name,sample_fmt,sample_rate,channels,channel_layout,bits_per_raw_sample,bits_per_sample",
-            "-of", "json", as_input(src)]
-
-
-def build_decode_measure_cmd(src: Path, *, sample_rate: int, meter_filter: str | None = None,
-                             max_seconds: float | None = None) -> list[str]:
+def build_decode_pcm_cmd(src: Path, *, sample_rate: int, max_seconds: float | None = None) -> list[str]:
     """Decode the first audio stream once: float32 interleaved PCM at `sample_rate` on stdout, channels as they
-    are (no -ac: it would remix a 3.0 layout into 2.1) and, when `meter_filter` is given (ebur128), the same
-    decoded audio through it on a split branch to a null output, so its report comes from this one decode.
-    -xerror turns a decode error (a truncated FLAC) into a failure instead of silently concealed audio.
-    `max_seconds` stops reading there (-t on the input): a small file of compressed silence cannot fill memory."""
-    pcm = ["-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
+    are (no -ac: it would remix a 3.0 layout into 2.1). -xerror turns a decode error (a truncated FLAC) into a
+    failure instead of silently concealed audio. `max_seconds` stops reading there (-t on the input), whatever
+    the header says."""
     limit = ["-t", f"{max_seconds:.6f}"] if max_seconds else []
-    cmd = [ffmpeg_binary(), "-xerror", *limit, "-i", as_input(src)]
-    if meter_filter:
-        graph = f"[0:a:0]asplit=2[pcm][meter];[meter]{meter_filter}[measured]"
-        cmd += ["-filter_complex", graph, "-map", "[pcm]", *pcm, "-map", "[measured]", "-f", "null", "-"]
-    else:
-        cmd += ["-map", "0:a:0", *pcm]
+    cmd = [ffmpeg_binary(), "-xerror", *limit, "-i", as_input(src), "-map", "0:a:0",
+           "-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
     return _finish(cmd, progress=False)
 
 

@@ -3,7 +3,8 @@
 An exact hash of a fingerprint misses every re-encode (the original design's bug). Here two fingerprints are
 compared AcoustID-style, by the bit error rate of their items at the best alignment, and candidates come from an
 index of item values (`fingerprint_index`), so a new upload is never scored against the whole catalogue.
-Prefect tasks live in `tasks.media.fingerprint_tasks`, so this module imports fast.
+Storing fingerprints and reporting duplicates is the catalogue's (tasks.catalog.results); Prefect tasks live in
+`tasks.media.fingerprint_tasks`.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import json
 import math
 import shutil
 import subprocess
-import uuid
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Sequence
 
 import numpy as np
 
@@ -161,13 +162,12 @@ def fingerprint_file(path: Path, fpcalc: str | None = None) -> Fingerprint:
     return _run_fpcalc(cmd)
 
 
-def pcm_to_s16_mono(samples: np.ndarray, sample_rate: int, seconds: float = FINGERPRINT_SECONDS) -> bytes:
-    """The first `seconds` as mono 16-bit little-endian. Chromaprint averages the channels to mono anyway, so
+def pcm_to_s16_mono(samples: np.ndarray) -> bytes:
+    """Frames x channels floats as mono 16-bit little-endian. Chromaprint averages the channels to mono anyway, so
     downmixing here halves what goes through the pipe without changing the fingerprint's input."""
     x = np.asarray(samples)
     if x.ndim == 1:
         x = x[:, None]
-    x = x[: int(seconds * sample_rate)]
     # Column by column, in place: a generic mean over axis 1 is ten times slower on frames x channels.
     mono = np.array(x[:, 0], dtype=np.float32)
     for channel in range(1, x.shape[1]):
@@ -178,15 +178,58 @@ def pcm_to_s16_mono(samples: np.ndarray, sample_rate: int, seconds: float = FING
     return mono.astype("<i2").tobytes()
 
 
-def fingerprint_pcm(samples: np.ndarray, sample_rate: int, fpcalc: str | None = None) -> Fingerprint:
-    """Fingerprint already-decoded PCM (frames x channels, floats in [-1, 1]) by piping it to fpcalc's stdin:
-    no second decode of the original, no temp file to leak. The duration is the signal's own."""
-    x = np.asarray(samples)
-    frames = x.shape[0]
+def fingerprint_chunks(chunks: Iterable[np.ndarray], sample_rate: int, fpcalc: str | None = None) -> Fingerprint:
+    """Fingerprint decoded PCM (chunks of frames x channels, floats in [-1, 1]) by piping its first
+    FINGERPRINT_SECONDS to fpcalc's stdin as it arrives: no second decode of the original, no temp file of audio,
+    and memory bounded by one chunk. The rest of the stream is only counted: the duration is the signal's own."""
     cmd = [fpcalc_binary(fpcalc), "-raw", "-json", "-length", str(FINGERPRINT_SECONDS),
            "-format", "s16le", "-rate", str(int(sample_rate)), "-channels", "1", "-"]
-    fp = _run_fpcalc(cmd, stdin=pcm_to_s16_mono(x, sample_rate))
+    wanted = FINGERPRINT_SECONDS * int(sample_rate)
+    frames = sent = 0
+    # fpcalc's output is small and comes at the end: files (unnamed, gone on close) rule out a pipe deadlock.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        except FileNotFoundError as exc:
+            raise FpcalcNotFound(f"fpcalc not found ({cmd[0]!r})") from exc
+        assert proc.stdin is not None
+        try:
+            for chunk in chunks:
+                frames += len(chunk)
+                if sent < wanted:
+                    part = chunk[: wanted - sent]
+                    sent += len(part)
+                    try:
+                        proc.stdin.write(pcm_to_s16_mono(part))
+                    except OSError:  # a broken pipe: fpcalc stopped reading, and its exit code says why
+                        sent = wanted
+                    if sent >= wanted:  # fpcalc has all it analyses: let it work while the rest is counted
+                        _close_quietly(proc.stdin)
+            _close_quietly(proc.stdin)
+            returncode = proc.wait(timeout=FPCALC_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise FpcalcFailed(f"fpcalc took longer than {FPCALC_TIMEOUT_S} s", -1, "") from exc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        fp = parse_fpcalc_json(out.read().decode("utf-8", "replace"), returncode,
+                               err.read().decode("utf-8", "replace"))
     return Fingerprint(fp.items, frames / sample_rate, fp.warnings)
+
+
+def _close_quietly(stream: IO[bytes]) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+def fingerprint_pcm(samples: np.ndarray, sample_rate: int, fpcalc: str | None = None) -> Fingerprint:
+    """Fingerprint a whole decoded signal held in memory (see `fingerprint_chunks`)."""
+    return fingerprint_chunks([np.asarray(samples)], sample_rate, fpcalc)
 
 
 # ---------------------------------------------------------------- comparing fingerprints
@@ -259,133 +302,3 @@ def index_keys(fp: Fingerprint | Sequence[int] | np.ndarray) -> list[int]:
     keys = np.unique(items >> INDEX_SHIFT).astype(np.uint64)
     picked = ((keys * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) % np.uint64(INDEX_SAMPLING) == 0
     return [int(k) for k in keys[picked]]
-
-
-def _uuid(value: str | uuid.UUID) -> uuid.UUID:
-    from roadie.errors import InvalidInput
-
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidInput(f"track version id {value!r} is not a UUID") from None
-
-
-def store_fingerprint(session, version_id: str | uuid.UUID, fp: Fingerprint) -> None:
-    """Write the fingerprint (raw items too) and its index rows. A rerun replaces both."""
-    from sqlalchemy import delete, insert, select
-
-    from roadie.db.models import AudioFingerprint, FingerprintIndex
-
-    vid = _uuid(version_id)
-    row = session.scalar(select(AudioFingerprint).where(AudioFingerprint.track_version_id == vid))
-    if row is None:
-        row = AudioFingerprint(track_version_id=vid)
-        session.add(row)
-    row.fingerprint_hash = fp.sha256
-    row.chromaprint_data = list(fp.items)
-    row.item_count = len(fp.items)
-    row.duration_s = float(fp.duration_s)
-    session.execute(delete(FingerprintIndex).where(FingerprintIndex.track_version_id == vid))
-    keys = index_keys(fp)
-    if keys:
-        session.execute(insert(FingerprintIndex), [{"key": k, "track_version_id": vid} for k in keys])
-    session.flush()
-
-
-def find_candidates(session, version_id: str | uuid.UUID, keys: Iterable[int], *, min_hits: int = MIN_INDEX_HITS,
-                    limit: int = MAX_CANDIDATES) -> list[tuple[str, str, int]]:
-    """Versions of other tracks sharing the most index keys: (version_id, track_id, hits), most hits first.
-    One grouped query over the posting lists; nothing is scanned per track."""
-    from sqlalchemy import bindparam, func, select
-
-    from roadie.db.models import FingerprintIndex, TrackVersion
-    from roadie.errors import InvalidInput
-
-    vid = _uuid(version_id)
-    track_id = session.scalar(select(TrackVersion.track_id).where(TrackVersion.id == vid))
-    if track_id is None:
-        raise InvalidInput(f"track version {version_id} does not exist")
-    key_list = sorted(set(int(k) for k in keys))
-    if not key_list:
-        return []
-    hits = func.count().label("hits")
-    query = (
-        select(FingerprintIndex.track_version_id, TrackVersion.track_id, hits)
-        .join(TrackVersion, TrackVersion.id == FingerprintIndex.track_version_id)
-        .where(FingerprintIndex.key.in_(bindparam("keys", expanding=True)),
-               FingerprintIndex.track_version_id != vid,
-               TrackVersion.track_id != track_id)
-        .group_by(FingerprintIndex.track_version_id, TrackVersion.track_id)
-        .having(func.count() >= min_hits)
-        .order_by(hits.desc(), FingerprintIndex.track_version_id)
-        .limit(limit)
-    )
-    rows = session.execute(query, {"keys": key_list}).all()
-    return [(str(v), str(t), int(h)) for v, t, h in rows]
-
-
-def find_duplicates(session, version_id: str | uuid.UUID, fp: Fingerprint, threshold: float = DUPLICATE_THRESHOLD,
-                    *, limit: int = MAX_CANDIDATES) -> list[DuplicateMatch]:
-    """Versions of other tracks whose audio matches `fp` with a score of at least `threshold`, best first."""
-    from sqlalchemy import select
-
-    from roadie.db.models import AudioFingerprint
-
-    candidates = find_candidates(session, version_id, index_keys(fp), limit=limit)
-    if not candidates:
-        return []
-    stored = dict(session.execute(
-        select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data)
-        .where(AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v, _, _ in candidates]))
-    ).all())
-    mine = fp.array()
-    matches = []
-    for candidate_id, track_id, _hits in candidates:
-        items = stored.get(uuid.UUID(candidate_id))
-        if not items:
-            continue
-        match = match_score(mine, np.asarray(items, dtype=np.uint32))
-        if match.score >= threshold:
-            matches.append(DuplicateMatch(candidate_id, track_id, round(match.score, 4), round(match.ber, 4),
-                                          match.offset))
-    return sorted(matches, key=lambda m: (-m.score, m.version_id))
-
-
-def _description_prefix(matched_version_id: str) -> str:
-    return f"duplicate of track version {matched_version_id} "
-
-
-def describe_duplicate(match: DuplicateMatch) -> str:
-    return (f"{_description_prefix(match.version_id)}(track {match.track_id}): score {match.score:.2f}, "
-            f"bit error rate {match.ber:.3f}, offset {match.offset_s:+.1f} s")
-
-
-def report_duplicates(session, version_id: str | uuid.UUID, matches: Sequence[DuplicateMatch]) -> list[str]:
-    """One `reports` row per matched version, for moderators. Idempotent: a rerun updates the description of an
-    existing report (keeping its status), and removes still-pending reports of matches that are gone."""
-    from sqlalchemy import select
-
-    from roadie.db.models import Report
-
-    vid = _uuid(version_id)
-    existing = list(session.scalars(select(Report).where(
-        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")))
-    ids: list[str] = []
-    kept: set[uuid.UUID] = set()
-    for match in matches:
-        prefix = _description_prefix(match.version_id)
-        report = next((r for r in existing if (r.description or "").startswith(prefix)), None)
-        if report is None:
-            report = Report(target_type="track_version", target_id=vid, reason="duplicate", status="pending")
-            session.add(report)
-        report.description = describe_duplicate(match)
-        session.flush()
-        kept.add(report.id)
-        ids.append(str(report.id))
-    for report in existing:
-        if report.id not in kept and report.status == "pending":
-            session.delete(report)
-    session.flush()
-    return ids

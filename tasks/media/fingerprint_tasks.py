@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from roadie.db.session import session_scope
 from roadie.retries import transient_retries
+from tasks.catalog import results
 from tasks.media import fingerprint
 from tasks.media.fingerprint import DuplicateMatch, Fingerprint
 
@@ -17,9 +18,9 @@ def record_fingerprint(version_id: str, fp: Fingerprint,
     """Store the fingerprint, look for other tracks with the same audio, report each one found. One transaction,
     so a retry after a lost connection starts clean."""
     with session_scope() as session:
-        fingerprint.store_fingerprint(session, version_id, fp)
-        matches = fingerprint.find_duplicates(session, version_id, fp, threshold)
-        fingerprint.report_duplicates(session, version_id, matches)
+        results.store_fingerprint(session, version_id, fp)
+        matches = results.find_duplicates(session, version_id, fp, threshold)
+        results.report_duplicates(session, version_id, matches)
     if matches:
         create_table_artifact(
             [{"matched version": m.version_id, "track": m.track_id, "score": m.score, "bit error rate": m.ber,

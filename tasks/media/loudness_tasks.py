@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from roadie.db.session import session_scope
 from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
-from tasks.media import loudness
+from tasks.catalog import results
 from tasks.media.loudness import LoudnessResult
 
 
@@ -30,7 +30,7 @@ def _round(value: float | None) -> float | None:
 def record_loudness(version_id: str, result: LoudnessResult) -> None:
     """ffmpeg's values onto the version, the warnings into its list, and a table a person can read."""
     with session_scope() as session:
-        loudness.save_loudness(session, version_id, result)
+        results.save_loudness(session, version_id, result)
     loudness_artifact(version_id, result)
 
 

@@ -11,7 +11,7 @@ from roadie.retries import transient_retries
 from roadie.storage import get_storage
 from tasks import catalog
 from tasks.media import hls
-from tasks.media.ffmpeg import AudioInfo
+from tasks.media.ffmpeg import MediaInfo
 
 # Without CPU lanes, the secondary renditions yield the CPU to the primary one and the analysis: playable sooner.
 SECONDARY_NICE = 10
@@ -33,7 +33,7 @@ class _ProgressArtifact:
 
 
 @task(name="transcode-rendition", task_run_name="transcode-{fmt}")
-def transcode_rendition(version_id: str, src: Path, info: AudioInfo, fmt: str, workdir: Path,
+def transcode_rendition(version_id: str, src: Path, info: MediaInfo, fmt: str, workdir: Path,
                         primary: bool) -> hls.Rendition:
     from roadie.settings import get_settings
 

@@ -1,0 +1,224 @@
+"""The catalogue's side of the analysis: what the media steps compute (tasks.media.*, pure and session-free) is
+stored here. Each function takes a session and the caller's transaction decides when it lands; a rerun replaces
+rows and objects, never adds to them.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from roadie.db.models import AudioFingerprint, FingerprintIndex, Report, Track, TrackVersion
+from roadie.db.models import Waveform as WaveformRow
+from roadie.errors import InvalidInput
+from roadie.storage import Storage, join_key, staged
+from tasks.catalog import parse_uuid, upsert_asset
+from tasks.media.analysis import Analysis
+from tasks.media.artwork import Artwork, ArtworkKeys
+from tasks.media.fingerprint import (DUPLICATE_THRESHOLD, MAX_CANDIDATES, MIN_INDEX_HITS, DuplicateMatch, Fingerprint,
+                                     index_keys, match_score)
+from tasks.media.loudness import LoudnessResult
+
+# ---------------------------------------------------------------- waveform
+
+
+@dataclass(frozen=True)
+class WaveformKeys:
+    json_key: str
+    png_key: str | None
+    json_asset_id: str
+    png_asset_id: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"json_key": self.json_key, "png_key": self.png_key}
+
+
+def waveform_prefix(version_id: str) -> str:
+    return join_key(str(version_id), "waveform")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version(session: Session, version_id: str | uuid.UUID, *, for_update: bool = False) -> TrackVersion:
+    vid = version_id if isinstance(version_id, uuid.UUID) else parse_uuid(str(version_id))
+    version = session.get(TrackVersion, vid, with_for_update=for_update)
+    if version is None:
+        raise InvalidInput(f"track version {version_id} does not exist")
+    return version
+
+
+def save_waveform(session: Session, storage: Storage, version_id: str, analysis: Analysis) -> WaveformKeys:
+    """Publish waveform.json (+ waveform.png) under `{version_id}/waveform/` (staged: never half-visible), record
+    them as assets and write the version's `waveforms` row. A rerun replaces objects and updates the same rows."""
+    text = analysis.waveform_json
+    if text is None:
+        raise InvalidInput("the analysis has no waveform to save")
+    vid = _version(session, version_id).id
+    body = text.encode("ascii")
+    with staged(storage, waveform_prefix(str(vid))) as stage:
+        json_key = stage.put_bytes("waveform.json", body, "application/json")
+        png_key = stage.put_bytes("waveform.png", analysis.png, "image/png") if analysis.png else None
+        stage.promote()
+    json_asset = upsert_asset(session, storage, json_key, len(body), _sha256(body))
+    png_asset = None
+    if png_key is not None and analysis.png is not None:
+        png_asset = upsert_asset(session, storage, png_key, len(analysis.png), _sha256(analysis.png))
+    row = session.scalar(select(WaveformRow).where(WaveformRow.track_version_id == vid).with_for_update())
+    if row is None:
+        row = WaveformRow(track_version_id=vid, json_asset_id=json_asset.id)
+        session.add(row)
+    row.json_asset_id = json_asset.id
+    row.png_asset_id = png_asset.id if png_asset is not None else None
+    session.flush()
+    return WaveformKeys(json_key, png_key, str(json_asset.id), str(png_asset.id) if png_asset else None)
+
+
+# ---------------------------------------------------------------- loudness
+
+
+def save_loudness(session: Session, version_id: str | uuid.UUID, result: LoudnessResult) -> None:
+    """Write ffmpeg's values to the version and add the cross-check's warnings (each once, so reruns don't pile up)."""
+    version = _version(session, version_id, for_update=True)
+    version.loudness_lufs = result.integrated_lufs
+    version.loudness_range = result.loudness_range_lu
+    version.true_peak = result.true_peak_dbtp
+    existing = list(version.warnings or [])
+    version.warnings = existing + [w for w in result.warnings if w not in existing]
+    session.flush()
+
+
+# ---------------------------------------------------------------- artwork
+
+
+def artwork_prefix(track_id: str) -> str:
+    """Artwork belongs to the track (tracks.artwork_asset_id), so it lives under the track, not the version:
+    a failed later version, whose outputs are discarded, cannot leave the track pointing at deleted objects."""
+    return join_key("tracks", str(track_id), "artwork")
+
+
+def save_artwork(session: Session, storage: Storage, version_id: str, artwork: Artwork) -> ArtworkKeys:
+    """Publish the cover and its thumbnail (staged, so never half-visible), record both as assets and point the
+    version's track at them. A rerun replaces the objects and updates the same asset rows."""
+    version = _version(session, version_id)
+    track = session.get(Track, version.track_id, with_for_update=True)
+    assert track is not None  # a foreign key
+    with staged(storage, artwork_prefix(str(version.track_id))) as stage:
+        full_key = stage.put_bytes(artwork.full_name, artwork.full, artwork.content_type)
+        thumb_key = stage.put_bytes(Artwork.thumbnail_name, artwork.thumbnail, "image/jpeg")
+        stage.promote()
+    full_asset = upsert_asset(session, storage, full_key, len(artwork.full), _sha256(artwork.full))
+    thumb_asset = upsert_asset(session, storage, thumb_key, len(artwork.thumbnail), _sha256(artwork.thumbnail))
+    track.artwork_asset_id = full_asset.id
+    track.artwork_thumb_asset_id = thumb_asset.id
+    session.flush()
+    return ArtworkKeys(full_key, thumb_key, artwork.embedded, str(full_asset.id), str(thumb_asset.id))
+
+
+# ---------------------------------------------------------------- fingerprints and duplicates
+
+
+def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerprint) -> None:
+    """Write the fingerprint (raw items too) and its index rows. A rerun replaces both."""
+    vid = _version(session, version_id).id
+    row = session.scalar(select(AudioFingerprint).where(AudioFingerprint.track_version_id == vid))
+    if row is None:
+        row = AudioFingerprint(track_version_id=vid)
+        session.add(row)
+    row.fingerprint_hash = fp.sha256
+    row.chromaprint_data = list(fp.items)
+    row.item_count = len(fp.items)
+    row.duration_s = float(fp.duration_s)
+    session.execute(delete(FingerprintIndex).where(FingerprintIndex.track_version_id == vid))
+    keys = index_keys(fp)
+    if keys:
+        session.execute(insert(FingerprintIndex), [{"key": k, "track_version_id": vid} for k in keys])
+    session.flush()
+
+
+def find_candidates(session: Session, version_id: str | uuid.UUID, keys: Iterable[int], *,
+                    min_hits: int = MIN_INDEX_HITS, limit: int = MAX_CANDIDATES) -> list[tuple[str, str, int]]:
+    """Versions of other tracks sharing the most index keys: (version_id, track_id, hits), most hits first.
+    One grouped query over the posting lists; nothing is scanned per track."""
+    version = _version(session, version_id)
+    key_list = sorted(set(int(k) for k in keys))
+    if not key_list:
+        return []
+    hits = func.count().label("hits")
+    query = (
+        select(FingerprintIndex.track_version_id, TrackVersion.track_id, hits)
+        .join(TrackVersion, TrackVersion.id == FingerprintIndex.track_version_id)
+        .where(FingerprintIndex.key.in_(bindparam("keys", expanding=True)),
+               FingerprintIndex.track_version_id != version.id,
+               TrackVersion.track_id != version.track_id)
+        .group_by(FingerprintIndex.track_version_id, TrackVersion.track_id)
+        .having(func.count() >= min_hits)
+        .order_by(hits.desc(), FingerprintIndex.track_version_id)
+        .limit(limit)
+    )
+    rows = session.execute(query, {"keys": key_list}).all()
+    return [(str(v), str(t), int(h)) for v, t, h in rows]
+
+
+def find_duplicates(session: Session, version_id: str | uuid.UUID, fp: Fingerprint,
+                    threshold: float = DUPLICATE_THRESHOLD, *, limit: int = MAX_CANDIDATES) -> list[DuplicateMatch]:
+    """Versions of other tracks whose audio matches `fp` with a score of at least `threshold`, best first."""
+    candidates = find_candidates(session, version_id, index_keys(fp), limit=limit)
+    if not candidates:
+        return []
+    stored = dict(session.execute(
+        select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data)
+        .where(AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v, _, _ in candidates]))
+    ).tuples().all())
+    mine = fp.array()
+    matches = []
+    for candidate_id, track_id, _hits in candidates:
+        items = stored.get(uuid.UUID(candidate_id))
+        if not items:
+            continue
+        match = match_score(mine, np.asarray(items, dtype=np.uint32))
+        if match.score >= threshold:
+            matches.append(DuplicateMatch(candidate_id, track_id, round(match.score, 4), round(match.ber, 4),
+                                          match.offset))
+    return sorted(matches, key=lambda m: (-m.score, m.version_id))
+
+
+def _description_prefix(matched_version_id: str) -> str:
+    return f"duplicate of track version {matched_version_id} "
+
+
+def describe_duplicate(match: DuplicateMatch) -> str:
+    return (f"{_description_prefix(match.version_id)}(track {match.track_id}): score {match.score:.2f}, "
+            f"bit error rate {match.ber:.3f}, offset {match.offset_s:+.1f} s")
+
+
+def report_duplicates(session: Session, version_id: str | uuid.UUID, matches: Sequence[DuplicateMatch]
+                      ) -> list[str]:
+    """One `reports` row per matched version, for moderators. Idempotent: a rerun updates the description of an
+    existing report (keeping its status), and removes still-pending reports of matches that are gone."""
+    vid = _version(session, version_id).id
+    existing = list(session.scalars(select(Report).where(
+        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")))
+    ids: list[str] = []
+    kept: set[uuid.UUID] = set()
+    for match in matches:
+        prefix = _description_prefix(match.version_id)
+        report = next((r for r in existing if (r.description or "").startswith(prefix)), None)
+        if report is None:
+            report = Report(target_type="track_version", target_id=vid, reason="duplicate", status="pending")
+            session.add(report)
+        report.description = describe_duplicate(match)
+        session.flush()
+        kept.add(report.id)
+        ids.append(str(report.id))
+    for report in existing:
+        if report.id not in kept and report.status == "pending":
+            session.delete(report)
+    session.flush()
+    return ids
