@@ -92,6 +92,27 @@ def test_pcm_and_file_fingerprints_agree(audio) -> None:
     assert from_pcm.duration_s == pytest.approx(SECONDS, abs=0.01)
 
 
+@pytest.mark.parametrize("chunk_frames", [1, 4799, 48000])
+@pytest.mark.parametrize("sr,channels", [(44100, 1), (44100, 2), (48000, 2), (96000, 2)])
+def test_streamed_fingerprint_is_identical_to_the_whole_signal(sr: int, channels: int, chunk_frames: int) -> None:
+    """fpcalc fed the PCM chunk by chunk (its first 120 s; the rest only counted) prints exactly the fingerprint
+    of the whole signal at once."""
+    seconds = 8 if chunk_frames == 1 else 125  # past the 120 s fpcalc reads, so the cut-off is exercised
+    x = music_like(seconds, sr, channels=channels, seed=3).astype(np.float32)
+    # The reference: fpcalc given its 120 s of mono s16 in one write, as a plain subprocess call.
+    cmd = [fpm.fpcalc_binary(), "-raw", "-json", "-length", str(fpm.FINGERPRINT_SECONDS), "-format", "s16le",
+           "-rate", str(sr), "-channels", "1", "-"]
+    out = subprocess.run(cmd, input=fpm.pcm_to_s16_mono(x[: fpm.FINGERPRINT_SECONDS * sr]), capture_output=True)
+    whole = fpm.parse_fpcalc_json(out.stdout.decode(), out.returncode, out.stderr.decode())
+    if chunk_frames == 1:
+        chunks = (x[i:i + 1] for i in range(len(x)))
+    else:
+        chunks = (x[i:i + chunk_frames] for i in range(0, len(x), chunk_frames))
+    streamed = fpm.fingerprint_chunks(chunks, sr)
+    assert streamed.items == whole.items and len(whole.items) >= 6 * seconds // 2
+    assert streamed.duration_s == pytest.approx(seconds)
+
+
 # ---------------------------------------------------------------- BER against a plain reference
 
 
