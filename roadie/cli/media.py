@@ -24,7 +24,9 @@ def prepare_prefect(verbose: bool) -> str:
     from roadie.prefect_local import ensure_api
 
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Runs still log everything to the server (the UI shows it); only the terminal is spared Prefect's lines
+        # and the tracebacks of expected failures, which `_show` reports in one line each.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     url = ensure_api()
     from roadie.limits import ensure_limits
 
@@ -74,35 +76,77 @@ def ingest(
     from roadie import progress
     from roadie.settings import get_settings
     from tasks.catalog import describe_version, register_upload
+    from tasks.versions import failure_message
     from flows.ingest import media_ingest
 
     printer = ProgressPrinter()
     progress.add_listener(printer)
     any_failed = False
     for path in paths:
-        result = {"input": str(path)}
+        result: dict = {"input": str(path)}
         try:
             reg = register_upload(path, title=title, owner=owner, lossless="hls_alac" in wanted)
-        except InvalidInput as exc:
+        except Exception as exc:
+            _reraise_bugs(exc)
             any_failed = True
-            result.update(version_id=None, status="failed", error=str(exc), storage_url=get_settings().storage_url,
-                          master_key=None, transcodes={}, warnings=[])
-            _show(result, as_json)
+            result.update(version_id=None, status="failed", error=failure_message(exc),
+                          storage_url=get_settings().storage_url, master_key=None, transcodes={}, warnings=[])
+            _show(result, as_json, exc)
             continue
         say(f"ingesting {path} as version {reg.version_id}")
         try:
             result.update(media_ingest(reg.version_id, wanted))
-        except Exception:  # the version row carries the reason; describe_version reports it
-            result.update(describe_version(reg.version_id))
+            failure = None
+        except Exception as exc:  # the version row carries the reason; describe_version reports it
+            failure = exc
+            try:
+                result.update(describe_version(reg.version_id))
+            except Exception as unreadable:  # the database went away too: say so rather than crash
+                _reraise_bugs(unreadable)
+                result.update(version_id=reg.version_id, status="failed", error=failure_message(unreadable),
+                              transcodes={}, warnings=[])
         any_failed |= result["status"] != "ready"
-        _show(result, as_json)
+        _show(result, as_json, failure)
+        if failure is not None and not _expected(failure):
+            _print_traceback(failure)  # a bug in roadie: the person reporting it needs the traceback
     progress.remove_listener(printer)
     raise typer.Exit(1 if any_failed else 0)
 
 
-def _show(result: dict, as_json: bool) -> None:
+def _expected(exc: BaseException) -> bool:
+    """Failures the pipeline is built to meet (bad input, a missing tool, storage or database down after retries)
+    are reported in one line; anything else is a bug in roadie and keeps its traceback."""
+    from roadie.errors import RoadieError, is_transient
+
+    return isinstance(exc, RoadieError) or is_transient(exc)
+
+
+def _reraise_bugs(exc: BaseException) -> None:
+    if not _expected(exc):
+        raise exc
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    sys.stderr.write("".join(traceback.format_exception(exc)))
+
+
+def _advice(exc: BaseException | None) -> str:
+    from roadie.errors import InvalidInput, is_transient
+
+    if isinstance(exc, InvalidInput):
+        return "nothing was published; fix or re-export the file, then ingest it again"
+    if exc is not None and is_transient(exc):
+        return "nothing was published; run the same command again once storage and the database answer"
+    return "nothing was published; see the error, then ingest the file again"
+
+
+def _show(result: dict, as_json: bool, exc: BaseException | None = None) -> None:
     if as_json:
         emit_json(result)
+        if result["status"] != "ready":  # stdout stays machine-readable; a person still gets the one line
+            say(f"failed: {result['input']}: {result['error']} ({_advice(exc)})")
         return
     if result["status"] == "ready":
         say(f"ready: {result['input']}")
@@ -111,7 +155,7 @@ def _show(result: dict, as_json: bool) -> None:
             say(f"  {fmt}: {t['status']}" + (f", {len(t.get('segment_keys', []))} segments, "
                                              f"{t.get('duration_s')} s" if t["status"] == "ready" else ""))
     else:
-        say(f"failed: {result['input']}: {result['error']}")
+        say(f"failed: {result['input']}: {result['error']} ({_advice(exc)})")
     for warning in result.get("warnings", []):
         say(f"  warning: {warning}")
 
