@@ -273,26 +273,36 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     assert {m.version_id for m in results.find_duplicates(db, second, prints["same track, flac"])} == {str(upload)}
     assert results.find_duplicates(db, stranger, prints["unrelated"]) == []
 
-    ids = results.report_duplicates(db, upload, found)
+    # One report for the upload, listing every version it matches with score and offset.
+    report_id = results.report_duplicates(db, upload, found)
     reports = list(db.scalars(sa.select(Report).where(Report.target_id == upload)))
-    assert sorted(str(r.id) for r in reports) == sorted(ids) and len(reports) == 2
-    for report in reports:
-        assert (report.target_type, report.reason, report.status) == ("track_version", "duplicate", "pending")
-        match = next(m for m in found if m.version_id in report.description)
-        assert str(track) in report.description and f"score {match.score:.2f}" in report.description
+    assert [str(r.id) for r in reports] == [report_id]
+    [report] = reports
+    assert (report.target_type, report.reason, report.status) == ("track_version", "duplicate", "pending")
+    assert report.description.startswith("same audio as 2 other version(s):")
+    for match in found:
+        line = next(ln for ln in report.description.splitlines() if match.version_id in ln)
+        assert str(track) in line and f"score {match.score:.2f}" in line and f"offset {match.offset_s:+.1f} s" in line
 
-    # A rerun stores, indexes and reports the same things once.
-    reports[0].status = "reviewed"
+    # A rerun stores, indexes and reports the same things once, and keeps the moderator's verdict.
+    report.status = "reviewed"
     results.store_fingerprint(db, upload, prints["mp3 upload"])
     again = results.find_duplicates(db, upload, prints["mp3 upload"])
     assert again == found
-    assert sorted(results.report_duplicates(db, upload, again)) == sorted(ids)
-    assert db.scalar(sa.select(sa.func.count()).where(Report.target_id == upload)) == 2
-    assert db.scalar(sa.select(Report.status).where(Report.id == reports[0].id)) == "reviewed"
+    assert results.report_duplicates(db, upload, again) == report_id
+    assert db.scalar(sa.select(sa.func.count()).where(Report.target_id == upload)) == 1
+    assert db.scalar(sa.select(Report.status).where(Report.id == report.id)) == "reviewed"
     assert db.scalar(sa.select(sa.func.count()).where(FingerprintIndex.track_version_id == upload)) == index_rows
     assert db.scalar(sa.select(sa.func.count()).where(AudioFingerprint.track_version_id == upload)) == 1
-    # Matches that are gone take their pending reports with them; reviewed ones stay.
-    results.report_duplicates(db, upload, [])
-    left = list(db.scalars(sa.select(Report).where(Report.target_id == upload)))
-    assert [r.status for r in left] == ["reviewed"]
+    # Fewer matches later: the same report is updated, not a second one added.
+    assert results.report_duplicates(db, upload, found[:1]) == report_id
+    db.refresh(report)
+    assert report.description.startswith("same audio as 1 other version(s):") and found[1].version_id not in \
+        report.description
+    # No match any more: a pending report goes, a reviewed one stays.
+    assert results.report_duplicates(db, upload, []) is None
+    assert [r.status for r in db.scalars(sa.select(Report).where(Report.target_id == upload))] == ["reviewed"]
+    report.status = "pending"
+    assert results.report_duplicates(db, upload, []) is None
+    assert db.scalar(sa.select(sa.func.count()).where(Report.target_id == upload)) == 0
     assert upload_track != track

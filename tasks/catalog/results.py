@@ -189,36 +189,39 @@ def find_duplicates(session: Session, version_id: str | uuid.UUID, fp: Fingerpri
     return sorted(matches, key=lambda m: (-m.score, m.version_id))
 
 
-def _description_prefix(matched_version_id: str) -> str:
-    return f"duplicate of track version {matched_version_id} "
-
-
 def describe_duplicate(match: DuplicateMatch) -> str:
-    return (f"{_description_prefix(match.version_id)}(track {match.track_id}): score {match.score:.2f}, "
+    return (f"track version {match.version_id} (track {match.track_id}): score {match.score:.2f}, "
             f"bit error rate {match.ber:.3f}, offset {match.offset_s:+.1f} s")
 
 
+def describe_duplicates(matches: Sequence[DuplicateMatch]) -> str:
+    """What a moderator reads: every version the upload matches, best first, one per line."""
+    lines = [f"same audio as {len(matches)} other version(s):"]
+    lines += [f"- {describe_duplicate(m)}" for m in matches]
+    return "\n".join(lines)
+
+
 def report_duplicates(session: Session, version_id: str | uuid.UUID, matches: Sequence[DuplicateMatch]
-                      ) -> list[str]:
-    """One `reports` row per matched version, for moderators. Idempotent: a rerun updates the description of an
-    existing report (keeping its status), and removes still-pending reports of matches that are gone."""
-    vid = _version(session, version_id).id
+                      ) -> str | None:
+    """One `reports` row per flagged upload, listing every version it matches, for moderators. Idempotent: a later
+    run updates that report (keeping its status) instead of adding one, and removes it while still pending when
+    the matches are gone. Returns the report's id, or None when there is none."""
+    vid = _version(session, version_id, for_update=True).id  # one run at a time decides about this report
     existing = list(session.scalars(select(Report).where(
-        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")))
-    ids: list[str] = []
-    kept: set[uuid.UUID] = set()
-    for match in matches:
-        prefix = _description_prefix(match.version_id)
-        report = next((r for r in existing if (r.description or "").startswith(prefix)), None)
-        if report is None:
-            report = Report(target_type="track_version", target_id=vid, reason="duplicate", status="pending")
-            session.add(report)
-        report.description = describe_duplicate(match)
-        session.flush()
-        kept.add(report.id)
-        ids.append(str(report.id))
-    for report in existing:
-        if report.id not in kept and report.status == "pending":
+        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
+        .order_by(Report.created_at)))
+    report, extra = (existing[0], existing[1:]) if existing else (None, [])
+    for older in extra:  # reports filed per matched pair by earlier versions of roadie: fold them into one
+        if older.status == "pending":
+            session.delete(older)
+    if not matches:
+        if report is not None and report.status == "pending":
             session.delete(report)
+        session.flush()
+        return None
+    if report is None:
+        report = Report(target_type="track_version", target_id=vid, reason="duplicate", status="pending")
+        session.add(report)
+    report.description = describe_duplicates(matches)
     session.flush()
-    return ids
+    return str(report.id)
