@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_PACKAGES := $(shell grep -v '^\#' deployments/system-packages.txt)
 # The tests start a throwaway PostgreSQL when none answers on 127.0.0.1:5432; that needs the server binaries.
-TEST_SYSTEM_PACKAGES := postgresql
+TEST_SYSTEM_PACKAGES := postgresql chromium chromium-driver
 DEMO_SECONDS ?= 30
 
 .PHONY: install system-packages test-system-packages demo test bench clean

@@ -34,10 +34,23 @@ def ensure_api(start: bool = True) -> str:
             home = local_home()
             services.start_prefect_server(home, port=settings.prefect_local_port, detach=True,
                                           database_url=settings.prefect_database_url)
+        else:
+            warn_if_ui_elsewhere(url)
         os.environ["PREFECT_HOME"] = str(local_home())
     os.environ["PREFECT_API_URL"] = url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return url
+
+
+def warn_if_ui_elsewhere(url: str) -> None:
+    """A server reused from before roadie told its UI where the API is (or started by hand) may send the UI to
+    another port: the page then stays empty. Say so, with the way out."""
+    ui_api = services.prefect_ui_api_url(url)
+    if ui_api and ui_api.rstrip("/") != url.rstrip("/"):
+        import sys
+
+        sys.stderr.write(f"warning: the Prefect server at {url} sends its UI to {ui_api}, so the UI will show "
+                         "nothing; restart it: roadie server stop && roadie server start\n")
 
 
 def stop_local() -> bool:

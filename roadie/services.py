@@ -206,23 +206,40 @@ def prefect_api_healthy(api_url: str) -> bool:
         return False
 
 
+def prefect_ui_api_url(api_url: str) -> str | None:
+    """The API the UI of the server at `api_url` calls (its `/ui-settings`); None if it does not say."""
+    try:
+        response = httpx.get(f"{api_url.removesuffix('/api')}/ui-settings", timeout=2)
+        return response.json().get("api_url") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 def start_prefect_server(home: Path, port: int | None = None, log: Path | None = None,
                          extra_env: dict[str, str] | None = None, detach: bool = False,
                          database_url: str | None = None) -> Service:
     """`prefect server start` on 127.0.0.1, its state in `database_url` (postgresql+asyncpg://…) or, by default,
-    SQLite under `home`."""
+    SQLite under `home`.
+
+    Every server roadie starts comes through here (`roadie ingest`, `serve`, `server start`, the tests), so this is
+    where its UI learns which API to call: the one this server serves, on this host and port. Left to itself the
+    UI asks `/ui-settings`, which answers Prefect's default `http://127.0.0.1:4200/api` (or whatever
+    PREFECT_UI_API_URL the caller's shell holds), and then renders an empty page and "Oops. Something went
+    wrong". `extra_env` can still override it, e.g. for a server behind a proxy."""
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1"
+    api_url = f"http://{host}:{port}/api"
     env = prefect_env(home)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    env.update(prefect_server_bind_env(host, port, api_url))
     env.update(extra_env or {})
     env.pop("PREFECT_API_URL", None)
     log = log or home / "server.log"
     prefect = str(Path(sys.executable).with_name("prefect"))
-    cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [prefect, "server", "start", "--host", host, "--port", str(port)]
     proc = _spawn(cmd, log, env)
-    api_url = f"http://127.0.0.1:{port}/api"
     service = Service("prefect", api_url, None if detach else proc)
     try:
         wait_until(lambda: prefect_api_healthy(api_url), 120, "Prefect server", proc, log)
@@ -233,6 +250,18 @@ def start_prefect_server(home: Path, port: int | None = None, log: Path | None =
     if detach:
         (home / "server.pid").write_text(str(proc.pid))
     return service
+
+
+def prefect_server_bind_env(host: str, port: int, api_url: str) -> dict[str, str]:
+    """The settings that tie a server's UI to the API it serves. Prefect 3 reads the UI's API URL from
+    PREFECT_SERVER_UI_API_URL, or the older PREFECT_UI_API_URL (the first wins when both are set), so both are set,
+    and the host and port too, so nothing in the server falls back to Prefect's default 4200."""
+    return {
+        "PREFECT_SERVER_UI_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
 
 
 def prefect_env(home: Path) -> dict[str, str]:
