@@ -21,6 +21,7 @@ from typing import IO, Iterable, Sequence
 import numpy as np
 
 from roadie.errors import RoadieError
+from tasks.media.pcm import as_frames
 
 # Chromaprint's default algorithm: 4096-sample frames at 11025 Hz, hopping a third of a frame.
 ITEM_SECONDS = 4096 / 3 / 11025
@@ -165,9 +166,7 @@ def fingerprint_file(path: Path, fpcalc: str | None = None) -> Fingerprint:
 def pcm_to_s16_mono(samples: np.ndarray) -> bytes:
     """Frames x channels floats as mono 16-bit little-endian. Chromaprint averages the channels to mono anyway, so
     downmixing here halves what goes through the pipe without changing the fingerprint's input."""
-    x = np.asarray(samples)
-    if x.ndim == 1:
-        x = x[:, None]
+    x = as_frames(samples)
     # Column by column, in place: a generic mean over axis 1 is ten times slower on frames x channels.
     mono = np.array(x[:, 0], dtype=np.float32)
     for channel in range(1, x.shape[1]):

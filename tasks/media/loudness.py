@@ -20,6 +20,7 @@ import numpy as np
 
 from tasks.media import ffmpeg
 from tasks.media.ffmpeg import ParseError
+from tasks.media.pcm import as_frames
 
 ABSOLUTE_GATE_LUFS = -70.0
 RELATIVE_GATE_LU = -10.0  # BS.1770-4 integrated loudness
@@ -152,16 +153,6 @@ def k_weighting_sos(sample_rate: int) -> np.ndarray:
     meter = pyloudnorm.Meter(sample_rate, filter_class="DeMan")
     stages = list(meter._filters.values())  # high shelf, then high pass (pyloudnorm keeps them in this order)
     return np.vstack([np.concatenate([stage.b, stage.a]) for stage in stages])
-
-
-def _as_frames(samples: np.ndarray) -> np.ndarray:
-    """A frames x channels view of the input, not a copy: the meter converts it to float32 a slice at a time."""
-    x = np.asarray(samples)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise ValueError(f"samples must be frames x channels, got shape {x.shape}")
-    return x
 
 
 def _subblock_bounds(first: int, last: int, sample_rate: int) -> np.ndarray:
@@ -311,7 +302,7 @@ class _TruePeak:
 def true_peak(samples: np.ndarray, sample_rate: int, *, block: int = 16, rows_per_chunk: int = 4096) -> float:
     """BS.1770 Annex 2 true peak of a whole signal as a linear value (see `_TruePeak`), `rows_per_chunk` x
     `block` frames per matrix product."""
-    x = _as_frames(samples)
+    x = as_frames(samples)
     meter = _TruePeak(sample_rate, x.shape[1], block, rows_per_chunk)
     step = rows_per_chunk * block
     with _single_threaded_blas():
@@ -444,7 +435,7 @@ def measure_pcm(samples: np.ndarray, sample_rate: int, weights: Sequence[float] 
     """Integrated loudness, LRA and true peak of decoded PCM (frames x channels, floats in [-1, 1]), through a
     `LoudnessMeter` so a long upload costs no copy of itself. A mono signal is measured as dual mono. Silence
     or anything below the absolute gate gives integrated None (and LRA None)."""
-    x = _as_frames(samples)
+    x = as_frames(samples)
     if x.shape[0] == 0:
         return LoudnessReading(None, None, None)
     meter = LoudnessMeter(sample_rate, x.shape[1], weights)

@@ -30,6 +30,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from roadie.errors import InvalidInput
+from tasks.media.pcm import as_frames
 
 INT16_MIN, INT16_MAX = -32768, 32767
 MIN_SAMPLES_PER_PIXEL = 2  # audiowaveform: "Invalid zoom: minimum 2"
@@ -124,7 +125,7 @@ class PreparedSignal:
 
 def prepare(samples: np.ndarray, *, integer_pcm: bool, split_channels: bool = False) -> PreparedSignal:
     """The signal to summarise: the channels as they are (split, or mono input), or their int16 sum (mixed)."""
-    x = _frames_by_channels(samples)
+    x = as_frames(samples)
     channels = x.shape[1]
     _check_channels(channels)
     x = x.astype(np.float32, copy=False)
@@ -148,15 +149,6 @@ def _mix_into(out: np.ndarray, x: np.ndarray, integer_pcm: bool) -> None:
     out[:] = _convert(x[:, 0], integer_pcm)
     for channel in range(1, x.shape[1]):
         out += _convert(x[:, channel], integer_pcm)
-
-
-def _frames_by_channels(samples: np.ndarray) -> np.ndarray:
-    x = np.asarray(samples)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise ValueError(f"samples must be frames x channels, got shape {x.shape}")
-    return x
 
 
 def _finish(prepared: PreparedSignal, extremes: np.ndarray) -> np.ndarray:
@@ -252,7 +244,7 @@ def summarize(prepared: PreparedSignal, sample_rate: int, spp: int) -> Waveform:
 def compute(samples: np.ndarray, sample_rate: int, spp: int, *, integer_pcm: bool,
             split_channels: bool = False) -> Waveform:
     """The waveform audiowaveform would make of these samples at `spp` samples per pixel."""
-    x = _frames_by_channels(samples)
+    x = as_frames(samples)
     builder = WaveformBuilder(sample_rate, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split_channels,
                               png_width=None)
     builder.feed(x)
