@@ -189,12 +189,18 @@ class PcmFanout:
                 raise ConsumerStalled(f"the {name} step took no audio for {STALL_TIMEOUT_S:g} s") from None
 
     def close(self) -> dict[str, StepResult]:
-        """End of stream: wait for every consumer and return what each made. Call it however the decode ended."""
+        """End of stream: wait for every consumer and return what each made. Call it however the decode ended.
+        A consumer still stuck after STALL_TIMEOUT_S (a hung subprocess) is left behind as a failed step."""
+        deadline = time.monotonic() + STALL_TIMEOUT_S
         for chunks in self._queues.values():
-            chunks.put(_END)
+            try:
+                chunks.put(_END, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
         for thread in self._threads:
-            thread.join()
-        return dict(self._results)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        stalled = StepResult(None, f"took no audio for {STALL_TIMEOUT_S:g} s", STALL_TIMEOUT_S)
+        return {name: self._results.get(name, stalled) for name in self._queues}
 
 
 # ---------------------------------------------------------------- consumers that run ffmpeg
