@@ -318,7 +318,11 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
     assert len(transcodes) == sum(len(shape[3]) for shape in UPLOADS)
 
     def slot_holds() -> dict[str, dict] | None:
-        """Acquired/released pairs per task run, once the server has persisted all of them (it batches)."""
+        """Acquired/released pairs per task run, once the server has persisted all of them and every transcode
+        task run's end (it writes task run states from events, in batches, after the flow run is over)."""
+        tasks.update({t.id: t for t in stack.client.task_runs_of([r.id for r in final.values()])})
+        if any(tasks[t.id].end_time is None for t in transcodes):
+            return None
         holds: dict[str, dict] = {}
         for e in stack.client.events(["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"],
                                      since=started, resource_ids=[f"prefect.concurrency-limit.{limit['id']}"]):
@@ -338,7 +342,7 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
                           int(pair["acquired"].resource["slots-acquired"])))
     assert max_concurrent(intervals) <= 2
     # Without the limit these runs would have encoded more at once: their task runs overlapped further.
-    task_spans = [(t.start_time, t.end_time, 1) for t in transcodes]
+    task_spans = [(tasks[t.id].start_time, tasks[t.id].end_time, 1) for t in transcodes]
     print(f"transcodes at once: {max_concurrent(intervals)} encoding, {max_concurrent(task_spans)} task runs")
 
 
