@@ -20,12 +20,19 @@ ALL_LIMITS = (TRANSCODE_CONCURRENCY, TRANSCODE_RATE, DB_BATCH_CONCURRENCY)
 
 
 def ensure_limits() -> None:
-    """Create or update every limit on the current Prefect API. Idempotent."""
+    """Create or update every limit on the current Prefect API. Idempotent.
+
+    The CLI calls this before every flow run: one read of all limits, and a write only for a limit that is missing
+    or different (what `upsert_global_concurrency_limit_by_name` would change), instead of a read per limit."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
+        existing = {current.name: current for current in client.read_global_concurrency_limits(limit=200)}
         for name, limit, decay in ALL_LIMITS:
-            client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
+            current = existing.get(name)
+            if current is None or current.limit != limit or (
+                    decay is not None and current.slot_decay_per_second != decay):
+                client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
 
 
 def transcode_started() -> None:

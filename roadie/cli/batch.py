@@ -15,11 +15,11 @@ from roadie.cli.app import app, emit_json, fail
 
 def _prepare_database() -> None:
     """The embedded SQLite database migrates itself; a shared PostgreSQL is migrated by `roadie db upgrade`."""
-    from roadie.db.session import upgrade
+    from roadie.db.session import upgrade_if_behind
     from roadie.settings import get_settings
 
     if get_settings().database_url.startswith("sqlite"):
-        upgrade()
+        upgrade_if_behind()  # Alembic only when the schema is behind: one SELECT otherwise
 
 
 def _workers() -> int:

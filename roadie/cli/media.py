@@ -13,11 +13,11 @@ from roadie.cli.app import app, emit_json, say
 
 def prepare_database() -> None:
     """The embedded SQLite database migrates itself; a shared PostgreSQL is migrated by `roadie db upgrade`."""
-    from roadie.db.session import upgrade
+    from roadie.db.session import upgrade_if_behind
     from roadie.settings import get_settings
 
     if get_settings().database_url.startswith("sqlite"):
-        upgrade()
+        upgrade_if_behind()  # Alembic only when the schema is behind: one SELECT otherwise
 
 
 def prepare_prefect(verbose: bool) -> str:

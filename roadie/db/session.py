@@ -65,6 +65,47 @@ def alembic_config(url: str | None = None):
     return cfg
 
 
+def script_heads() -> frozenset[str]:
+    """The head revisions of the migration scripts, read from their `revision` and `down_revision` lines (ast, not
+    Alembic: importing Alembic and loading every script costs more than the whole check)."""
+    import ast
+
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        values = {}
+        for node in ast.parse(script.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and node.targets[0].id in ("revision", "down_revision"):
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+        if "revision" not in values:
+            continue
+        revisions.add(values["revision"])
+        down = values.get("down_revision")
+        parents.update((down,) if isinstance(down, str) else (down or ()))
+    return frozenset(revisions - parents)
+
+
+def database_heads(url: str | None = None) -> frozenset[str] | None:
+    """The revisions the database is at (alembic_version), or None when it has no schema yet or cannot say."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with engine_for(url or get_settings().database_url).connect() as connection:
+            return frozenset(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    except SQLAlchemyError:
+        return None
+
+
+def upgrade_if_behind(url: str | None = None) -> None:
+    """`upgrade` to the heads unless the database is there already: one SELECT on every CLI call, and Alembic
+    (its import and scripts: 0.2-0.5 s on 2 busy cores) only when there is something to migrate or the check cannot
+    tell."""
+    if database_heads(url) != script_heads():
+        upgrade(url)
+
+
 def upgrade(url: str | None = None, revision: str = "heads") -> None:
     from alembic import command
 

@@ -1,0 +1,137 @@
+"""What keeps the `roadie` command quick to start, checked for what it does (the timings live in
+bench/cli_startup.py): `--help` and `analyze` import no Prefect, database or settings they do not need; the
+embedded database is migrated only when it is behind; the global limits are created or corrected when missing or
+different, and left alone otherwise."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support import music_like, write_wav
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the CLI in-process, then prints which of the heavy packages it imported (as a JSON list on the last line).
+PROBE = """
+import json, sys
+from roadie.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = ("prefect", "sqlalchemy", "alembic", "numpy", "scipy", "pydantic_settings", "httpx", "PIL")
+print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
+"""
+
+
+def imported_by(*args: str, cwd: Path) -> tuple[list[str], subprocess.CompletedProcess]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**env, "ROADIE_HOME": str(cwd / "home"), "PYTHONPATH": str(ROOT)}, timeout=300)
+    return json.loads(done.stdout.splitlines()[-1]), done
+
+
+def test_help_lists_every_command_and_imports_nothing_heavy(tmp_path: Path):
+    heavy, done = imported_by("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for command in ("ingest", "analyze", "waveform", "sample", "rollup", "distribute", "db", "server", "serve",
+                    "setup", "register", "trigger", "failed", "health"):
+        assert command in done.stdout
+    assert heavy == []
+    assert not (tmp_path / "home").exists()  # --help touches no database, storage or server
+
+
+def test_analyze_needs_no_prefect_database_or_storage(tmp_path: Path):
+    wav = write_wav(tmp_path / "one.wav", music_like(1.0, 48000, 2, seed=3), 48000)
+    heavy, done = imported_by("analyze", str(wav), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["input"] == str(wav) and result["loudness"]["integrated_lufs"] is not None
+    assert not {"prefect", "sqlalchemy", "alembic", "httpx"} & set(heavy)
+    assert not (tmp_path / "home").exists()
+
+
+def test_script_heads_are_alembics_heads():
+    from alembic.script import ScriptDirectory
+
+    from roadie.db.session import alembic_config, script_heads
+
+    assert script_heads() == frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def _version(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_if_behind_migrates_only_when_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from roadie.db import session
+    from roadie.db.session import database_heads, script_heads, upgrade, upgrade_if_behind
+
+    url = f"sqlite:///{tmp_path / 'fresh' / 'roadie.db'}"
+    assert database_heads(url) is None  # no schema yet
+    upgrade_if_behind(url)
+    assert _version(url) == set(script_heads())
+    assert database_heads(url) == script_heads()
+
+    calls: list[str | None] = []
+    monkeypatch.setattr(session, "upgrade", lambda url=None, revision="heads": calls.append(url))
+    upgrade_if_behind(url)  # at the heads: not even Alembic is asked
+    assert calls == []
+    monkeypatch.undo()
+
+    older = f"sqlite:///{tmp_path / 'older.db'}"
+    upgrade(older, "0004")
+    assert _version(older) == {"0004"}
+    upgrade_if_behind(older)
+    assert _version(older) == set(script_heads())
+
+
+def test_the_cli_migrates_a_behind_embedded_database(tmp_path: Path):
+    """`roadie rollup` on an embedded database one migration behind brings it to the heads first, as before."""
+    from roadie.db.session import script_heads, upgrade
+
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"sqlite:///{home / 'roadie.db'}"
+    upgrade(url, "0004")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
+    done = subprocess.run([sys.executable, "-m", "roadie", "rollup", "--day", "2026-03-09", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**env, "ROADIE_HOME": str(home)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _version(url) == set(script_heads())
+
+
+def test_ensure_limits_creates_missing_and_corrects_changed_limits(prefect_api: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from roadie.limits import ALL_LIMITS, TRANSCODE_CONCURRENCY, TRANSCODE_RATE, ensure_limits
+
+    def current() -> dict[str, tuple[int, float]]:
+        with get_client(sync_client=True) as client:
+            return {lim.name: (lim.limit, lim.slot_decay_per_second)
+                    for lim in client.read_global_concurrency_limits(limit=200)}
+
+    wanted = {name: (limit, decay or 0.0) for name, limit, decay in ALL_LIMITS}
+    try:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(TRANSCODE_CONCURRENCY[0])
+            client.update_global_concurrency_limit(TRANSCODE_RATE[0], GlobalConcurrencyLimitUpdate(
+                limit=3, slot_decay_per_second=1.0))
+        ensure_limits()
+        assert {name: current()[name] for name in wanted} == wanted
+        ensure_limits()  # nothing to change: still the same
+        assert {name: current()[name] for name in wanted} == wanted
+    finally:
+        ensure_limits()
