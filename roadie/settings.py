@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # (bench/ingest, 240 s on 2 cores: playable 5.1 -> 8.1 s, all outputs 15.6 -> 12.6 s).
     cpu_lanes: bool = False
 
+    # `roadie serve`'s workers fork each flow run from a pre-imported interpreter (roadie.ops.warm_worker): a run
+    # starts in ~1 s instead of ~6 s (bench/api_latency). False: plain `prefect worker start`.
+    worker_warm: bool = True
+
     # Operations: health, metrics, dead letters, crash detection.
     # The pool whose workers count as "online" for /health and roadie_workers_online.
     work_pool: str = "roadie-process"

@@ -144,11 +144,31 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def worker_command(pool: str, name: str, limit: Optional[int]) -> list[str]:
-    cmd = [prefect_cli(), "worker", "start", "--pool", pool, "--type", "process", "--name", name]
+def warm_workers() -> bool:
+    """ROADIE_WORKER_WARM (default true): workers fork flow runs from a pre-imported interpreter
+    (roadie.ops.warm_worker); false: plain `prefect worker start`, a fresh interpreter per run."""
+    from roadie.settings import get_settings
+
+    return get_settings().worker_warm
+
+
+def worker_command(pool: str, name: str, limit: Optional[int], warm: Optional[bool] = None) -> list[str]:
+    warm = warm_workers() if warm is None else warm
+    start = [sys.executable, "-m", "roadie.ops.warm_worker"] if warm else [prefect_cli(), "worker", "start"]
+    cmd = [*start, "--pool", pool, "--type", "process", "--name", name]
     if limit:
         cmd += ["--limit", str(limit)]
     return cmd
+
+
+# A run created over REST waits for the next poll of a worker: Prefect's default is every 10 s. One machine's
+# serve polls every 0.5 s (a cheap indexed query; set PREFECT_WORKER_QUERY_SECONDS to override).
+WORKER_ENV_DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "0.5"}
+
+
+def worker_env(api_url: str, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+    env = {**WORKER_ENV_DEFAULTS, **(os.environ if base is None else base), "PREFECT_API_URL": api_url}
+    return env
 
 
 @dataclass
@@ -210,7 +230,7 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
             if result.missing:
                 say(f"not deployed (flow module not there yet): {', '.join(result.missing)}")
 
-            env = {**os.environ, "PREFECT_API_URL": api_url}
+            env = worker_env(api_url)
             logs = settings.home / "logs"
             host = socket.gethostname().split(".")[0]
             for i in range(1, workers + 1):
