@@ -41,7 +41,7 @@ import soundfile as sf  # noqa: E402
 from roadie.sample import music_like  # noqa: E402
 from tasks.media import analysis, fingerprint as fpm, loudness, waveform as wf  # noqa: E402
 from tasks.media.decode import decode, measure_ebur128  # noqa: E402
-from tasks.media.ffmpeg import build_ebur128_cmd, ffmpeg_binary  # noqa: E402
+from tasks.media.ffmpeg import build_ebur128_cmd  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -56,3 +58,17 @@ def both_meters(path: Path, samples: np.ndarray, sample_rate: int) -> loudness.L
     channels = 1 if frames.ndim == 1 else frames.shape[1]
     measured = loudness.measure_ffmpeg(Path(path), channels)
     return loudness.compare_loudness(measured, loudness.measure_pcm(frames, sample_rate), len(frames) / sample_rate)
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.5) -> T:
+    """Poll `check` until it returns something truthy; TimeoutError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} after {timeout_s:.0f} s")

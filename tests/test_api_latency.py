@@ -24,18 +24,9 @@ from roadie.ops.client import PrefectREST
 from roadie.ops.serve import WorkerProcess, split_by_presence, worker_command, worker_env
 from roadie.ops.warm_worker import flow_modules
 from roadie.ops.zygote import changed_since
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(check, timeout_s: float, what: str, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} after {timeout_s:.0f} s")
 
 
 # ---------------------------------------------------------------------- serve's worker command and environment

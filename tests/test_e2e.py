@@ -31,7 +31,7 @@ from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_pre
 from roadie.settings import Settings, reload_settings
 from roadie.services import free_port
 from tests.ops_support import Recorder, flow_run_pids
-from tests.support import sine, write_wav
+from tests.support import sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -166,16 +166,6 @@ def post(http: httpx.Client, url: str, body: dict) -> httpx.Response:
             return response
         time.sleep(0.5 * 2 ** attempt)
     return response
-
-
-def wait_for(check, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} after {timeout_s:.0f} s")
 
 
 def failed_job(stack: Stack, flow_run_id: str):
