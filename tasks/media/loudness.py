@@ -20,7 +20,7 @@ import numpy as np
 
 from tasks.media import ffmpeg
 from tasks.media.ffmpeg import ParseError
-from tasks.media.pcm import as_frames
+from tasks.media.pcm import as_chunk, as_frames
 
 ABSOLUTE_GATE_LUFS = -70.0
 RELATIVE_GATE_LU = -10.0  # BS.1770-4 integrated loudness
@@ -365,11 +365,7 @@ class LoudnessMeter:
         """Add frames x channels (1-D for mono) of float samples; any number of frames, 0 included."""
         if self._finished:
             raise RuntimeError("LoudnessMeter.feed after finish")
-        x = np.asarray(chunk)
-        if x.ndim == 1 and self.channels == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.channels:
-            raise ValueError(f"expected frames x {self.channels} channels, got shape {x.shape}")
+        x = as_chunk(chunk, self.channels)
         size, start, total = self._buffer.shape[0], 0, x.shape[0]
         while start < total:
             if self._buffered == 0 and total - start >= size:

@@ -12,3 +12,13 @@ def as_frames(samples: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"samples must be frames x channels, got shape {x.shape}")
     return x
+
+
+def as_chunk(chunk: np.ndarray, channels: int) -> np.ndarray:
+    """One fed chunk as frames x `channels` (1-D only for mono), or a ValueError naming the shape it had."""
+    x = np.asarray(chunk)
+    if x.ndim == 1 and channels == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] != channels:
+        raise ValueError(f"a chunk must be frames x {channels} channels, got shape {x.shape}")
+    return x

@@ -30,7 +30,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from roadie.errors import InvalidInput
-from tasks.media.pcm import as_frames
+from tasks.media.pcm import as_chunk, as_frames
 
 INT16_MIN, INT16_MAX = -32768, 32767
 MIN_SAMPLES_PER_PIXEL = 2  # audiowaveform: "Invalid zoom: minimum 2"
@@ -451,11 +451,7 @@ class WaveformBuilder:
         """The next frames: frames x channels (1-D for mono), any number of them, 0 included."""
         if self._result is not None:
             raise RuntimeError("feed() after finish()")
-        x = np.asarray(chunk)
-        if x.ndim == 1 and self.channels == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.channels:
-            raise ValueError(f"a chunk must be frames x {self.channels} channels, got shape {x.shape}")
+        x = as_chunk(chunk, self.channels)
         frames = x.shape[0]
         if frames < _TINY_CHUNK:
             # Per-chunk overhead is a few numpy calls per stage: gather tiny chunks and process them together.
