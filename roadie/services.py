@@ -16,6 +16,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -199,9 +200,16 @@ def start_postgres() -> Service:
 # ------------------------------------------------------------------ Prefect server
 
 
+@lru_cache(maxsize=1)
+def _local_http() -> httpx.Client:
+    """One client for the checks a CLI call makes on its local server: each new client costs an SSL context
+    (~0.1 s), and the checks then share one kept-alive connection."""
+    return httpx.Client(timeout=2)
+
+
 def prefect_api_healthy(api_url: str) -> bool:
     try:
-        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+        return _local_http().get(f"{api_url}/health").status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -209,7 +217,7 @@ def prefect_api_healthy(api_url: str) -> bool:
 def prefect_ui_api_url(api_url: str) -> str | None:
     """The API the UI of the server at `api_url` calls (its `/ui-settings`); None if it does not say."""
     try:
-        response = httpx.get(f"{api_url.removesuffix('/api')}/ui-settings", timeout=2)
+        response = _local_http().get(f"{api_url.removesuffix('/api')}/ui-settings")
         return response.json().get("api_url") if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
