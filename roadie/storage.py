@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,22 +21,36 @@ from roadie.settings import Settings, get_settings
 
 STAGING_ROOT = "_staging"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode control, format (bidi overrides, zero-width), surrogate, private-use and line/paragraph separators.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def validate_key(key: str) -> str:
-    """Reject keys that could escape the storage root or confuse a backend. Returns the key unchanged."""
+    """Reject keys that could escape the storage root (or an S3 prefix) or confuse a backend. Returns the key
+    unchanged.
+
+    Refused: absolute keys (`/x`, `C:x`), backslashes, `.`/`..`/empty segments (so no trailing `/`), control and invisible format
+    characters, NUL, `%` (so no URL-encoded `%2e%2e` or `%2f` that a proxy or server might decode into a
+    traversal), and keys that only become a traversal once Unicode-normalised (`．．／` is `../` under NFKC)."""
     if not isinstance(key, str) or not key:
         raise StorageKeyError("storage key is empty")
-    if len(key.encode()) > 1024:
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        raise StorageKeyError(f"storage key is not valid Unicode text: {key[:60]!r}") from None
+    if size > 1024:
         raise StorageKeyError(f"storage key is longer than 1024 bytes: {key[:60]!r}…")
-    if _CONTROL.search(key):
-        raise StorageKeyError(f"storage key contains a control character: {key!r}")
-    if key.startswith("/") or "\\" in key or re.match(r"^[A-Za-z]:", key):
-        raise StorageKeyError(f"storage key must be relative: {key!r}")
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (".", ".."):
-        raise StorageKeyError(f"storage key has an empty, '.' or '..' segment: {key!r}")
+    if _CONTROL.search(key) or any(unicodedata.category(c) in _BAD_CATEGORIES for c in key):
+        raise StorageKeyError(f"storage key contains a control or format character: {key!r}")
+    if "%" in key:
+        raise StorageKeyError(f"storage key contains '%' (URL-encoded forms are not keys): {key!r}")
+    for form in dict.fromkeys((key, unicodedata.normalize("NFKC", key))):
+        if form.startswith("/") or "\\" in form or re.match(r"^[A-Za-z]:", form):
+            raise StorageKeyError(f"storage key must be relative: {key!r}")
+        # No empty segment either: "a//b" and "a/" mean different objects to a folder and to S3.
+        if any(part in ("", ".", "..") for part in form.split("/")):
+            raise StorageKeyError(f"storage key has an empty, '.' or '..' segment: {key!r}")
     return key
 
 
@@ -248,7 +263,10 @@ def _transfer_config():
 
 
 class S3Storage:
-    """An S3 bucket (AWS, MinIO, SeaweedFS) through a prefect-aws S3Bucket block."""
+    """An S3 bucket (AWS, MinIO, SeaweedFS) through a prefect-aws S3Bucket block (its credentials and folder).
+
+    Every object key is made by `_full` alone (the folder, "/", a validated key), for uploads, downloads and copies
+    too, so no second way of joining paths can put an object outside the folder."""
 
     def __init__(self, bucket_block):
         self.block = bucket_block
@@ -289,7 +307,8 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         extra = {"ExtraArgs": {"ContentType": content_type}} if content_type else {}
-        self._call(self.block.upload_from_path, str(path), validate_key(key), Config=_transfer_config(), **extra)
+        self._call(self._client.upload_file, str(path), self.bucket, self._full(key), Config=_transfer_config(),
+                   **extra)
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}
@@ -300,7 +319,7 @@ class S3Storage:
 
     def download(self, key: str, path: Path) -> None:
         self.size(key)  # a clear FileNotFoundError before boto's generic 404
-        self._call(self.block.download_object_to_path, validate_key(key), str(path), Config=_transfer_config())
+        self._call(self._client.download_file, self.bucket, self._full(key), str(path), Config=_transfer_config())
 
     def exists(self, key: str) -> bool:
         try:
@@ -329,7 +348,8 @@ class S3Storage:
             self._call(self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
 
     def move(self, src: str, dst: str) -> None:
-        self._call(self.block.copy_object, validate_key(src), validate_key(dst))
+        self._call(self._client.copy, {"Bucket": self.bucket, "Key": self._full(src)}, self.bucket, self._full(dst),
+                   Config=_transfer_config())
         self.delete([src])
 
     def url_for(self, key: str) -> str:
