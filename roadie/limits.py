@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Literal, TypeVar
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, ContextManager, Iterator, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -35,28 +35,43 @@ def ensure_limits() -> None:
                 client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
 
 
+# One slot request at a time from this process. On a Prefect server that keeps its state in SQLite (the laptop
+# `roadie ingest`), two increments at once (the primary's rate slot and the secondary's encode slot) collide:
+# SQLite answers SQLITE_BUSY_SNAPSHOT, the server 503, and Prefect's client sleeps ~2 s before retrying. The
+# requests take milliseconds, so queueing them here costs nothing and saves those seconds.
+_SLOT_REQUESTS = threading.Lock()
+
+
 def transcode_started() -> None:
     """Take one slot of the per-minute transcode rate (blocks while the rate is exhausted)."""
     from prefect.concurrency.sync import rate_limit
 
-    rate_limit(TRANSCODE_RATE[0], occupy=1, strict=True)
+    with _SLOT_REQUESTS:
+        rate_limit(TRANSCODE_RATE[0], occupy=1, strict=True)
 
 
 @contextmanager
-def encode_slot() -> Iterator[None]:
-    """Hold one of the global encode slots. strict: a missing limit is an error, never unthrottled."""
+def _held(name: str) -> Iterator[None]:
+    """Hold a slot of Prefect's global limit `name`. strict: a missing limit is an error, never unthrottled.
+
+    The request is queued behind this process's other slot requests, and may wait there for a free slot: the
+    requests queued behind it would need one too. The release is not queued, because a release must never wait
+    behind a request that is waiting for that very slot."""
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(TRANSCODE_CONCURRENCY[0], occupy=1, strict=True):
+    with ExitStack() as held:
+        with _SLOT_REQUESTS:
+            held.enter_context(concurrency(name, occupy=1, strict=True))
         yield
 
 
-@contextmanager
-def db_batch_slot() -> Iterator[None]:
-    from prefect.concurrency.sync import concurrency
+def encode_slot() -> ContextManager[None]:
+    """Hold one of the global encode slots."""
+    return _held(TRANSCODE_CONCURRENCY[0])
 
-    with concurrency(DB_BATCH_CONCURRENCY[0], occupy=1, strict=True):
-        yield
+
+def db_batch_slot() -> ContextManager[None]:
+    return _held(DB_BATCH_CONCURRENCY[0])
 
 
 Lane = Literal["playable", "background"]
