@@ -142,6 +142,8 @@ def scratch_database(server_url: str, prefix: str, *, driver: str | None = None,
             engine_for(rendered).dispose()
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # and the Prefect database a local server made beside it (roadie.prefect_local.prefect_database_url)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_prefect" WITH (FORCE)'))
         admin.dispose()
 
 

@@ -32,9 +32,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ROADIE_PREFECT_API_URL", "PREFECT_API_URL")
     )
     prefect_local_port: int = 4242
-    # The local server's own database. Unset: SQLite under ROADIE_HOME/prefect, fine for trying roadie out, but
-    # Prefect's SQLite backend answers simultaneous concurrency-slot requests with "database is locked" and its
-    # client then waits ~2 s. With PostgreSQL (postgresql+asyncpg://…) a short ingest is several times faster.
+    # The local server's own database (postgresql+asyncpg://…). Unset: beside roadie's data, a `<name>_prefect`
+    # database on roadie's PostgreSQL server, or SQLite under ROADIE_HOME/prefect when roadie itself is on SQLite
+    # (see roadie.prefect_local.prefect_database_url for why SQLite is only for one-at-a-time use).
     prefect_database_url: Optional[str] = None
 
     ffmpeg_binary: Optional[str] = None
@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     health_max_failed: int = 100
     # Runs older than this are not read at the exporter's first scrape (later scrapes are incremental).
     metrics_backfill_hours: int = 24
+    # The first wait of the transient-failure retries (then x2, x4): 3 retries cover about 7x this long an outage.
+    retry_backoff_seconds: float = Field(default=5, gt=0)
     # A running flow with no heartbeat for this long is marked Crashed (flows beat every 30 s).
     zombie_after_seconds: int = 90
     # Dead-letter notifications: a plain JSON POST, and/or a saved Prefect notification block ("slack-webhook/ops").

@@ -196,6 +196,23 @@ class Serving:
             callback()
 
 
+def warn_about_sqlite(started_server: bool, say: Callable[[str], None]) -> None:
+    """serve takes bursts (an album is a dozen triggers at once) from several workers: on SQLite, Prefect's server
+    refuses simultaneous writes with 503 and its clients wait seconds (roadie.prefect_local.prefect_database_url)."""
+    from roadie.prefect_local import running_server_database
+    from roadie.settings import get_settings
+
+    if running_server_database() != "sqlite":
+        return
+    settings = get_settings()
+    if not started_server and (settings.prefect_database_url or settings.database_url.startswith("postgresql")):
+        say("warning: the local Prefect server already running keeps its state in SQLite, not PostgreSQL; "
+            "restart it to move: roadie server stop, then roadie serve")
+    else:
+        say("warning: Prefect's state is in SQLite, which refuses simultaneous writes: bursts of triggers will "
+            "wait or be refused. Set ROADIE_DATABASE_URL (or ROADIE_PREFECT_DATABASE_URL) to PostgreSQL.")
+
+
 def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, health: bool,
           say: Callable[[str], None], ready: Optional[Callable[[dict], None]] = None) -> None:
     """Run until interrupted (SIGINT/SIGTERM); everything started here is stopped on the way out."""
@@ -209,6 +226,8 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
     if started_server:
         say(f"starting a Prefect server under {settings.home / 'prefect'} …")
     api_url = ensure_api()
+    if not settings.prefect_api_url:
+        warn_about_sqlite(started_server, say)
     serving = Serving(api_url)
     if started_server:
         serving.stop_callbacks.append(lambda: (say("stopping the Prefect server"), stop_local()))
