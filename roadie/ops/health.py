@@ -221,13 +221,21 @@ def metrics_registry(client: PrefectREST, settings: Optional[Settings] = None):
 
 
 class OpsServer:
-    """GET /health (200 healthy, 503 unhealthy) and GET /metrics, on a background thread."""
+    """GET /health (200 healthy, 503 unhealthy) and GET /metrics, on a background thread; nothing else.
 
-    def __init__(self, client: PrefectREST, host: str = "0.0.0.0", port: int = 3001,
+    It binds where configured (ROADIE_HEALTH_HOST, ROADIE_HEALTH_PORT) unless told otherwise. Any other path is
+    404 and any other method (HEAD, POST, PUT, DELETE, OPTIONS, TRACE, …) 405 with `Allow: GET`; no request
+    reaches the Prefect API except those two GETs, and no answer carries a secret."""
+
+    def __init__(self, client: PrefectREST, host: Optional[str] = None, port: Optional[int] = None,
                  settings: Optional[Settings] = None):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        from roadie.errors import redact
+
         self.client, self.settings = client, settings or get_settings()
+        host = self.settings.health_host if host is None else host
+        port = self.settings.health_port if port is None else port
         registry = metrics_registry(client, self.settings)
         outer = self
 
@@ -243,14 +251,27 @@ class OpsServer:
                         self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                     else:
                         self._send(404, "text/plain", b"try /health or /metrics\n")
-                except Exception as exc:  # the API is down: say so, with the cause
-                    body = {"status": "unhealthy", "queues": {}, "reasons": [f"Prefect API: {type(exc).__name__}: {exc}"]}
+                except Exception as exc:  # the API is down: say so, with the cause (no URL password, no secret)
+                    reason = redact(f"Prefect API: {type(exc).__name__}: {exc}", outer.settings)
+                    body = {"status": "unhealthy", "queues": {}, "reasons": [reason]}
                     self._send(503, "application/json", json.dumps(body).encode())
 
-            def _send(self, code: int, content_type: str, body: bytes) -> None:
+            def _not_allowed(self) -> None:
+                self.close_connection = True  # a body it sent is not read: do not reuse the connection
+                self._send(405, "text/plain", b"only GET /health and GET /metrics\n", {"Allow": "GET"})
+
+            def __getattr__(self, name: str) -> Any:
+                # http.server looks up do_<METHOD>; every method but GET gets 405 (instead of its 501).
+                if name.startswith("do_"):
+                    return self._not_allowed
+                raise AttributeError(name)
+
+            def _send(self, code: int, content_type: str, body: bytes, headers: Optional[dict] = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -259,7 +280,7 @@ class OpsServer:
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
+        self.host, self.port = self.httpd.server_address[:2]
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "OpsServer":
