@@ -64,6 +64,20 @@ def test_the_zygote_preloads_every_deployed_flow_module():
     assert all((ROOT / (m.replace(".", "/") + ".py")).exists() for m in modules)
 
 
+def test_the_zygote_preloads_the_libraries_of_a_run_and_stays_single_threaded():
+    """After the preload, the analysis imports nothing heavy in the forked run, and the zygote still has one
+    thread (native ones counted: BLAS pools too), so it may fork."""
+    probe = ("import json, sys; from roadie.ops.zygote import preload, native_threads, LIBRARY_MODULES; "
+             "failed = preload(['flows.ingest']); "
+             "print(json.dumps({'failed': failed, 'threads': native_threads(), "
+             "'missing': [m for m in LIBRARY_MODULES if m not in sys.modules]}))")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"failed": [], "threads": 1, "missing": []}
+
+
 def test_a_changed_source_file_is_noticed(tmp_path):
     path = tmp_path / "mod.py"
     path.write_text("x = 1\n")
