@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from prefect import flow
 
+from roadie.params import VersionId
+
 from tasks import versions
 from tasks.media.analysis_tasks import extract_artwork, publish_artwork
 
 
 @flow(name="artwork-extract", flow_run_name="artwork-{version_id}")
-def artwork_extract(version_id: str) -> dict:
+def artwork_extract(version_id: VersionId) -> dict:
     """The cover and its 200x200 thumbnail, or the bundled default; the track points at them."""
     job = versions.load_job(version_id)
     with versions.scratch_dir("artwork") as workdir:

@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from roadie.ops import dead_letter
 from roadie.ops.client import PrefectREST
+from roadie.params import FlowRunId
 from roadie.settings import get_settings
 from roadie.retries import transient_retries
 
@@ -36,7 +37,7 @@ def notify_block(letter: dead_letter.DeadLetter, block: str) -> None:
 
 
 @flow(name="dead-letter", flow_run_name="dead-letter-{flow_run_id}")
-def record_dead_letter(flow_run_id: str) -> dict:
+def record_dead_letter(flow_run_id: FlowRunId) -> dict:
     """Write the failed_jobs row, emit `roadie.job.dead-lettered`, notify; the first time only for the last two."""
     log = get_run_logger()
     failed = read_failed_run(flow_run_id)

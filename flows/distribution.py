@@ -5,6 +5,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from roadie.errors import InvalidInput
+from roadie.params import Month
 from tasks.payouts.distribution import ArtistTotal, DistributionResult, Period, last_month
 from tasks.payouts.prefect_tasks import distribute_month_task, top_artists_task
 
@@ -60,7 +61,7 @@ def report(result: DistributionResult, top: list[ArtistTotal]) -> str:
 
 
 @flow(name="distribution", flow_run_name=_run_name)
-def distribution(month: str | None = None) -> dict:
+def distribution(month: Month = None) -> dict:
     """Compute (or recompute, replacing) month YYYY-MM; a period marked paid is refused."""
     period = _period(month)
     result = distribute_month_task(period)

@@ -5,6 +5,8 @@ import time
 
 from prefect import flow, get_run_logger
 
+from roadie.params import Formats, VersionId
+
 from tasks import catalog, versions
 from tasks.media.analysis_tasks import analyze_audio, extract_artwork, publish_analysis, publish_artwork
 from tasks.media.fingerprint_tasks import record_fingerprint
@@ -12,7 +14,7 @@ from tasks.media.transcode import transcode_rendition
 
 
 @flow(name="media-ingest", flow_run_name="ingest-{version_id}", log_prints=False)
-def media_ingest(version_id: str, formats: list[str] | None = None) -> dict:
+def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
     """Transcode a registered version to HLS and analyse it from one decode, side by side. The version is `ready`
     (playable) once the primary rendition (the first format), its waveform and its loudness are published; the
     other renditions, the fingerprint check and the cover art finish in the same run, each failing as a warning."""

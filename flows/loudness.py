@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from roadie.params import VersionId
+
 from tasks import versions
 from tasks.media.analysis_tasks import analyze_audio, require
 from tasks.media.loudness_tasks import record_loudness
 
 
 @flow(name="loudness", flow_run_name="loudness-{version_id}")
-def loudness(version_id: str) -> dict:
+def loudness(version_id: VersionId) -> dict:
     """EBU R128 by ffmpeg, cross-checked by the numpy meter; the values and a table artifact replace the old."""
     job = versions.load_job(version_id)
     with versions.scratch_dir("loudness") as workdir:

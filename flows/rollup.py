@@ -7,6 +7,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from roadie.errors import InvalidInput
 from roadie.limits import DB_BATCH_CONCURRENCY
+from roadie.params import Day
 from tasks.analytics.prefect_tasks import rollup_day_task
 from tasks.analytics.rollup import describe_days, resolve_days
 
@@ -24,7 +25,7 @@ def _run_name() -> str:
 # Threads never outnumber the global db-batch slots: the rest of a long backfill waits here, not on the server.
 @flow(name="analytics-rollup", flow_run_name=_run_name,
       task_runner=ThreadPoolTaskRunner(max_workers=DB_BATCH_CONCURRENCY[1]))
-def analytics_rollup(day: str | None = None, start: str | None = None, end: str | None = None) -> list[dict]:
+def analytics_rollup(day: Day = None, start: Day = None, end: Day = None) -> list[dict]:
     """One transaction per UTC day; `start`..`end` (both YYYY-MM-DD, inclusive) is a backfill."""
     days = resolve_days(day, start, end)
     futures = [rollup_day_task.submit(d) for d in days]

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from prefect import flow
 
+from roadie.params import Formats, VersionId
+
 from tasks import catalog, versions
 from tasks.media.transcode import transcode_rendition
 
 
 @flow(name="transcode", flow_run_name="transcode-{version_id}")
-def transcode(version_id: str, formats: list[str] | None = None) -> dict:
+def transcode(version_id: VersionId, formats: Formats = None) -> dict:
     """Re-encode and republish the given renditions. The version keeps its status; failures are recorded per
     rendition and fail the run."""
     wanted = catalog.parse_formats(formats)

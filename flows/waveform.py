@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from prefect import flow
 
+from roadie.params import VersionId
+
 from tasks import versions
 from tasks.media.analysis_tasks import analyze_audio, publish_waveform, require
 
 
 @flow(name="waveform", flow_run_name="waveform-{version_id}")
-def waveform(version_id: str) -> dict:
+def waveform(version_id: VersionId) -> dict:
     """Decode the original, draw the waveform, and replace the published one. The version keeps its status."""
     job = versions.load_job(version_id)
     with versions.scratch_dir("waveform") as workdir:

@@ -71,16 +71,16 @@ def discard_outputs(version_id: str) -> int:
 
 
 def failure_message(exc: BaseException) -> str:
-    """What a person reads in track_versions.error: the cause, and what to do about it."""
-    from roadie.errors import InvalidInput, is_transient
+    """What a person reads in track_versions.error: the cause, and what to do about it (never a secret)."""
+    from roadie.errors import InvalidInput, is_transient, redact
 
     if isinstance(exc, InvalidInput):
-        return str(exc)
+        return redact(exc)
     if isinstance(exc, ffmpeg.FFmpegError):
-        return f"could not transcode the upload ({exc}); check that it is a complete, playable audio file"
+        return redact(f"could not transcode the upload ({exc}); check that it is a complete, playable audio file")
     if is_transient(exc):
-        return f"storage or database unavailable after retries ({type(exc).__name__}: {exc}); retry the job"
-    return f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists"
+        return redact(f"storage or database unavailable after retries ({type(exc).__name__}: {exc}); retry the job")
+    return redact(f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists")
 
 
 @task(name="load-version", **RETRY)

@@ -276,7 +276,7 @@ def test_webhook_gets_the_failed_job_and_errors_raise():
         assert body["failed_job_id"] == letter.id and body["deployment"] == "media-ingest"
         assert body["attempts"] == 4 and body["error"] == "boom" and body["parameters"] == {"version_id": "x"}
         assert "roadie failed --retry" in body["text"]
-        with pytest.raises(httpx.HTTPStatusError):
+        with pytest.raises(dead_letter.WebhookError, match="answered 500"):
             dead_letter.notify_webhook(letter, f"{hook.url}/hook")
     finally:
         hook.close()

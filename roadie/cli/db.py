@@ -13,10 +13,11 @@ app.add_typer(db_app, name="db")
 def upgrade(revision: str = typer.Argument("heads", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: all heads) on ROADIE_DATABASE_URL."""
     from roadie.db.session import upgrade as do_upgrade
+    from roadie.errors import mask_url
     from roadie.settings import get_settings
 
     do_upgrade(revision=revision)
-    say(f"database at {get_settings().database_url} is up to date")
+    say(f"database at {mask_url(get_settings().database_url)} is up to date")
 
 
 @db_app.command("downgrade")

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from roadie.db.models import TrackVersion
 from roadie.db.models_ops import FailedJob
 from roadie.db.session import session_scope
+from roadie.errors import redact
 from roadie.ops.client import PrefectREST, strip_resource_prefix
 
 DEAD_STATE_TYPES = ("FAILED", "CRASHED")
@@ -60,7 +61,7 @@ def describe_failed_run(client: PrefectREST, flow_run_id: str) -> FailedRun:
         flow_run_id=run.id, flow_run_name=run.name, flow_name=flow["name"],
         deployment_name=deployment["name"] if deployment else None, parameters=dict(run.parameters),
         state=run.state_name or run.state_type or "Failed",
-        error=(run.state_message or f"{run.state_name} without a message")[:10_000],
+        error=redact(run.state_message or f"{run.state_name} without a message")[:10_000],
         attempts=max([run.run_count, 1, *task_attempts]),
         failed_at=run.end_time or datetime.now(timezone.utc),
     )
@@ -136,10 +137,23 @@ def notify_webhook(letter: DeadLetter, url: str, timeout_s: float = 10.0) -> int
     """POST the failed job as JSON; a non-2xx answer raises (the task retries it)."""
     import httpx
 
+    from roadie.errors import mask_url
+
     subject, body = notification_text(letter)
-    response = httpx.post(url, json={**payload(letter), "subject": subject, "text": body}, timeout=timeout_s)
-    response.raise_for_status()
+    try:
+        response = httpx.post(url, json={**payload(letter), "subject": subject, "text": body}, timeout=timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        # httpx names the whole URL, and a webhook's query is its key: say which hook without it (and `from None`,
+        # so the log's traceback does not carry httpx's own message either).
+        status = f"answered {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else \
+            f"failed ({type(exc).__name__})"
+        raise WebhookError(f"dead-letter webhook {mask_url(url)} {status}") from None
     return response.status_code
+
+
+class WebhookError(RuntimeError):
+    """The dead-letter webhook did not take the notification (retried by the task)."""
 
 
 def notify_block(letter: DeadLetter, block: str) -> None:

@@ -73,6 +73,12 @@ def deploy(api_url: str, prefect_file: Optional[Path] = None, root: Optional[Pat
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{output[-4000:]}")
+    from roadie.params import forbid_unknown_parameters
+    from roadie.settings import get_settings
+
+    # An unknown parameter is refused by the server (409), not crashed on by the engine (roadie.params).
+    forbid_unknown_parameters(api_url, present, run_env.get("PREFECT_API_AUTH_STRING")
+                              or get_settings().prefect_api_auth_string)
     return DeployResult(tuple(present), tuple(missing), output)
 
 
