@@ -451,6 +451,28 @@ def test_metrics_come_from_the_api_and_only_grow(client, worker_pool):
         server.stop()
 
 
+def test_health_answers_from_its_latest_check_and_says_when_that_is_stale(client, worker_pool):
+    """Requests do not wait on the Prefect API: they read the snapshot the checking thread keeps. One that is too
+    old (the checks are stuck) is unhealthy, with that reason."""
+    from roadie.ops.health import HealthSnapshots
+
+    snapshots = HealthSnapshots(client, Settings(work_pool=worker_pool), every_s=3600, stale_after_s=1.0).start()
+    try:
+        status, body = snapshots.answer()
+        assert body["workers_online"] == 1 and body["age_s"] < 1.0
+        assert status == (200 if body["status"] == "healthy" else 503)
+        started = time.monotonic()
+        answers = [snapshots.answer() for _ in range(200)]
+        assert time.monotonic() - started < 0.5  # no API call among them
+        assert answers[-1][1]["workers_online"] == 1
+        time.sleep(1.2)
+        status, body = snapshots.answer()
+        assert status == 503 and body["status"] == "unhealthy"
+        assert "the last health check finished" in body["reasons"][-1]
+    finally:
+        snapshots.stop()
+
+
 def test_health_endpoint_says_unhealthy_when_the_api_is_down():
     with PrefectREST("http://127.0.0.1:9/api", retries=0, timeout=2) as dead:
         server = OpsServer(dead, "127.0.0.1", 0).start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +99,57 @@ def check_health(client: PrefectREST, settings: Optional[Settings] = None) -> He
         reasons.append(f"no worker online in pool {settings.work_pool}")
     return HealthReport("unhealthy" if reasons else "healthy", queues, online, failed,
                         settings.health_window_minutes, tuple(reasons))
+
+
+class HealthSnapshots:
+    """check_health on a thread of its own, again every `every_s` after the last one finished; /health answers the
+    latest at once. Under a burst the Prefect API can take seconds per call, and a check is a few dozen calls:
+    computed per request, /health then took 5 s, which probes and load balancers read as down (they wait ~1 s),
+    and every probe added load to the API that was already busy. The first request waits for the first check.
+    A snapshot older than `stale_after_s` (the checks are stuck) is itself a reason to be unhealthy."""
+
+    def __init__(self, client: PrefectREST, settings: Settings, every_s: float = 2.0, stale_after_s: float = 60.0):
+        self.client, self.settings, self.every_s, self.stale_after_s = client, settings, every_s, stale_after_s
+        self._latest: Optional[tuple[float, Optional[HealthReport], Optional[str]]] = None
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="roadie-health-checks", daemon=True)
+
+    def start(self) -> "HealthSnapshots":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from roadie.errors import redact
+
+        while not self._stop.is_set():
+            try:
+                self._latest = (time.monotonic(), check_health(self.client, self.settings), None)
+            except Exception as exc:  # the API is down: say so, with the cause (no URL password, no secret)
+                self._latest = (time.monotonic(), None,
+                                redact(f"Prefect API: {type(exc).__name__}: {exc}", self.settings))
+            self._first.set()
+            self._stop.wait(self.every_s)
+
+    def answer(self, first_wait_s: float = 60.0) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) from the latest snapshot."""
+        self._first.wait(first_wait_s)
+        if self._latest is None:
+            return 503, {"status": "unhealthy", "queues": {}, "reasons": ["the first health check has not finished"]}
+        at, report, error = self._latest
+        age = round(time.monotonic() - at, 1)
+        if report is None:
+            return 503, {"status": "unhealthy", "queues": {}, "reasons": [error], "age_s": age}
+        body = {**report.as_json(), "age_s": age}
+        if age > self.stale_after_s:
+            body["status"] = "unhealthy"
+            body["reasons"] = [*body.get("reasons", []),
+                               f"the last health check finished {age:.0f} s ago: the Prefect API is not answering"]
+            return 503, body
+        return (200 if report.healthy else 503), body
 
 
 # ---------------------------------------------------------------------- metrics
@@ -224,8 +276,8 @@ class OpsServer:
     """GET /health (200 healthy, 503 unhealthy) and GET /metrics, on a background thread; nothing else.
 
     It binds where configured (ROADIE_HEALTH_HOST, ROADIE_HEALTH_PORT) unless told otherwise. Any other path is
-    404 and any other method (HEAD, POST, PUT, DELETE, OPTIONS, TRACE, …) 405 with `Allow: GET`; no request
-    reaches the Prefect API except those two GETs, and no answer carries a secret."""
+    404 and any other method (HEAD, POST, PUT, DELETE, OPTIONS, TRACE, …) 405 with `Allow: GET`; /health answers
+    from the latest HealthSnapshots check, /metrics asks the API per scrape; no answer carries a secret."""
 
     def __init__(self, client: PrefectREST, host: Optional[str] = None, port: Optional[int] = None,
                  settings: Optional[Settings] = None):
@@ -237,6 +289,7 @@ class OpsServer:
         host = self.settings.health_host if host is None else host
         port = self.settings.health_port if port is None else port
         registry = metrics_registry(client, self.settings)
+        self.snapshots = HealthSnapshots(client, self.settings)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -244,9 +297,8 @@ class OpsServer:
                 path = self.path.split("?", 1)[0]
                 try:
                     if path == "/health":
-                        report = check_health(outer.client, outer.settings)
-                        self._send(200 if report.healthy else 503, "application/json",
-                                   json.dumps(report.as_json()).encode())
+                        status, body = outer.snapshots.answer()
+                        self._send(status, "application/json", json.dumps(body).encode())
                     elif path == "/metrics":
                         self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                     else:
@@ -284,14 +336,17 @@ class OpsServer:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "OpsServer":
+        self.snapshots.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="roadie-ops-http", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        self.snapshots.start()
         self.httpd.serve_forever()
 
     def stop(self) -> None:
+        self.snapshots.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread is not None:
