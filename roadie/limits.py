@@ -9,7 +9,8 @@ from typing import Any, Callable, ContextManager, Iterator, Literal, TypeVar
 
 T = TypeVar("T")
 
-# At most 2 ffmpeg encodes at once across every worker: encodes are CPU-bound, one core each.
+# The defaults (settings may change the sizes): at most 2 ffmpeg encodes at once across every worker: encodes
+# are CPU-bound, one core each.
 TRANSCODE_CONCURRENCY = ("transcode", 2, None)
 # At most 10 transcode jobs (one per version) started a minute: a slot decays every 6 s.
 TRANSCODE_RATE = ("transcode-rate", 10, 10 / 60)
@@ -17,6 +18,17 @@ TRANSCODE_RATE = ("transcode-rate", 10, 10 / 60)
 DB_BATCH_CONCURRENCY = ("db-batch", 2, None)
 
 ALL_LIMITS = (TRANSCODE_CONCURRENCY, TRANSCODE_RATE, DB_BATCH_CONCURRENCY)
+
+
+def configured_limits() -> tuple[tuple[str, int, float | None], ...]:
+    """ALL_LIMITS with the sizes ROADIE_TRANSCODE_CONCURRENCY and ROADIE_TRANSCODE_RATE_PER_MINUTE give."""
+    from roadie.settings import get_settings
+
+    settings = get_settings()
+    per_minute = settings.transcode_rate_per_minute
+    return ((TRANSCODE_CONCURRENCY[0], settings.transcode_concurrency, None),
+            (TRANSCODE_RATE[0], max(1, round(per_minute)), per_minute / 60),
+            DB_BATCH_CONCURRENCY)
 
 
 def ensure_limits() -> None:
@@ -28,7 +40,7 @@ def ensure_limits() -> None:
 
     with get_client(sync_client=True) as client:
         existing = {current.name: current for current in client.read_global_concurrency_limits(limit=200)}
-        for name, limit, decay in ALL_LIMITS:
+        for name, limit, decay in configured_limits():
             current = existing.get(name)
             if current is None or current.limit != limit or (
                     decay is not None and current.slot_decay_per_second != decay):
@@ -61,8 +73,16 @@ def _held(name: str) -> Iterator[None]:
 
     with ExitStack() as held:
         with _SLOT_REQUESTS:
-            held.enter_context(concurrency(name, occupy=1, strict=True))
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S,
+                                           raise_on_lease_renewal_failure=False))
         yield
+
+
+# A slot is leased: a run killed outright (SIGKILL, OOM, a lost machine) holds it until the lease runs out. Prefect's
+# default of 300 s left a killed worker's encode slot (of 2) taken for 5 minutes; 60 s is the server's minimum.
+# A lease renewal that fails (the Prefect server restarting) must not kill an encode in progress: the slot is a
+# throttle, not a lock anything's correctness depends on.
+SLOT_LEASE_S = 60
 
 
 def encode_slot() -> ContextManager[None]:

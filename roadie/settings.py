@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     # a header claims. Memory does not grow with length (the analysis streams), so this bounds time and disk.
     max_duration_s: float = Field(default=4 * 3600, gt=0)
 
+    # Prefect's global limits (roadie.limits), set on the server by every `roadie setup`/`serve`/`ingest`: encodes at
+    # once across all workers (one core each), and ingests started a minute (a bucket of that many slots, one
+    # freed every 60/N s).
+    transcode_concurrency: int = Field(default=2, ge=1)
+    transcode_rate_per_minute: float = Field(default=10, gt=0)
+
     default_formats: tuple[str, ...] = ("hls_opus", "hls_aac")
     hls_segment_seconds: int = 6
     # Off (default, playable first): every encode and the analysis share every CPU, the secondary renditions at a
