@@ -547,13 +547,14 @@ def test_docker_variant_registers_on_the_docker_pool(stack):
     ensure_topology(stack.client, docker=True, zombie_after_seconds=ZOMBIE_AFTER_S)
     env = {"ROADIE_IMAGE": "roadie:e2e", "ROADIE_DATABASE_URL": "postgresql+psycopg2://u:p@postgres:5432/roadie",
            "ROADIE_STORAGE_URL": "s3://roadie", "ROADIE_S3_ENDPOINT_URL": "http://minio:9000",
-           "ROADIE_S3_ACCESS_KEY": "k", "ROADIE_S3_SECRET_KEY": "s", "ROADIE_DEAD_LETTER_WEBHOOK_URL": ""}
+           "ROADIE_S3_ACCESS_KEY": "k", "ROADIE_S3_SECRET_KEY": "s", "ROADIE_DEAD_LETTER_WEBHOOK_URL": "",
+           "ROADIE_DOCKER_NETWORK": "roadie"}
     result = deploy(stack.api, ROOT / "deployments" / "prefect.docker.yaml", ROOT, env={**stack.env, **env})
     assert result.deployed
     ingest = stack.client.request("GET", f"/deployments/{stack.client.read_deployment(INGEST).id}").json()
     assert ingest["work_pool_name"] == "roadie-docker" and ingest["work_queue_name"] == "ingest"
     job = ingest["job_variables"]
-    assert job["image"] == "roadie:e2e" and job["networks"] == ["roadie"]
+    assert job["image"] == "roadie:e2e" and job["network_mode"] == "roadie"
     assert job["env"]["ROADIE_DATABASE_URL"] == env["ROADIE_DATABASE_URL"]
     assert job["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     assert ingest["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/roadie"}}]

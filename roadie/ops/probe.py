@@ -1,11 +1,12 @@
 """The image's HEALTHCHECK: the worker's own health endpoint when this container runs a worker, else (a flow-run
 container) whether the Prefect API answers. Exit 0 healthy, 1 not.
 
-    python -m roadie.ops.probe [--worker-url http://127.0.0.1:8080/health]
+    python -m roadie.ops.probe [--worker-url http://127.0.0.1:$PREFECT_WORKER_WEBSERVER_PORT/health]
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 import httpx
 
@@ -22,7 +23,9 @@ def worker_answers(url: str) -> bool | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="container healthcheck")
-    parser.add_argument("--worker-url", default="http://127.0.0.1:8080/health")
+    # The worker's health server listens on PREFECT_WORKER_WEBSERVER_PORT (8080 in the image).
+    port = os.environ.get("PREFECT_WORKER_WEBSERVER_PORT") or "8080"
+    parser.add_argument("--worker-url", default=f"http://127.0.0.1:{port}/health")
     args = parser.parse_args(argv)
     worker = worker_answers(args.worker_url)
     if worker is not None:
