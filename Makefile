@@ -6,10 +6,17 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_PACKAGES := $(shell grep -v '^\#' deployments/system-packages.txt)
 # The tests start a throwaway PostgreSQL when none answers on 127.0.0.1:5432; that needs the server binaries.
-TEST_SYSTEM_PACKAGES := postgresql chromium chromium-driver
+# The Docker tests start the engine (docker.io), make a local Debian base (debootstrap) and parse docker/compose.yaml
+# with Compose (docker-compose).
+TEST_SYSTEM_PACKAGES := postgresql chromium chromium-driver docker.io debootstrap docker-compose
 DEMO_SECONDS ?= 30
 
-.PHONY: install system-packages test-system-packages demo test bench clean
+# The image: engine up (dockerd started when none answers), base ready, docker/Dockerfile built. BASE_IMAGE=local is a
+# Debian bookworm base made here with debootstrap (no registry needed); BASE_IMAGE=python:3.11-slim pulls that one.
+IMAGE ?= roadie:latest
+BASE_IMAGE ?= local
+
+.PHONY: install system-packages test-system-packages demo test bench clean image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +45,9 @@ demo: install
 test: install test-system-packages
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; exit $$rc
+
+image:
+	$(PYTHON) docker/build.py --tag $(IMAGE) --base $(BASE_IMAGE)
 
 bench: install
 	$(PY) bench/ingest.py
