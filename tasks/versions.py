@@ -16,13 +16,44 @@ from tasks.media import ffmpeg
 RETRY = transient_retries()
 
 
+OWNER_LOCK = ".owner"
+
+
 @contextmanager
 def scratch_dir(job: str) -> Iterator[Path]:
-    """A private working folder under ROADIE_TMP_DIR, removed however the run ends."""
+    """A private working folder under ROADIE_TMP_DIR, removed however the run ends. A run killed outright (SIGKILL,
+    OOM) cannot remove its own: the folder's owner lock (flock, released by the kernel when the process dies) lets
+    the next run on the machine find such leftovers and remove them."""
+    import fcntl
+    import os
+
     from roadie.settings import get_settings
 
-    with tempfile.TemporaryDirectory(prefix=f"roadie-{job}-", dir=get_settings().tmp_dir) as tmp:
-        yield Path(tmp)
+    parent = get_settings().tmp_dir
+    remove_dead_scratch_dirs(Path(parent) if parent else Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"roadie-{job}-", dir=parent) as tmp:
+        # Locked before it gets its name, so the sweep never sees an owner file without its lock.
+        with open(Path(tmp) / f"{OWNER_LOCK}.new", "w") as owner:
+            fcntl.flock(owner, fcntl.LOCK_EX)
+            os.rename(Path(tmp) / f"{OWNER_LOCK}.new", Path(tmp) / OWNER_LOCK)
+            yield Path(tmp)
+
+
+def remove_dead_scratch_dirs(parent: Path) -> list[Path]:
+    """Remove roadie-* working folders whose owner process is gone (their lock is free)."""
+    import fcntl
+    import shutil
+
+    removed = []
+    for directory in parent.glob("roadie-*"):
+        try:
+            with open(directory / OWNER_LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live run holds it
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+        except OSError:  # no owner file (not ours, or not locked yet) or a live owner
+            continue
+    return removed
 
 
 @task(name="start-processing", **RETRY)
@@ -38,7 +69,8 @@ def fetch_original(job: catalog.VersionJob, workdir: Path) -> Path:
     return dst
 
 
-@task(name="probe-original")
+# Retried on transient errors only (its database write; a bad upload is InvalidInput and fails at once).
+@task(name="probe-original", **RETRY)
 def probe_original(version_id: str, src: Path) -> ffmpeg.MediaInfo:
     """The run's one probe, passed to every step. An upload over ROADIE_MAX_DURATION_S fails here, before any work."""
     info = ffmpeg.probe(src)
@@ -64,10 +96,9 @@ def mark_failed(version_id: str, message: str) -> None:
 
 @task(name="discard-outputs", **RETRY)
 def discard_outputs(version_id: str) -> int:
-    """A failed version shows nothing: remove whatever was already published under its prefix."""
-    from roadie.storage import delete_prefix
-
-    return delete_prefix(get_storage(), version_id)
+    """A failed version shows nothing: remove whatever was already published under its prefix (unless a newer run
+    owns the version by now: tasks.catalog's guard)."""
+    return catalog.discard_outputs(version_id)
 
 
 def failure_message(exc: BaseException) -> str:
@@ -79,7 +110,10 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, ffmpeg.FFmpegError):
         return redact(f"could not transcode the upload ({exc}); check that it is a complete, playable audio file")
     if is_transient(exc):
-        return redact(f"storage or database unavailable after retries ({type(exc).__name__}: {exc}); retry the job")
+        from sqlalchemy.exc import DBAPIError
+
+        what = "database" if isinstance(exc, DBAPIError) else "storage"
+        return redact(f"{what} unavailable after retries ({type(exc).__name__}: {exc}); retry the job")
     return redact(f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists")
 
 

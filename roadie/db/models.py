@@ -101,6 +101,12 @@ class TrackVersion(Base):
     loudness_lufs: Mapped[Optional[float]] = mapped_column(Float)
     loudness_range: Mapped[Optional[float]] = mapped_column(Float)
     true_peak: Mapped[Optional[float]] = mapped_column(Float)
+    # The late-result guard: every ingest run that starts processing the version takes the next attempt and
+    # writes its flow run id here; each later write of that run is conditional on the id still being its own, so a
+    # superseded run (a slow original overtaken by its retry) can no longer change the version, its transcodes,
+    # its analysis or the objects under its prefix (tasks.catalog).
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    attempt_run_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     __table_args__ = (

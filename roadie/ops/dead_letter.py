@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from roadie.db.models import TrackVersion
 from roadie.db.models_ops import FailedJob
@@ -97,9 +97,13 @@ def fail_stranded_version(failed: FailedRun) -> bool:
         return False
     message = (f"the {failed.deployment_name} run {failed.flow_run_name} ended {failed.state}: {failed.error}; "
                f"retry it with `roadie failed --retry`")
+    # Only while the dead run still owns the version: a retry may have claimed it since (the zombie automation
+    # fires a minute or more after the death), and its state is not the dead run's to overwrite.
+    run_id = uuid.UUID(failed.flow_run_id)
     with session_scope() as session:
         done = session.execute(update(TrackVersion).where(
-            TrackVersion.id == version_id, TrackVersion.status.in_(("pending", "processing")))
+            TrackVersion.id == version_id, TrackVersion.status.in_(("pending", "processing")),
+            or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == run_id))
             .values(status="failed", error=message[:2000]))
         return bool(done.rowcount)
 

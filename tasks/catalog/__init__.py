@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from roadie.db.models import Asset, Report, Track, TrackVersion, Transcode, User, Waveform
 from roadie.db.session import session_scope
-from roadie.errors import InvalidInput
+from roadie.errors import InvalidInput, RoadieError
 from roadie.settings import FORMATS, get_settings
 from roadie.storage import Storage, content_type_for, get_storage, join_key, safe_filename
 
@@ -38,6 +41,100 @@ class VersionJob:
     original_name: str
     formats: tuple[str, ...]
     warnings: tuple[str, ...]
+    attempt: int = 0
+
+
+# ---------------------------------------------------------------- the late-result guard
+#
+# start_processing claims a version for the current run: attempt + 1, attempt_run_id = the run's flow run id
+# (under the row lock). From then on every write of that run to the version, its transcodes, its analysis and the
+# objects under its prefix first checks, in the writing transaction, that the version is still its own:
+# status and fields by a conditional UPDATE ... WHERE attempt_run_id = :mine, other tables under a FOR SHARE
+# lock of the version row (a newer claim waits for the write in progress, and a write after the claim sees it).
+# A run that lost its claim gets Superseded (never retried) and changes nothing. Writes of runs that claimed
+# nothing (reprocessing flows, the CLI, tests) are not guarded.
+
+
+class Superseded(RoadieError):
+    """A newer run has claimed this version since this run started: this run's results are dropped."""
+
+
+_RUN_OVERRIDE: ContextVar[uuid.UUID | None] = ContextVar("roadie_run_override", default=None)
+# (version, run) pairs this process claimed; a forked flow-run process has only its own.
+_CLAIMS: set[tuple[uuid.UUID, uuid.UUID]] = set()
+
+
+def current_run_id() -> uuid.UUID | None:
+    """The flow run this code runs for (from a task too), or as_run()'s id; None outside a run."""
+    override = _RUN_OVERRIDE.get()
+    if override is not None:
+        return override
+    if "prefect.context" not in sys.modules:  # the Prefect-free CLI commands are never inside a run
+        return None
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
+        return task_ctx.task_run.flow_run_id
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return flow_ctx.flow_run.id
+    return None
+
+
+@contextmanager
+def as_run(run_id: uuid.UUID | str) -> Iterator[uuid.UUID]:
+    """Act as run `run_id` (tools and tests that drive the catalogue outside Prefect)."""
+    rid = uuid.UUID(str(run_id))
+    token = _RUN_OVERRIDE.set(rid)
+    try:
+        yield rid
+    finally:
+        _RUN_OVERRIDE.reset(token)
+
+
+def claimant(vid: uuid.UUID) -> uuid.UUID | None:
+    """The run id this write must still own the version as, or None when the current run never claimed it."""
+    run = current_run_id()
+    return run if run is not None and (vid, run) in _CLAIMS else None
+
+
+def hold(session: Session, vid: uuid.UUID) -> None:
+    """In the caller's transaction: share-lock the version row and check the current run still owns it."""
+    mine = claimant(vid)
+    if mine is None:
+        return
+    owner = session.execute(select(TrackVersion.attempt_run_id, TrackVersion.attempt)
+                            .where(TrackVersion.id == vid).with_for_update(read=True)).one_or_none()
+    if owner is None or owner.attempt_run_id != mine:
+        raise Superseded(f"track version {vid} was claimed by a newer run (attempt "
+                         f"{owner.attempt if owner else '?'}, run {owner.attempt_run_id if owner else '?'}); "
+                         f"the results of run {mine} are dropped")
+
+
+@contextmanager
+def holding(version_id: str) -> Iterator[None]:
+    """Keep the version claimed by this run for the whole block (e.g. while objects are promoted or deleted):
+    a newer run's claim waits until the block ends, and a superseded run's block never starts."""
+    vid = parse_uuid(version_id)
+    if claimant(vid) is None:
+        yield
+        return
+    with session_scope() as session:
+        hold(session, vid)
+        yield
+
+
+def _owned(vid: uuid.UUID):
+    """The WHERE clause of a guarded UPDATE of the version."""
+    mine = claimant(vid)
+    clause = TrackVersion.id == vid
+    return clause if mine is None else clause & (TrackVersion.attempt_run_id == mine)
+
+
+def _superseded(vid: uuid.UUID, what: str) -> Superseded:
+    return Superseded(f"track version {vid} was claimed by a newer run; not applying {what} of run "
+                      f"{claimant(vid)}")
 
 
 def parse_formats(formats: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -119,10 +216,12 @@ def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJ
             .join(Track, Track.id == TrackVersion.track_id)
             .join(User, User.id == Track.owner_user_id)
             .where(TrackVersion.id == vid)
+            .with_for_update(of=TrackVersion)  # the claim: a run writing as the previous owner finishes first
         ).one_or_none()
         if row is None:
             raise InvalidInput(f"track version {version_id} does not exist")
         version, asset, owner = row
+        run = current_run_id()
         warnings: list[str] = []
         if "hls_alac" in wanted and not owner.lossless_enabled:
             wanted = tuple(f for f in wanted if f != "hls_alac")
@@ -130,8 +229,13 @@ def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJ
             if not wanted:
                 raise InvalidInput("only hls_alac was asked for, and the owner is not whitelisted for lossless")
         version.status, version.error, version.warnings = "processing", None, list(warnings)
+        version.attempt = (version.attempt or 0) + 1
+        version.attempt_run_id = run
+        session.flush()
+        if run is not None:
+            _CLAIMS.add((vid, run))
         return VersionJob(str(version.id), str(version.track_id), asset.key, Path(asset.key).name, wanted,
-                          tuple(warnings))
+                          tuple(warnings), version.attempt)
 
 
 def add_warning(version_id: str, *messages: str) -> None:
@@ -141,24 +245,46 @@ def add_warning(version_id: str, *messages: str) -> None:
 
 def append_warnings(session: Session, version_id: str, messages: Iterable[str]) -> None:
     """Each message once: a rerun of a step does not pile up the same warning."""
-    version = session.get(TrackVersion, parse_uuid(version_id), with_for_update=True)
+    vid = parse_uuid(version_id)
+    hold(session, vid)
+    version = session.get(TrackVersion, vid, with_for_update=True)
     if version is not None:
         existing = list(version.warnings or [])
         version.warnings = existing + [m for m in dict.fromkeys(messages) if m not in existing]
 
 
 def set_media_info(version_id: str, duration_s: float, sample_rate: int, channels: int) -> None:
+    vid = parse_uuid(version_id)
     with session_scope() as session:
-        session.execute(update(TrackVersion).where(TrackVersion.id == parse_uuid(version_id)).values(
+        done = session.execute(update(TrackVersion).where(_owned(vid)).values(
             duration_ms=int(round(duration_s * 1000)), sample_rate=sample_rate, channels=channels))
+        if not done.rowcount and claimant(vid) is not None:
+            raise _superseded(vid, "the media info")
 
 
-def mark_failed(version_id: str, message: str) -> None:
+def mark_failed(version_id: str, message: str) -> bool:
+    """Fail the version, unless a newer run owns it by now (then nothing changes: returns False)."""
     with session_scope() as session:
         vid = parse_uuid(version_id)
-        session.execute(update(TrackVersion).where(TrackVersion.id == vid).values(status="failed", error=message))
+        done = session.execute(update(TrackVersion).where(_owned(vid)).values(status="failed", error=message))
+        if not done.rowcount:
+            return False
         session.execute(update(Transcode).where(Transcode.track_version_id == vid, Transcode.status != "ready")
                         .values(status="failed"))
+        return True
+
+
+def discard_outputs(version_id: str, storage: Storage | None = None) -> int:
+    """A failed version shows nothing: delete every object under its prefix, unless a newer run owns it (its
+    objects are not this run's to delete)."""
+    from roadie.storage import delete_prefix
+
+    storage = storage or get_storage()
+    try:
+        with holding(version_id):
+            return delete_prefix(storage, str(parse_uuid(version_id)))
+    except Superseded:
+        return 0
 
 
 def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None = None) -> None:
@@ -174,7 +300,9 @@ def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None
             playlist = join_key(row.segment_prefix_key or "", "playlist.m3u8")
             if not storage.exists(playlist):
                 raise RuntimeError(f"{fmt} playlist {playlist} is missing from storage")
-        session.execute(update(TrackVersion).where(TrackVersion.id == vid).values(status="ready", error=None))
+        done = session.execute(update(TrackVersion).where(_owned(vid)).values(status="ready", error=None))
+        if not done.rowcount:
+            raise _superseded(vid, "`ready`")
 
 
 def upsert_asset(session: Session, storage: Storage, key: str, size_bytes: int, sha256: str | None = None) -> Asset:
@@ -197,6 +325,7 @@ def record_transcode(version_id: str, fmt: str, *, status: str, storage: Storage
     storage = storage or get_storage()
     vid = parse_uuid(version_id)
     with session_scope() as session:
+        hold(session, vid)
         row = session.scalar(select(Transcode).where(Transcode.track_version_id == vid, Transcode.format == fmt)
                              .with_for_update())
         if row is None:

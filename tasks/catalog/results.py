@@ -17,7 +17,7 @@ from roadie.db.models import AudioFingerprint, FingerprintIndex, Report, Track, 
 from roadie.db.models import Waveform as WaveformRow
 from roadie.errors import InvalidInput
 from roadie.storage import Storage, join_key, staged
-from tasks.catalog import parse_uuid, upsert_asset
+from tasks.catalog import hold, parse_uuid, upsert_asset
 from tasks.media.analysis import Analysis
 from tasks.media.artwork import Artwork, ArtworkKeys
 from tasks.media.fingerprint import (DUPLICATE_THRESHOLD, MAX_CANDIDATES, MIN_INDEX_HITS, DuplicateMatch, Fingerprint,
@@ -48,6 +48,7 @@ def _sha256(data: bytes) -> str:
 
 def _version(session: Session, version_id: str | uuid.UUID, *, for_update: bool = False) -> TrackVersion:
     vid = version_id if isinstance(version_id, uuid.UUID) else parse_uuid(str(version_id))
+    hold(session, vid)  # a run that lost the version to a newer one writes nothing (tasks.catalog: the guard)
     version = session.get(TrackVersion, vid, with_for_update=for_update)
     if version is None:
         raise InvalidInput(f"track version {version_id} does not exist")

@@ -39,7 +39,7 @@ def transcode_rendition(version_id: str, src: Path, info: MediaInfo, fmt: str, w
 
     if primary:  # one slot of the per-minute rate per version, taken here so the analysis need not wait for it
         limits.transcode_started()
-    catalog.record_transcode(version_id, fmt, status="processing")
+    mark_transcoding(version_id, fmt)
     reporter = _ProgressArtifact(version_id, fmt)
     with limits.encode_slot(), limits.cpu_lane("playable" if primary else "background") as pinned:
         local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
@@ -49,15 +49,22 @@ def transcode_rendition(version_id: str, src: Path, info: MediaInfo, fmt: str, w
     return rendition
 
 
+# Its own task so that a lost database connection is retried here, not the whole encode (or nothing at all).
+@task(name="mark-transcoding", **transient_retries())
+def mark_transcoding(version_id: str, fmt: str) -> None:
+    catalog.record_transcode(version_id, fmt, status="processing")
+
+
 @task(name="publish-rendition", **transient_retries())
 def publish_rendition(version_id: str, local: hls.LocalRendition) -> hls.Rendition:
     storage = get_storage()
-    rendition = hls.publish_rendition(storage, version_id, local)
-    catalog.record_transcode(version_id, local.format, status="ready", storage=storage,
-                             playlist_key=rendition.playlist_key, playlist_size=rendition.playlist_size,
-                             prefix=rendition.prefix, bandwidth=rendition.bandwidth,
-                             segment_count=len(rendition.segment_keys), duration_s=rendition.duration_s)
-    publish_master(version_id)
+    with catalog.holding(version_id):  # a run that lost the version publishes nothing, and a newer claim waits
+        rendition = hls.publish_rendition(storage, version_id, local)
+        catalog.record_transcode(version_id, local.format, status="ready", storage=storage,
+                                 playlist_key=rendition.playlist_key, playlist_size=rendition.playlist_size,
+                                 prefix=rendition.prefix, bandwidth=rendition.bandwidth,
+                                 segment_count=len(rendition.segment_keys), duration_s=rendition.duration_s)
+        publish_master(version_id)
     return rendition
 
 
