@@ -42,8 +42,10 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
         except Exception as exc:
             for future in submitted:  # nothing may publish after the discard below
                 future.wait()
-            versions.discard_outputs(version_id)
-            versions.mark_failed(version_id, versions.failure_message(exc))
+            try:
+                versions.discard_outputs(version_id)
+            finally:  # storage still down: the version is failed all the same, with the first cause
+                versions.mark_failed(version_id, versions.failure_message(exc))
             raise
         duplicates = _finish_as_warning(version_id, "duplicate check",
                                         lambda: record_fingerprint(version_id, result.fingerprint)

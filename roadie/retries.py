@@ -1,5 +1,5 @@
 """The one retry policy: transient failures (storage, database, network) retry 3 times, 5 s, 10 s, 20 s with
-jitter; invalid input never retries."""
+jitter (ROADIE_RETRY_BACKOFF_SECONDS scales the steps: 2 gives 2, 4, 8 s); invalid input never retries."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,9 +19,11 @@ def transient_retries() -> dict[str, Any]:
     """Keyword arguments for @task(...)."""
     from prefect.tasks import exponential_backoff
 
+    from roadie.settings import get_settings
+
     return {
         "retries": 3,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+        "retry_delay_seconds": exponential_backoff(backoff_factor=get_settings().retry_backoff_seconds),
         "retry_jitter_factor": 0.2,
         "retry_condition_fn": retry_on_transient,
     }
