@@ -1,6 +1,7 @@
 """Prefect tasks around the HLS functions: encode under the global limits, publish, record, report progress."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
@@ -18,17 +19,24 @@ SECONDARY_NICE = 10
 
 
 class _ProgressArtifact:
-    """A Prefect progress artifact per rendition, updated every 5 %, mirrored to CLI listeners."""
+    """A Prefect progress artifact per rendition, mirrored to CLI listeners. The artifact moves by 5 % at least and
+    at most once every UPDATE_EVERY_S, then at 100 %: a short track's encode is over in a fraction of a second, and
+    each update is an API call (a dozen per rendition was a tenth of a short ingest's own CPU)."""
+
+    UPDATE_EVERY_S = 1.0
 
     def __init__(self, version_id: str, fmt: str):
-        self.version_id, self.fmt, self.last = version_id, fmt, -5.0
+        self.version_id, self.fmt, self.last = version_id, fmt, 0.0
+        self.last_at = time.monotonic()
         self.artifact_id = create_progress_artifact(
             progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}")
 
     def __call__(self, percent: float) -> None:
         progress.report(self.version_id, self.fmt, percent)
-        if percent - self.last >= 5 or percent >= 100:
-            self.last = percent
+        now = time.monotonic()
+        if (percent - self.last >= 5 and now - self.last_at >= self.UPDATE_EVERY_S) or (
+                percent >= 100 > self.last):
+            self.last, self.last_at = percent, now
             update_progress_artifact(self.artifact_id, progress=percent)
 
 
