@@ -363,7 +363,12 @@ def s3_bucket_block(settings: Settings, bucket: str, folder: str):
         block = S3Bucket.load(settings.s3_bucket_block)
         return block
     # Endpoint goes through aws_client_parameters: S3Bucket(endpoint_url=...) is silently ignored.
-    params = {"endpoint_url": settings.s3_endpoint_url} if settings.s3_endpoint_url else {}
+    # One quick retry inside boto, no more: the flows' own transient retries (roadie.retries) wait out an outage,
+    # and boto's default retries on top of them made one failed attempt take 15-20 s against a stopped server.
+    params: dict = {"config": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5,
+                               "read_timeout": 60}}
+    if settings.s3_endpoint_url:
+        params["endpoint_url"] = settings.s3_endpoint_url
     credentials = AwsCredentials(
         aws_access_key_id=settings.s3_access_key,
         aws_secret_access_key=settings.s3_secret_key,
