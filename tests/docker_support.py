@@ -53,20 +53,34 @@ def engine():
     return found
 
 
+def report(config: pytest.Config, line: str) -> None:
+    """A line in the test log whatever the capture mode (the build and run times belong in CI's log)."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is None:
+        reporter.write_line(f"[docker] {line}")
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n[docker] {line}")
+
+
 @lru_cache(maxsize=1)
 def _session_image():
     eng = engine()
     base, base_seconds = build.ensure_local_base(eng.cli)
-    made = build.build_image(eng.cli, TAG, base, base_seconds)
-    # Out of pytest's capture: the build times belong in the CI log.
-    print(f"\n[docker] image {made.tag} on {made.base}: build {made.seconds:.1f} s, base {made.base_seconds:.1f} s "
-          f"(0 = reused)", file=sys.__stderr__, flush=True)
-    return made
+    return build.build_image(eng.cli, TAG, base, base_seconds)
 
 
-def image():
+def image(config: pytest.Config):
     """roadie:test, built once per session (a warm build is a few seconds: every layer cached)."""
-    return _session_image()
+    fresh = _session_image.cache_info().currsize == 0
+    made = _session_image()
+    if fresh:
+        report(config, f"image {made.tag} on {made.base}: build {made.seconds:.1f} s, base "
+                       f"{made.base_seconds:.1f} s (0: reused), engine {engine().server_version}")
+    return made
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300, input: bytes | None = None,
@@ -113,7 +127,8 @@ class RunContainer:
     memory_limit: int | None = None  # HostConfig.Memory
     memory_swap: int | None = None
     network_mode: str | None = None
-    peak_memory: int = 0  # cgroup memory.max_usage_in_bytes, last read before it stopped
+    peak_memory: int = 0  # cgroup memory.max_usage_in_bytes (page cache included), last read before it stopped
+    peak_rss: int = 0  # the largest total_rss of the cgroup's memory.stat seen (anonymous memory: no cache)
 
     @property
     def removed(self) -> bool:
@@ -169,11 +184,14 @@ class ContainerWatch:
             with self.lock:
                 running = [rc for rc in self.containers.values() if "start" in rc.actions and "die" not in rc.actions]
             for rc in running:
+                group = CGROUP_MEMORY / rc.container_id
                 try:
-                    value = int((CGROUP_MEMORY / rc.container_id / "memory.max_usage_in_bytes").read_text())
+                    value = int((group / "memory.max_usage_in_bytes").read_text())
+                    stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
                 except (OSError, ValueError):
                     continue
                 rc.peak_memory = max(rc.peak_memory, value)
+                rc.peak_rss = max(rc.peak_rss, int(stat.get("total_rss", 0)))
 
     def for_run(self, flow_run_id: str) -> list[RunContainer]:
         with self.lock:

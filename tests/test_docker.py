@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -262,8 +261,8 @@ def test_compose_environment_is_what_the_docker_pool_tests_give(compose_config):
 
 
 @pytest.fixture(scope="module")
-def image():
-    return ds.image()
+def image(pytestconfig):
+    return ds.image(pytestconfig)
 
 
 def run_in_image(image, *args: str, user: str | None = None) -> str:
@@ -348,7 +347,7 @@ def test_image_keeps_no_ca_bundle_and_no_build_secret(image):
     assert not [e for e in config["Env"] if e.startswith(("PIP_CERT", "SSL_CERT", "REQUESTS_CA"))]
 
 
-def test_a_code_change_rebuilds_only_the_code_layers(image, tmp_path):
+def test_a_code_change_rebuilds_only_the_code_layers(image, tmp_path, pytestconfig):
     """The context of a checkout whose code differs by one line: every layer up to the dependencies is reused."""
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     for name in [line[1:].split("/", 1)[0] for line in ignore if line.startswith("!")] + ["docker"]:
@@ -372,7 +371,6 @@ def test_a_code_change_rebuilds_only_the_code_layers(image, tmp_path):
                    and "#(nop)" not in h]
         assert any("pip install -r" in h for h in layered[:shared]), layered[:shared]
         assert made.seconds < 90, f"a code-only rebuild took {made.seconds:.0f} s"
-        print(f"\n[docker] code-only rebuild: {made.seconds:.1f} s, {shared} of {len(after)} layers reused",
-              file=sys.__stderr__, flush=True)
+        ds.report(pytestconfig, f"code-only rebuild: {made.seconds:.1f} s, {shared} of {len(after)} layers reused")
     finally:
         ds.docker("image", "rm", "-f", tag, check=False)

@@ -12,7 +12,6 @@ The tests of this module run in order and share one worker: two ingests, a bad i
 rollup over a date range, the worker's health check, a 60-minute upload in a container limited to 1 GiB."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -117,8 +116,8 @@ def env_args(env: dict[str, str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def image():
-    return ds.image()
+def image(pytestconfig):
+    return ds.image(pytestconfig)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +297,7 @@ def test_worker_container_is_healthy_and_its_health_endpoint_answers(dstack):
 # ---------------------------------------------------------------------- a 60-minute upload in 1 GiB
 
 
-def test_sixty_minute_upload_completes_in_a_container_limited_to_1_gib(dstack, tmp_path):
+def test_sixty_minute_upload_completes_in_a_container_limited_to_1_gib(dstack, tmp_path, pytestconfig):
     from tasks.media.ffmpeg import ffmpeg_binary
 
     source = tmp_path / "sixty-minutes.flac"
@@ -318,9 +317,10 @@ def test_sixty_minute_upload_completes_in_a_container_limited_to_1_gib(dstack, t
     assert run.state_type == "COMPLETED", (run.state_message, box)
     dstack.assert_ran_in_its_own_container(run)
     assert box.memory_limit == GIB, box
-    assert box.peak_memory <= GIB
+    assert 64 << 20 < box.peak_memory <= GIB  # sampled from the container's memory cgroup while it ran
     (status, duration), = dstack.sql("SELECT status, duration_ms FROM track_versions WHERE id = :id",
                                      id=reg.version_id)
     assert status == "ready" and abs(duration - 3_600_000) < 1000
-    print(f"\n[docker] 60-minute upload in a 1 GiB container: {seconds:.0f} s, peak {box.peak_memory / 2**20:.0f} MiB",
-          file=os.sys.__stderr__, flush=True)
+    ds.report(pytestconfig, f"60-minute upload in a 1 GiB container: trigger to Completed {seconds:.0f} s, "
+                            f"container peak {box.peak_memory / 2**20:.0f} MiB with page cache, "
+                            f"{box.peak_rss / 2**20:.0f} MiB without (sampled every 0.5 s)")
