@@ -62,9 +62,10 @@ def percentile(values: list[float], q: float) -> float:
 class Serve:
     """`roadie serve` as a subprocess; its stdout is read on a thread until it prints its JSON line."""
 
-    def __init__(self, env: dict[str, str], workers: int, home: Path):
+    def __init__(self, env: dict[str, str], workers: int, home: Path, extra_args: tuple[str, ...] = ()):
         self.log = (home / "serve.log").open("w")
-        self.proc = subprocess.Popen([ROADIE, "serve", "--workers", str(workers), "--json", "--grace", "5"],
+        self.proc = subprocess.Popen([ROADIE, "serve", "--workers", str(workers), "--json", "--grace", "5",
+                                      *extra_args],
                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      start_new_session=True)
         lines: queue.Queue[str] = queue.Queue()

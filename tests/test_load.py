@@ -17,6 +17,7 @@ def test_ten_clips_at_once_complete_exactly_once_within_the_limits(pg_server_url
     assert result.statuses == {"ready": 10}, summary
     assert set(result.runs_per_version.values()) == {1}, summary  # exactly once, no duplicate run
     assert result.refused_triggers == 0, summary
+    assert result.encodes_seen == 20, summary  # both renditions of every clip, each inside its slot
     assert 1 <= result.max_encodes_at_once <= 2, summary
     assert result.rate_violations == [], summary
     assert result.health_failures == [], summary  # every /health answered, within 1 s
