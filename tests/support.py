@@ -72,3 +72,17 @@ def wait_for(check: Callable[[], T], timeout_s: float, what: str, poll_s: float 
             return value
         time.sleep(poll_s)
     raise TimeoutError(f"{what} after {timeout_s:.0f} s")
+
+
+def run_sql(url: str, query: str, **params):
+    """One statement on the database at `url`, in its own transaction and engine: its rows, or [] when it returns
+    none. The stacks of the e2e, Docker and security tests read and poke roadie's tables through this."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(query), params)
+            return result.all() if result.returns_rows else []
+    finally:
+        engine.dispose()

@@ -21,7 +21,6 @@ from typing import Iterator
 
 import httpx
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from roadie.ops.client import FlowRun, PrefectREST
@@ -29,7 +28,7 @@ from roadie.services import free_port
 from roadie.settings import reload_settings
 from tests import docker_support as ds
 from tests.ops_support import Recorder
-from tests.support import sine, wait_for, write_wav
+from tests.support import sine, wait_for, write_wav, run_sql
 
 pytestmark = pytest.mark.e2e
 
@@ -52,13 +51,7 @@ class DockerStack:
         self.runs: dict[str, FlowRun] = {}
 
     def sql(self, query: str, **params):
-        engine = sa.create_engine(self.pg_url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(sa.text(query), params)
-                return result.all() if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return run_sql(self.pg_url, query, **params)
 
     def trigger(self, deployment: str, parameters: dict, idempotency_key: str | None = None,
                 job_variables: dict | None = None) -> str:

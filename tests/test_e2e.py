@@ -21,7 +21,6 @@ from typing import Iterator
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
@@ -31,7 +30,7 @@ from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_pre
 from roadie.settings import Settings, reload_settings
 from roadie.services import free_port
 from tests.ops_support import Recorder, flow_run_pids
-from tests.support import sine, wait_for, write_wav
+from tests.support import sine, wait_for, write_wav, run_sql
 
 pytestmark = pytest.mark.e2e
 
@@ -90,13 +89,7 @@ class Stack:
         raise TimeoutError(f"workers {names} not online: {logs}")
 
     def sql(self, query: str, **params):
-        engine = sa.create_engine(self.pg_url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(sa.text(query), params)
-                return result.all() if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return run_sql(self.pg_url, query, **params)
 
 
 @pytest.fixture(scope="module")

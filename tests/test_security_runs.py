@@ -33,7 +33,7 @@ from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder
-from tests.support import sine, wait_for, write_wav
+from tests.support import sine, wait_for, write_wav, run_sql
 
 pytestmark = pytest.mark.e2e
 
@@ -73,13 +73,7 @@ class SecureStack:
     runs: dict[str, str] = field(default_factory=dict)
 
     def sql(self, query: str, **params):
-        engine = sa.create_engine(self.db_url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(sa.text(query), params)
-                return result.all() if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return run_sql(self.db_url, query, **params)
 
     def roadie(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "roadie", *args], cwd=self.home, env=self.env,

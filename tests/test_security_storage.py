@@ -106,9 +106,8 @@ def test_local_keys_stay_under_the_root(local, key):
     assert (outer / "sentinel").read_text() == "outside the root"
 
 
-@pytest.mark.parametrize("key", NASTY)
-def test_known_traversals_are_refused_by_every_local_operation(local, key, tmp_path):
-    _, store = local
+def assert_every_operation_refuses(store, key: str, tmp_path) -> None:
+    """Every Storage operation that takes a key refuses `key` with StorageKeyError (before any I/O)."""
     src = tmp_path / "f"
     src.write_bytes(b"x")
     for call in (lambda: store.put_bytes(key, b"x"), lambda: store.put_file(key, src), lambda: store.get_bytes(key),
@@ -117,6 +116,12 @@ def test_known_traversals_are_refused_by_every_local_operation(local, key, tmp_p
                  lambda: store.list(key)):
         with pytest.raises(StorageKeyError):
             call()
+
+
+@pytest.mark.parametrize("key", NASTY)
+def test_known_traversals_are_refused_by_every_local_operation(local, key, tmp_path):
+    _, store = local
+    assert_every_operation_refuses(store, key, tmp_path)
 
 
 # ---------------------------------------------------------------------- the real S3 server
@@ -177,15 +182,8 @@ def test_s3_keys_stay_under_the_prefix(s3, key):
 @pytest.mark.parametrize("key", NASTY)
 def test_known_traversals_are_refused_by_every_s3_operation(s3, key, tmp_path):
     store, client, bucket, _ = s3
-    src = tmp_path / "f"
-    src.write_bytes(b"x")
     before = _bucket_keys(client, bucket)
-    for call in (lambda: store.put_bytes(key, b"x"), lambda: store.put_file(key, src), lambda: store.get_bytes(key),
-                 lambda: store.download(key, tmp_path / "out"), lambda: store.exists(key), lambda: store.size(key),
-                 lambda: store.delete([key]), lambda: store.move("a", key), lambda: store.url_for(key),
-                 lambda: store.list(key)):
-        with pytest.raises(StorageKeyError):
-            call()
+    assert_every_operation_refuses(store, key, tmp_path)
     assert _bucket_keys(client, bucket) == before
 
 
