@@ -1,12 +1,13 @@
 """The PostgreSQL database a batch benchmark runs in: ROADIE_BENCH_DATABASE_URL as given (left in place), or a
 fresh database on 127.0.0.1:5432 that is created, migrated and dropped around the run."""
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy as sa
 

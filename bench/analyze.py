@@ -19,6 +19,7 @@ On one music-like stereo track written to bench/out/ as a 16-bit WAV:
 Each variant runs once to warm up (imports, caches; the cold run is printed too), then --repeat times,
 alternating; the median wall time is reported with the CPU seconds it used (this process and its children).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +40,9 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from roadie.sample import music_like  # noqa: E402
-from tasks.media import analysis, fingerprint as fpm, loudness, waveform as wf  # noqa: E402
+from tasks.media import analysis, loudness  # noqa: E402
+from tasks.media import fingerprint as fpm
+from tasks.media import waveform as wf
 from tasks.media.decode import decode, measure_ebur128  # noqa: E402
 from tasks.media.ffmpeg import build_ebur128_cmd  # noqa: E402
 
@@ -85,10 +88,12 @@ def _waveform_of(samples: np.ndarray, rate: int, integer_pcm: bool) -> tuple[str
 
 def naive_sequence(path: Path) -> dict[str, float]:
     steps: dict[str, float] = {}
-    for name, fn in [("ffmpeg ebur128", lambda: loudness.measure_ffmpeg(path, 2)),
-                     ("fpcalc on the file", lambda: fpm.fingerprint_file(path)),
-                     ("pyloudnorm, re-read", lambda: naive_pyloudnorm(path)),
-                     ("waveform pass", lambda: naive_waveform(path))]:
+    for name, fn in [
+        ("ffmpeg ebur128", lambda: loudness.measure_ffmpeg(path, 2)),
+        ("fpcalc on the file", lambda: fpm.fingerprint_file(path)),
+        ("pyloudnorm, re-read", lambda: naive_pyloudnorm(path)),
+        ("waveform pass", lambda: naive_waveform(path)),
+    ]:
         started = time.perf_counter()
         fn()
         steps[name] = time.perf_counter() - started
@@ -114,9 +119,12 @@ def previous_design(path: Path) -> None:
     decoded = decode(path)
     x, rate = decoded.samples, decoded.sample_rate
     with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = [pool.submit(measure_ebur128, [x], decoded.stream), pool.submit(loudness.measure_pcm, x, rate),
-                pool.submit(_waveform_of, x, rate, decoded.stream.integer_pcm),
-                pool.submit(fpm.fingerprint_pcm, x, rate)]
+        jobs = [
+            pool.submit(measure_ebur128, [x], decoded.stream),
+            pool.submit(loudness.measure_pcm, x, rate),
+            pool.submit(_waveform_of, x, rate, decoded.stream.integer_pcm),
+            pool.submit(fpm.fingerprint_pcm, x, rate),
+        ]
         for job in jobs:
             job.result()
 
@@ -138,8 +146,10 @@ def main() -> None:
     wav = OUT / f"analyze-{args.seconds:g}s-{args.rate}.wav"
     sf.write(str(wav), music_like(args.seconds, args.rate, channels=2, seed=1), args.rate, subtype="PCM_16")
     load = os.getloadavg()[0]
-    print(f"{args.seconds:g} s stereo {args.rate} Hz music-like WAV ({wav.stat().st_size / 1e6:.1f} MB), "
-          f"{os.cpu_count()} cores, load average {load:.2f} at start; median of {args.repeat} after a warm-up\n")
+    print(
+        f"{args.seconds:g} s stereo {args.rate} Hz music-like WAV ({wav.stat().st_size / 1e6:.1f} MB), "
+        f"{os.cpu_count()} cores, load average {load:.2f} at start; median of {args.repeat} after a warm-up\n"
+    )
 
     roadie_cli = [str(Path(sys.executable).with_name("roadie")), "analyze", "--json", str(wav)]
     ebur128_alone = build_ebur128_cmd(wav, loudness.ebur128_filter(2))
@@ -148,8 +158,14 @@ def main() -> None:
     timed(lambda: previous_design(wav))
     timed(lambda: separate_fast_passes(wav))
     whole_process(roadie_cli)
-    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "roadie": [], "after": [], "fast": [], "cli": [],
-                                                  "ebur128": []}
+    runs: dict[str, list[tuple[float, float]]] = {
+        "naive": [],
+        "roadie": [],
+        "after": [],
+        "fast": [],
+        "cli": [],
+        "ebur128": [],
+    }
     naive_steps: list[dict[str, float]] = []
     result = None
     for _ in range(args.repeat):
@@ -200,9 +216,11 @@ def main() -> None:
     print(f"ratio roadie / previous design (whole PCM in memory): {roadie_s / after_s:.2f}x")
     print(f"ratio roadie analyze command / ffmpeg ebur128 pass alone: {cli_s / ebur_s:.2f}x (target <= 1.5x)")
     r = result.as_dict()["loudness"]
-    print(f"readings: ffmpeg I {r['integrated_lufs']} LUFS, LRA {r['loudness_range_lu']} LU, TP "
-          f"{r['true_peak_dbtp']} dBTP; pyloudnorm I {r['pyloudnorm']['integrated_lufs']}; delta {r['delta_lu']} LU; "
-          f"agrees {r['agrees']}; warnings {list(result.warnings)}")
+    print(
+        f"readings: ffmpeg I {r['integrated_lufs']} LUFS, LRA {r['loudness_range_lu']} LU, TP "
+        f"{r['true_peak_dbtp']} dBTP; pyloudnorm I {r['pyloudnorm']['integrated_lufs']}; delta {r['delta_lu']} LU; "
+        f"agrees {r['agrees']}; warnings {list(result.warnings)}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ First one at a time (--runs triggers, each after the previous completed; two war
 triggers at once. `--env` passes settings to `roadie serve` (e.g. ROADIE_WORKER_WARM=false for the cold path).
 Needs PostgreSQL on 127.0.0.1:5432 (trust auth) or ROADIE_BENCH_PG_URL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,15 @@ class Serve:
 
     def __init__(self, env: dict[str, str], workers: int, home: Path, extra_args: tuple[str, ...] = ()):
         self.log = (home / "serve.log").open("w")
-        self.proc = subprocess.Popen([ROADIE, "serve", "--workers", str(workers), "--json", "--grace", "5",
-                                      *extra_args],
-                                     env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ROADIE, "serve", "--workers", str(workers), "--json", "--grace", "5", *extra_args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         deadline = time.monotonic() + 240
@@ -93,8 +99,13 @@ class Serve:
 
 def register(env: dict[str, str], track: Path, n: int) -> list[str]:
     def one(i: int) -> str:
-        out = subprocess.run([ROADIE, "register", str(track), "--owner", "bench", "--title", f"bench {i}",
-                              "--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [ROADIE, "register", str(track), "--owner", "bench", "--title", f"bench {i}", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             raise SystemExit(f"roadie register failed: {out.stdout}{out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])["version_id"]
@@ -111,9 +122,13 @@ class Bench:
         self.engine = sa.create_engine(app_db)
 
     def trigger(self, version_id: str) -> tuple[str, float]:
-        response = self.http.post(f"deployments/{self.dep}/create_flow_run", json={
-            "parameters": {"version_id": version_id, "formats": ["hls_opus", "hls_aac"]},
-            "idempotency_key": f"media-ingest:{version_id}"})
+        response = self.http.post(
+            f"deployments/{self.dep}/create_flow_run",
+            json={
+                "parameters": {"version_id": version_id, "formats": ["hls_opus", "hls_aac"]},
+                "idempotency_key": f"media-ingest:{version_id}",
+            },
+        )
         at = time.time()
         response.raise_for_status()
         return response.json()["id"], at
@@ -127,8 +142,13 @@ class Bench:
         ids = list(runs)
         while len(done) < len(runs) and time.monotonic() < deadline:
             with self.engine.connect() as conn:
-                rows = conn.execute(sa.text("SELECT id, status FROM track_versions WHERE id::text = ANY(:ids)"),
-                                    {"ids": ids}).all() if self.engine.dialect.name == "postgresql" else []
+                rows = (
+                    conn.execute(
+                        sa.text("SELECT id, status FROM track_versions WHERE id::text = ANY(:ids)"), {"ids": ids}
+                    ).all()
+                    if self.engine.dialect.name == "postgresql"
+                    else []
+                )
             now = time.time()
             for vid, status in rows:
                 if status in ("ready", "failed") and str(vid) not in ready:
@@ -142,8 +162,9 @@ class Bench:
             time.sleep(0.02)
         if len(done) < len(runs):
             raise SystemExit(f"{len(runs) - len(done)} runs did not finish in {timeout_s:.0f} s")
-        tasks = self.http.post("task_runs/filter", json={"flow_runs": {"id": {"any_": list(done)}},
-                                                        "sort": "EXPECTED_START_TIME_ASC"}).json()
+        tasks = self.http.post(
+            "task_runs/filter", json={"flow_runs": {"id": {"any_": list(done)}}, "sort": "EXPECTED_START_TIME_ASC"}
+        ).json()
         first_task: dict[str, float] = {}
         for t in tasks:
             start = ts(t.get("start_time"))
@@ -154,25 +175,33 @@ class Bench:
             fr = done[run_id]
             states = self.http.get("flow_run_states/", params={"flow_run_id": run_id}).json()
             pending = min((ts(s["timestamp"]) for s in states if s["type"] == "PENDING"), default=float("nan"))
-            out.append({"state": fr["state_type"],
-                        "trigger->pending": pending - at,
-                        "trigger->running": (ts(fr["start_time"]) or float("nan")) - at,
-                        "trigger->1st task": first_task.get(run_id, float("nan")) - at,
-                        "trigger->ready": ready.get(vid, float("nan")) - at,
-                        "trigger->completed": (ts(fr["end_time"]) or float("nan")) - at})
+            out.append(
+                {
+                    "state": fr["state_type"],
+                    "trigger->pending": pending - at,
+                    "trigger->running": (ts(fr["start_time"]) or float("nan")) - at,
+                    "trigger->1st task": first_task.get(run_id, float("nan")) - at,
+                    "trigger->ready": ready.get(vid, float("nan")) - at,
+                    "trigger->completed": (ts(fr["end_time"]) or float("nan")) - at,
+                }
+            )
         return out
 
 
 def table(title: str, rows: list[dict]) -> str:
-    lines = [f"{title}: {len(rows)} runs, states {dict((s, sum(r['state'] == s for r in rows)) for s in {r['state'] for r in rows})}",
-             f"  {'':<20}{'p50 s':>8}{'p95 s':>8}{'max s':>8}   target"]
+    lines = [
+        f"{title}: {len(rows)} runs, states { {s: sum(r['state'] == s for r in rows) for s in {r['state'] for r in rows}} }",
+        f"  {'':<20}{'p50 s':>8}{'p95 s':>8}{'max s':>8}   target",
+    ]
     for key in ("trigger->pending", "trigger->running", "trigger->1st task", "trigger->ready", "trigger->completed"):
         values = [r[key] for r in rows if r[key] == r[key]]
         target = f"p95 <= {TARGETS[key]:.1f} s" if key in TARGETS else ""
         if key in TARGETS and values:
             target += "  ok" if percentile(values, 0.95) <= TARGETS[key] else "  MISSED"
-        lines.append(f"  {key:<20}{percentile(values, .5):>8.2f}{percentile(values, .95):>8.2f}"
-                     f"{max(values) if values else float('nan'):>8.2f}   {target}")
+        lines.append(
+            f"  {key:<20}{percentile(values, 0.5):>8.2f}{percentile(values, 0.95):>8.2f}"
+            f"{max(values) if values else float('nan'):>8.2f}   {target}"
+        )
     return "\n".join(lines)
 
 
@@ -192,25 +221,34 @@ def main() -> None:
     pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     if not postgres_reachable(pg):
         raise SystemExit(f"PostgreSQL does not answer at {pg}")
-    with tempfile.TemporaryDirectory(prefix="roadie-api-latency-") as tmp, \
-            scratch_database(pg, "roadie_bench_latency_prefect", driver="postgresql+asyncpg") as prefect_db, \
-            scratch_database(pg, "roadie_bench_latency_app", migrate=True) as app_db:
+    with (
+        tempfile.TemporaryDirectory(prefix="roadie-api-latency-") as tmp,
+        scratch_database(pg, "roadie_bench_latency_prefect", driver="postgresql+asyncpg") as prefect_db,
+        scratch_database(pg, "roadie_bench_latency_app", migrate=True) as app_db,
+    ):
         home = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_"))}
-        env.update(ROADIE_HOME=str(home / "home"), ROADIE_PREFECT_LOCAL_PORT=str(free_port()),
-                   ROADIE_HEALTH_PORT=str(free_port()), ROADIE_PREFECT_DATABASE_URL=prefect_db,
-                   ROADIE_DATABASE_URL=app_db, ROADIE_STORAGE_URL=f"file://{home / 'storage'}",
-                   ROADIE_TMP_DIR=str(home / "tmp"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.update(
+            ROADIE_HOME=str(home / "home"),
+            ROADIE_PREFECT_LOCAL_PORT=str(free_port()),
+            ROADIE_HEALTH_PORT=str(free_port()),
+            ROADIE_PREFECT_DATABASE_URL=prefect_db,
+            ROADIE_DATABASE_URL=app_db,
+            ROADIE_STORAGE_URL=f"file://{home / 'storage'}",
+            ROADIE_TMP_DIR=str(home / "tmp"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
         (home / "tmp").mkdir()
         env.update(kv.split("=", 1) for kv in args.env)
         track = home / "track.wav"
-        subprocess.run([ROADIE, "sample", str(track), "--seconds", str(args.seconds)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [ROADIE, "sample", str(track), "--seconds", str(args.seconds)], env=env, check=True, capture_output=True
+        )
         serve = Serve(env, args.workers, home)
         try:
             bench = Bench(serve.info["api"], app_db)
             versions = register(env, track, 2 + args.runs + args.burst)
-            warm, single, burst = versions[:2], versions[2:2 + args.runs], versions[2 + args.runs:]
+            warm, single, burst = versions[:2], versions[2 : 2 + args.runs], versions[2 + args.runs :]
             for vid in warm:  # first runs after start: server caches, worker imports, disk caches
                 bench.wait({vid: bench.trigger(vid)})
             one_by_one = []
@@ -224,8 +262,10 @@ def main() -> None:
 
                 shutil.copytree(home / "home" / "logs", Path(args.keep), dirs_exist_ok=True)
                 shutil.copy(home / "serve.log", Path(args.keep) / "serve.log")
-    print(f"api_latency {args.label}: {args.seconds:g} s track, roadie serve --workers {args.workers}, "
-          f"{os.cpu_count()} cores, env {args.env or '-'}")
+    print(
+        f"api_latency {args.label}: {args.seconds:g} s track, roadie serve --workers {args.workers}, "
+        f"{os.cpu_count()} cores, env {args.env or '-'}"
+    )
     print(table("one at a time", one_by_one))
     if burst_rows:
         print(table(f"burst of {args.burst}", burst_rows))

@@ -13,6 +13,7 @@ with the same interpreter and packages. Before and after runs alternate, so a ma
 both alike; the table shows the median and the 90th percentile of --runs runs of each. Both trees share one
 ROADIE_HOME (one SQLite database, one local Prefect server on a free port), stopped and removed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ TARGETS = {"help": 0.5, "analyze": 0.8, "ingest": 3.0}
 # What no version of the command can avoid: the interpreter and the libraries the design names for it, imported
 # and nothing else. analyze's cross-check is pyloudnorm, which imports scipy.signal (~0.6 s here); ingest runs a
 # Prefect flow in-process, with the same analysis.
-FLOORS = {"analyze": "import numpy, pyloudnorm",
-          "ingest": "import prefect.flow_engine, prefect.task_engine, sqlalchemy, numpy, pyloudnorm"}
+FLOORS = {
+    "analyze": "import numpy, pyloudnorm",
+    "ingest": "import prefect.flow_engine, prefect.task_engine, sqlalchemy, numpy, pyloudnorm",
+}
 
 
 def free_port() -> int:
@@ -54,12 +57,14 @@ def commands(wav: Path) -> dict[str, list[str]]:
 
 def run(tree: Path, args: list[str], env: dict[str, str], check: bool = True) -> float:
     started = time.perf_counter()
-    proc = subprocess.run([str(ROADIE), *args], env={**env, "PYTHONPATH": str(tree)}, cwd=env["HOME_CWD"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(ROADIE), *args], env={**env, "PYTHONPATH": str(tree)}, cwd=env["HOME_CWD"], capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     if check and proc.returncode != 0:
-        raise SystemExit(f"{tree}: roadie {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
-                         f"{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"{tree}: roadie {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     if check and args[0] == "ingest":
         status = json.loads(proc.stdout.splitlines()[-1])["status"]
         if status != "ready":
@@ -108,8 +113,10 @@ def main() -> None:
         subprocess.run([str(ROADIE), "server", "stop"], env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"roadie CLI start-up, whole process, {args.runs} runs each (alternating); {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"roadie CLI start-up, whole process, {args.runs} runs each (alternating); {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     header = f"{'command':<10} {'target':>7}"
     for label in trees:
         header += f" {label + ' median':>14} {label + ' p90':>11}"

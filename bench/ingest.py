@@ -9,6 +9,7 @@ roadie runs with the local Prefect server on its default SQLite, and, when Postg
 (or ROADIE_BENCH_PG_URL), with that server on PostgreSQL as in production, there with both CPU schedules:
 the default (everything shares the CPUs, secondary renditions at nice 10) and ROADIE_CPU_LANES=true.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,27 @@ def timed(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> float:
 
 def hls(src: Path, out: Path, codec: list[str]) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    return [ffmpeg_binary(), "-y", "-i", str(src), *codec, "-vn", "-f", "hls", "-hls_time", "6", "-hls_list_size", "0",
-            "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4",
-            "-hls_segment_filename", str(out / "segment_%03d.m4s"), str(out / "playlist.m3u8")]
+    return [
+        ffmpeg_binary(),
+        "-y",
+        "-i",
+        str(src),
+        *codec,
+        "-vn",
+        "-f",
+        "hls",
+        "-hls_time",
+        "6",
+        "-hls_list_size",
+        "0",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_fmp4_init_filename",
+        "init.mp4",
+        "-hls_segment_filename",
+        str(out / "segment_%03d.m4s"),
+        str(out / "playlist.m3u8"),
+    ]
 
 
 def original_recipe(src: Path, work: Path) -> dict[str, float]:
@@ -57,8 +76,12 @@ def original_recipe(src: Path, work: Path) -> dict[str, float]:
 
 def roadie_ingest(src: Path, env: dict[str, str]) -> tuple[float, dict]:
     started = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).with_name("roadie")), "ingest", "--json", "--formats",
-                           "hls_opus,hls_aac", str(src)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("roadie")), "ingest", "--json", "--formats", "hls_opus,hls_aac", str(src)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"roadie ingest failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
@@ -84,23 +107,28 @@ def main() -> None:
             with scratch_database(pg, "roadie_bench_prefect", driver="postgresql+asyncpg") as url:
                 runs["Prefect on PostgreSQL"] = roadie_runs(src, tiny, work / "pg", url)
                 runs["Prefect on PostgreSQL, ROADIE_CPU_LANES=true"] = roadie_runs(
-                    src, tiny, work / "pg-lanes", url, {"ROADIE_CPU_LANES": "true"})
+                    src, tiny, work / "pg-lanes", url, {"ROADIE_CPU_LANES": "true"}
+                )
 
     print(f"input: {args.seconds:g} s music-like, 48 kHz stereo WAV; {os.cpu_count()} cores")
-    print("original recipe (sequential): " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
-          + f" = {recipe:.2f} s")
+    print(
+        "original recipe (sequential): " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()) + f" = {recipe:.2f} s"
+    )
     print(f"floor (slowest single encode, aac_hls alone): {floor:.2f} s = {floor / recipe:.2f}x recipe")
     for label, (cold, warm, wall, playable, total) in runs.items():
         print(f"roadie ingest, {label}:")
         print(f"  time to playable (in flow): {playable:.2f} s = {playable / recipe:.2f}x recipe")
         print(f"  time to all outputs (in flow): {total:.2f} s = {total / recipe:.2f}x recipe")
         print(f"  whole CLI process: {wall:.2f} s = {wall / recipe:.2f}x recipe")
-        print(f"  CLI overhead on a 1 s file: first use {cold:.2f} s (starts the local Prefect server), "
-              f"then {warm:.2f} s per call")
+        print(
+            f"  CLI overhead on a 1 s file: first use {cold:.2f} s (starts the local Prefect server), "
+            f"then {warm:.2f} s per call"
+        )
 
 
-def roadie_runs(src: Path, tiny: Path, home: Path, prefect_db: str | None,
-                settings: dict[str, str] | None = None) -> tuple[float, ...]:
+def roadie_runs(
+    src: Path, tiny: Path, home: Path, prefect_db: str | None, settings: dict[str, str] | None = None
+) -> tuple[float, ...]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_API"))}
     env.update(ROADIE_HOME=str(home), ROADIE_PREFECT_LOCAL_PORT=str(_free_port()), **(settings or {}))
     if prefect_db:

@@ -20,6 +20,7 @@ opus HLS, aac HLS, ebur128, fpcalc) on the same clips, 2 at a time, with roadie'
 The rate limit caps roadie at --rate-per-minute ingests a minute whatever the machine can do; the recipe has no
 such cap, so the efficiency ratio is only meaningful with it lifted (e.g. --rate-per-minute 1000).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +111,13 @@ def trigger_all(bench: Bench, versions: list[str]) -> tuple[dict[str, tuple[str,
         with httpx.Client(base_url=str(bench.http.base_url), timeout=30) as http:
             while True:
                 try:
-                    response = http.post(f"deployments/{bench.dep}/create_flow_run", json={
-                        "parameters": {"version_id": version_id, "formats": ["hls_opus", "hls_aac"]},
-                        "idempotency_key": f"media-ingest:{version_id}"})
+                    response = http.post(
+                        f"deployments/{bench.dep}/create_flow_run",
+                        json={
+                            "parameters": {"version_id": version_id, "formats": ["hls_opus", "hls_aac"]},
+                            "idempotency_key": f"media-ingest:{version_id}",
+                        },
+                    )
                     if response.status_code not in (502, 503, 504):
                         response.raise_for_status()
                         return response.json()["id"], time.time()
@@ -125,7 +130,7 @@ def trigger_all(bench: Bench, versions: list[str]) -> tuple[dict[str, tuple[str,
                 delay = min(delay * 2, 4)
 
     with ThreadPoolExecutor(len(versions)) as pool:
-        outcomes = dict(zip(versions, pool.map(one, versions)))
+        outcomes = dict(zip(versions, pool.map(one, versions), strict=False))
     runs = {v: o for v, o in outcomes.items() if o is not None}
     return runs, len(versions) - len(runs), retried[0]
 
@@ -134,12 +139,18 @@ def slot_events(api: str, name: str, since: datetime) -> list[tuple[str, datetim
     """(acquired|released, occurred, holder) for the global limit `name`, oldest first, as the runs emitted them."""
     with httpx.Client(base_url=api.rstrip("/") + "/", timeout=30) as http:
         limit_id = http.get(f"v2/concurrency_limits/{name}").raise_for_status().json()["id"]
-        body = {"filter": {"occurred": {"since": since.isoformat(),
-                                        "until": (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()},
-                           "event": {"name": ["prefect.concurrency-limit.acquired",
-                                              "prefect.concurrency-limit.released"]},
-                           "resource": {"id": [f"prefect.concurrency-limit.{limit_id}"]}, "order": "ASC"},
-                "limit": 50}
+        body = {
+            "filter": {
+                "occurred": {
+                    "since": since.isoformat(),
+                    "until": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
+                },
+                "event": {"name": ["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"]},
+                "resource": {"id": [f"prefect.concurrency-limit.{limit_id}"]},
+                "order": "ASC",
+            },
+            "limit": 50,
+        }
         data = http.post("events/filter", json=body).raise_for_status().json()
         events = list(data.get("events", []))
         while data.get("next_page"):
@@ -147,10 +158,15 @@ def slot_events(api: str, name: str, since: datetime) -> list[tuple[str, datetim
             events.extend(data.get("events", []))
     out = []
     for e in events:
-        holder = next((r["prefect.resource.id"] for r in e.get("related", [])
-                       if r.get("prefect.resource.role") in ("task-run", "flow-run")), e["id"])
-        out.append((e["event"].rsplit(".", 1)[1], datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")),
-                    holder))
+        holder = next(
+            (
+                r["prefect.resource.id"]
+                for r in e.get("related", [])
+                if r.get("prefect.resource.role") in ("task-run", "flow-run")
+            ),
+            e["id"],
+        )
+        out.append((e["event"].rsplit(".", 1)[1], datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")), holder))
     return sorted(out, key=lambda x: x[1])
 
 
@@ -165,8 +181,19 @@ def encode_intervals(api: str, run_ids: list[str]) -> list[tuple[str, datetime, 
     with httpx.Client(base_url=api.rstrip("/") + "/", timeout=30) as http:
         offset = 0
         while True:
-            page = http.post("logs/filter", json={"logs": {"flow_run_id": {"any_": run_ids}}, "offset": offset,
-                                                  "limit": 200, "sort": "TIMESTAMP_ASC"}).raise_for_status().json()
+            page = (
+                http.post(
+                    "logs/filter",
+                    json={
+                        "logs": {"flow_run_id": {"any_": run_ids}},
+                        "offset": offset,
+                        "limit": 200,
+                        "sort": "TIMESTAMP_ASC",
+                    },
+                )
+                .raise_for_status()
+                .json()
+            )
             for log in page:
                 if log["message"].startswith(ENCODE_MARK + ":"):
                     kind = "acquired" if log["message"].endswith("started") else "released"
@@ -194,8 +221,9 @@ def bucket_violations(starts: list[datetime], limit: int, per_second: float, sla
         for j in range(i + 1, len(starts)):
             allowed = limit + ((starts[j] - starts[i]).total_seconds() + slack_s) * per_second
             if j - i + 1 > allowed + 1e-9:
-                bad.append(f"{j - i + 1} starts in {(starts[j] - starts[i]).total_seconds():.1f} s "
-                           f"(allowed {allowed:.1f})")
+                bad.append(
+                    f"{j - i + 1} starts in {(starts[j] - starts[i]).total_seconds():.1f} s (allowed {allowed:.1f})"
+                )
     return bad
 
 
@@ -204,14 +232,20 @@ def write_clips(folder: Path, clips: int, seconds: float) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:  # distinct seeds: distinct audio, so no clip is another's duplicate
-        return list(pool.map(lambda i: write_sample(folder / f"clip-{i:03d}.wav", seconds, 48000, 2, seed=i + 1),
-                             range(clips)))
+        return list(
+            pool.map(lambda i: write_sample(folder / f"clip-{i:03d}.wav", seconds, 48000, 2, seed=i + 1), range(clips))
+        )
 
 
 def register_all(env: dict[str, str], paths: list[Path]) -> list[str]:
     def one(path: Path) -> str:
-        out = subprocess.run([ROADIE, "register", str(path), "--owner", "load", "--json"], env=env, cwd=ROOT,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [ROADIE, "register", str(path), "--owner", "load", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             raise SystemExit(f"roadie register failed: {out.stdout}{out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])["version_id"]
@@ -221,20 +255,38 @@ def register_all(env: dict[str, str], paths: list[Path]) -> list[str]:
         return [first, *pool.map(one, paths[1:])]
 
 
-def run_load(clips: int, seconds: float, workers: int, pg_server: str, *, rate_per_minute: float = 10,
-             concurrency: int = 2, extra_env: dict[str, str] | None = None, recipe: bool = True,
-             keep: Path | None = None, limit: int | None = None) -> LoadResult:
+def run_load(
+    clips: int,
+    seconds: float,
+    workers: int,
+    pg_server: str,
+    *,
+    rate_per_minute: float = 10,
+    concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
+    recipe: bool = True,
+    keep: Path | None = None,
+    limit: int | None = None,
+) -> LoadResult:
     from roadie.services import free_port, scratch_database
 
-    with tempfile.TemporaryDirectory(prefix="roadie-load-") as tmp, \
-            scratch_database(pg_server, "roadie_load", migrate=True) as app_db:
+    with (
+        tempfile.TemporaryDirectory(prefix="roadie-load-") as tmp,
+        scratch_database(pg_server, "roadie_load", migrate=True) as app_db,
+    ):
         home = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_"))}
-        env.update(ROADIE_HOME=str(home / "home"), ROADIE_PREFECT_LOCAL_PORT=str(free_port()),
-                   ROADIE_HEALTH_PORT=str(free_port()), ROADIE_DATABASE_URL=app_db,
-                   ROADIE_STORAGE_URL=f"file://{home / 'storage'}", ROADIE_TMP_DIR=str(home / "tmp"),
-                   ROADIE_TRANSCODE_RATE_PER_MINUTE=str(rate_per_minute),
-                   ROADIE_TRANSCODE_CONCURRENCY=str(concurrency), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.update(
+            ROADIE_HOME=str(home / "home"),
+            ROADIE_PREFECT_LOCAL_PORT=str(free_port()),
+            ROADIE_HEALTH_PORT=str(free_port()),
+            ROADIE_DATABASE_URL=app_db,
+            ROADIE_STORAGE_URL=f"file://{home / 'storage'}",
+            ROADIE_TMP_DIR=str(home / "tmp"),
+            ROADIE_TRANSCODE_RATE_PER_MINUTE=str(rate_per_minute),
+            ROADIE_TRANSCODE_CONCURRENCY=str(concurrency),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
         env.update(extra_env or {})
         (home / "tmp").mkdir()
         paths = write_clips(home / "clips", clips, seconds)
@@ -245,22 +297,26 @@ def run_load(clips: int, seconds: float, workers: int, pg_server: str, *, rate_p
             versions = register_all(env, paths)
             monitor = HealthMonitor(serve.info["health"])
             monitor.start()
-            since = datetime.now(timezone.utc) - timedelta(seconds=1)
+            since = datetime.now(UTC) - timedelta(seconds=1)
             runs, refused, retried = trigger_all(bench, versions)
             rows = bench.wait(runs, timeout_s=max(900, clips * 60 / rate_per_minute * 2))
             monitor.stopped.set()
             monitor.join()
-            ready_at = [at + row["trigger->ready"] for (_, at), row in zip(runs.values(), rows)]
+            ready_at = [at + row["trigger->ready"] for (_, at), row in zip(runs.values(), rows, strict=False)]
             first_trigger = min(at for _, at in runs.values())
             with bench.engine.connect() as conn:
                 import sqlalchemy as sa
 
-                statuses = dict(conn.execute(sa.text(
-                    "SELECT status, count(*) FROM track_versions WHERE id::text = ANY(:ids) GROUP BY status"),
-                    {"ids": versions}).all())
+                statuses = dict(
+                    conn.execute(
+                        sa.text(
+                            "SELECT status, count(*) FROM track_versions WHERE id::text = ANY(:ids) GROUP BY status"
+                        ),
+                        {"ids": versions},
+                    ).all()
+                )
             per_version: dict[str, int] = {}
-            for fr in bench.http.post("flow_runs/filter", json={
-                    "deployments": {"id": {"any_": [bench.dep]}}}).json():
+            for fr in bench.http.post("flow_runs/filter", json={"deployments": {"id": {"any_": [bench.dep]}}}).json():
                 vid = fr["parameters"].get("version_id")
                 per_version[vid] = per_version.get(vid, 0) + 1
             time.sleep(3)  # the server persists events in batches
@@ -268,16 +324,26 @@ def run_load(clips: int, seconds: float, workers: int, pg_server: str, *, rate_p
             starts = [at for kind, at, _ in slot_events(api, "transcode-rate", since) if kind == "acquired"]
             limit = max(1, round(rate_per_minute))
             result = LoadResult(
-                clips=clips, seconds=seconds, workers=workers, concurrency=concurrency,
-                rate_per_minute=rate_per_minute, wall_s=max(ready_at) - first_trigger,
+                clips=clips,
+                seconds=seconds,
+                workers=workers,
+                concurrency=concurrency,
+                rate_per_minute=rate_per_minute,
+                wall_s=max(ready_at) - first_trigger,
                 ready_s=[row["trigger->ready"] for row in rows],
                 states={s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
-                runs_per_version={v: per_version.get(v, 0) for v in versions}, statuses=statuses,
+                runs_per_version={v: per_version.get(v, 0) for v in versions},
+                statuses=statuses,
                 max_encodes_at_once=max_overlap(encodes),
-                encodes_seen=min(sum(k == "acquired" for k, _, _ in encodes), sum(k == "released" for k, _, _ in encodes)),
+                encodes_seen=min(
+                    sum(k == "acquired" for k, _, _ in encodes), sum(k == "released" for k, _, _ in encodes)
+                ),
                 rate_violations=bucket_violations(starts, limit, rate_per_minute / 60),
-                health_max_s=monitor.max_s, health_failures=monitor.failures, refused_triggers=refused,
-                retried_triggers=retried)
+                health_max_s=monitor.max_s,
+                health_failures=monitor.failures,
+                refused_triggers=refused,
+                retried_triggers=retried,
+            )
             result.notes.append(f"{len(starts)} rate slots taken")
         finally:
             serve.stop()
@@ -311,13 +377,15 @@ def report(result: LoadResult) -> str:
         f"  /health: slowest {result.health_max_s:.3f} s, {len(result.health_failures)} over 1 s or failed: "
         f"{ok(not result.health_failures)}",
         f"  throughput: {result.clips_per_minute:.1f} clips/min ({result.wall_s:.1f} s from first trigger to last "
-        f"ready); trigger->ready p50 {percentile(result.ready_s, .5):.2f} s, p95 {percentile(result.ready_s, .95):.2f} s",
+        f"ready); trigger->ready p50 {percentile(result.ready_s, 0.5):.2f} s, p95 {percentile(result.ready_s, 0.95):.2f} s",
     ]
     if result.recipe_wall_s:
         ratio = result.clips_per_minute / result.recipe_clips_per_minute
-        lines.append(f"  original recipe, 2 at a time: {result.recipe_wall_s:.1f} s = "
-                     f"{result.recipe_clips_per_minute:.1f} clips/min; roadie / recipe throughput {ratio:.2f}x "
-                     f"(target >= 1.0: {ok(ratio >= 1.0)})")
+        lines.append(
+            f"  original recipe, 2 at a time: {result.recipe_wall_s:.1f} s = "
+            f"{result.recipe_clips_per_minute:.1f} clips/min; roadie / recipe throughput {ratio:.2f}x "
+            f"(target >= 1.0: {ok(ratio >= 1.0)})"
+        )
     lines.extend(f"  note: {n}" for n in result.notes)
     return "\n".join(lines)
 
@@ -339,9 +407,18 @@ def main() -> None:
     pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     if not postgres_reachable(pg):
         raise SystemExit(f"PostgreSQL does not answer at {pg}")
-    result = run_load(args.clips, args.seconds, args.workers, pg, rate_per_minute=args.rate_per_minute,
-                      concurrency=args.concurrency, extra_env=dict(kv.split("=", 1) for kv in args.env),
-                      recipe=not args.no_recipe, keep=args.keep, limit=args.limit)
+    result = run_load(
+        args.clips,
+        args.seconds,
+        args.workers,
+        pg,
+        rate_per_minute=args.rate_per_minute,
+        concurrency=args.concurrency,
+        extra_env=dict(kv.split("=", 1) for kv in args.env),
+        recipe=not args.no_recipe,
+        keep=args.keep,
+        limit=args.limit,
+    )
     print(report(result))
 
 

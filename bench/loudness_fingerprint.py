@@ -16,6 +16,7 @@ On one music-like stereo track (written as a 16-bit WAV) it times, best of --rep
   scoring: match_score of two full fingerprints (every offset in +-10 s)
 and prints the readings, the times and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,8 +72,10 @@ def fmt(reading: loudness.LoudnessReading) -> str:
     def one(v: float | None) -> str:
         return "  none" if v is None else f"{v:6.2f}"
 
-    return f"I {one(reading.integrated_lufs)} LUFS  LRA {one(reading.loudness_range_lu)} LU  " \
-           f"TP {one(reading.true_peak_dbtp)} dBTP"
+    return (
+        f"I {one(reading.integrated_lufs)} LUFS  LRA {one(reading.loudness_range_lu)} LU  "
+        f"TP {one(reading.true_peak_dbtp)} dBTP"
+    )
 
 
 def row(label: str, naive_s: float, roadie_s: float) -> str:
@@ -120,8 +123,10 @@ def main() -> None:
         print(row("fingerprint: fpcalc on the WAV vs PCM pipe", file_s, pipe_s))
         print(row("fingerprint: fpcalc on a FLAC vs PCM pipe", flac_s, pipe_s))
         print(row("fingerprint: temp WAV vs PCM pipe", temp_s, pipe_s))
-        print(f"  {'match_score, +-10 s of offsets':<44} {score_s * 1000:7.2f} ms "
-              f"({len(from_file.items)} x {len(from_pipe.items)} items; pipe vs file BER {match.ber:.4f})")
+        print(
+            f"  {'match_score, +-10 s of offsets':<44} {score_s * 1000:7.2f} ms "
+            f"({len(from_file.items)} x {len(from_pipe.items)} items; pipe vs file BER {match.ber:.4f})"
+        )
         assert len(from_temp.items) == len(from_pipe.items)
 
 

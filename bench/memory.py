@@ -10,6 +10,7 @@ is sampled every 20 ms: the roadie process's own peak (VmHWM, exact) and the pea
 and fpcalc children, reported separately. With --storage s3 the ingest writes to a SeaweedFS S3 server and every
 published output is checked (playlists list their segments, every segment is in the bucket).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -145,16 +146,24 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="roadie-bench-memory-"))
-    env = {**os.environ, "ROADIE_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "ROADIE_MAX_DURATION_S": str(4 * 3600)}
+    env = {
+        **os.environ,
+        "ROADIE_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "ROADIE_MAX_DURATION_S": str(4 * 3600),
+    }
     seaweed = None
     if args.storage == "s3":
         sys.path.insert(0, str(ROOT))
         from roadie.services import start_seaweedfs
 
         seaweed = start_seaweedfs(bucket="roadie-bench", workdir=home / "s3")
-        env.update(ROADIE_STORAGE_URL="s3://roadie-bench/media", ROADIE_S3_ENDPOINT_URL=seaweed.url,
-                   ROADIE_S3_ACCESS_KEY="bench", ROADIE_S3_SECRET_KEY="bench")
+        env.update(
+            ROADIE_STORAGE_URL="s3://roadie-bench/media",
+            ROADIE_S3_ENDPOINT_URL=seaweed.url,
+            ROADIE_S3_ACCESS_KEY="bench",
+            ROADIE_S3_SECRET_KEY="bench",
+        )
     rows = []
     try:
         if not args.skip_analyze:
@@ -180,17 +189,23 @@ def main() -> None:
             seaweed.stop()
 
     print()
-    print(f"{'command':<8} {'input':>6} {'roadie peak RSS':>16} {'ffmpeg/fpcalc peak':>19} {'wall':>8} "
-          f"{'limit':>9}  result")
+    print(
+        f"{'command':<8} {'input':>6} {'roadie peak RSS':>16} {'ffmpeg/fpcalc peak':>19} {'wall':>8} "
+        f"{'limit':>9}  result"
+    )
     for command, text, peak, note in rows:
         verdict = "ok" if peak.own_mib <= LIMITS[command] else "OVER"
-        print(f"{command:<8} {text:>6} {peak.own_mib:>12.0f} MiB {peak.tools_mib:>15.0f} MiB {peak.seconds:>7.1f}s "
-              f"{LIMITS[command]:>5} MiB  {verdict}; exit {peak.returncode}{', ' + note if note else ''}")
+        print(
+            f"{command:<8} {text:>6} {peak.own_mib:>12.0f} MiB {peak.tools_mib:>15.0f} MiB {peak.seconds:>7.1f}s "
+            f"{LIMITS[command]:>5} MiB  {verdict}; exit {peak.returncode}{', ' + note if note else ''}"
+        )
     analyze = {text: peak.own_mib for command, text, peak, _ in rows if command == "analyze"}
     if len(analyze) > 1:
         spread = max(analyze.values()) - min(analyze.values())
-        print(f"analyze: longest minus shortest input {spread:.0f} MiB (acceptance: the 4-minute and 60-minute "
-              f"files within 32 MiB)")
+        print(
+            f"analyze: longest minus shortest input {spread:.0f} MiB (acceptance: the 4-minute and 60-minute "
+            f"files within 32 MiB)"
+        )
 
 
 if __name__ == "__main__":

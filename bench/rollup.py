@@ -11,6 +11,7 @@ Generates the plays (set-based, generate_series) in PostgreSQL across --days UTC
      against the set-based rows of the same days.
 Prints plays/s and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,30 +21,38 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
 import sqlalchemy as sa
+from _database import bench_database, load, machine  # also puts the repo on sys.path
 from sqlalchemy.orm import Session
 
-from _database import bench_database, load, machine  # also puts the repo on sys.path
-
-from roadie.db.session import engine_for  # noqa: E402
-from tasks.analytics.rollup import rollup_day  # noqa: E402
-from tasks.batch_sql import day_window  # noqa: E402
+from roadie.db.session import engine_for
+from tasks.analytics.rollup import rollup_day
+from tasks.batch_sql import day_window
 
 FIRST_DAY = date(2026, 10, 1)
 
 
 def generate(url: str, plays: int, days: int, tracks: int, users: int) -> None:
     start = f"{FIRST_DAY.isoformat()} 00:00:00+00"
-    load(url, [
-        ("INSERT INTO users (id, username, lossless_enabled, created_at) "
-         "SELECT gen_random_uuid(), 'bench-user-' || g, false, now() FROM generate_series(1, :n) g", {"n": users}),
-        ("CREATE TEMP TABLE user_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users", {}),
-        ("INSERT INTO tracks (id, owner_user_id, title, created_at) "
-         "SELECT gen_random_uuid(), u.id, 'bench-track-' || g, now() "
-         "FROM generate_series(1, :n) g JOIN user_ix u ON u.n = 1 + g % 2000", {"n": tracks}),
-        ("CREATE TEMP TABLE track_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM tracks", {}),
-        # Popular tracks get most plays (random()^2); a fifth of the plays are anonymous (ip hash only). Rows go in
-        # in time order, as a live event table fills: a day's plays sit together on disk.
-        (f"""INSERT INTO analytics_play (track_id, user_id, ip_hash, started_at, watch_ms, completed)
+    load(
+        url,
+        [
+            (
+                "INSERT INTO users (id, username, lossless_enabled, created_at) "
+                "SELECT gen_random_uuid(), 'bench-user-' || g, false, now() FROM generate_series(1, :n) g",
+                {"n": users},
+            ),
+            ("CREATE TEMP TABLE user_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users", {}),
+            (
+                "INSERT INTO tracks (id, owner_user_id, title, created_at) "
+                "SELECT gen_random_uuid(), u.id, 'bench-track-' || g, now() "
+                "FROM generate_series(1, :n) g JOIN user_ix u ON u.n = 1 + g % 2000",
+                {"n": tracks},
+            ),
+            ("CREATE TEMP TABLE track_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM tracks", {}),
+            # Popular tracks get most plays (random()^2); a fifth of the plays are anonymous (ip hash only). Rows go in
+            # in time order, as a live event table fills: a day's plays sit together on disk.
+            (
+                f"""INSERT INTO analytics_play (track_id, user_id, ip_hash, started_at, watch_ms, completed)
             SELECT t.id, CASE WHEN r.anonymous THEN NULL ELSE u.id END,
                    CASE WHEN r.anonymous OR r.un % 2 = 0 THEN md5((r.un % 500000)::text) END,
                    timestamptz '{start}' + r.second * interval '1 second', r.watch_ms, r.watch_ms > 150000
@@ -53,16 +62,22 @@ def generate(url: str, plays: int, days: int, tracks: int, users: int) -> None:
                   FROM generate_series(1, :n)) r
             JOIN track_ix t ON t.n = r.tn JOIN user_ix u ON u.n = r.un
             ORDER BY r.second""",
-         {"n": plays, "tracks": tracks, "users": users, "days": days}),
-        *((f"""INSERT INTO {table} (user_id, track_id, created_at)
+                {"n": plays, "tracks": tracks, "users": users, "days": days},
+            ),
+            *(
+                (
+                    f"""INSERT INTO {table} (user_id, track_id, created_at)
              SELECT u.id, t.id, timestamptz '{start}' + r.second * interval '1 second'
              FROM (SELECT 1 + floor(:tracks * power(random(), 2))::int AS tn, 1 + floor(random() * :users)::int AS un,
                           random() * 86400 * :days AS second FROM generate_series(1, :n)) r
              JOIN track_ix t ON t.n = r.tn JOIN user_ix u ON u.n = r.un
              ORDER BY r.second""",
-           {"n": plays // share, "tracks": tracks, "users": users, "days": days})
-          for table, share in (("likes", 10), ("reposts", 50), ("downloads", 50))),
-    ])
+                    {"n": plays // share, "tracks": tracks, "users": users, "days": days},
+                )
+                for table, share in (("likes", 10), ("reposts", 50), ("downloads", 50))
+            ),
+        ],
+    )
 
 
 def set_based(url: str, days: list[date]) -> tuple[float, int]:
@@ -83,10 +98,16 @@ def naive_day(conn: sa.Connection, day: date) -> int:
     (with its window bug fixed and the listener rule applied, so the rows can be compared)."""
     lo, hi = day_window(day)
     window = {"lo": lo, "hi": hi}
-    stats: dict = defaultdict(lambda: {"plays": 0, "listeners": set(), "completions": 0, "likes": 0, "reposts": 0,
-                                       "downloads": 0})
-    plays = conn.execute(sa.text("SELECT track_id, user_id, ip_hash, completed FROM analytics_play "
-                                 "WHERE started_at >= :lo AND started_at < :hi"), window).all()
+    stats: dict = defaultdict(
+        lambda: {"plays": 0, "listeners": set(), "completions": 0, "likes": 0, "reposts": 0, "downloads": 0}
+    )
+    plays = conn.execute(
+        sa.text(
+            "SELECT track_id, user_id, ip_hash, completed FROM analytics_play "
+            "WHERE started_at >= :lo AND started_at < :hi"
+        ),
+        window,
+    ).all()
     for track_id, user_id, ip_hash, completed in plays:
         s = stats[track_id]
         s["plays"] += 1
@@ -96,8 +117,9 @@ def naive_day(conn: sa.Connection, day: date) -> int:
         elif ip_hash is not None:
             s["listeners"].add(("ip", ip_hash))
     for table in ("likes", "reposts", "downloads"):
-        for (track_id,) in conn.execute(sa.text(f"SELECT track_id FROM {table} "
-                                                "WHERE created_at >= :lo AND created_at < :hi"), window):
+        for (track_id,) in conn.execute(
+            sa.text(f"SELECT track_id FROM {table} WHERE created_at >= :lo AND created_at < :hi"), window
+        ):
             stats[track_id][table] += 1
     conn.execute(sa.text("DELETE FROM analytics_daily WHERE day = :day"), {"day": day})
     upsert = sa.text("""INSERT INTO analytics_daily (track_id, day, plays, uniques, completions, likes, reposts,
@@ -107,18 +129,32 @@ def naive_day(conn: sa.Connection, day: date) -> int:
                             uniques = excluded.uniques, completions = excluded.completions,
                             likes = excluded.likes, reposts = excluded.reposts, downloads = excluded.downloads""")
     for track_id, s in stats.items():
-        conn.execute(upsert, {"track_id": track_id, "day": day, "plays": s["plays"], "uniques": len(s["listeners"]),
-                              "completions": s["completions"], "likes": s["likes"], "reposts": s["reposts"],
-                              "downloads": s["downloads"]})
+        conn.execute(
+            upsert,
+            {
+                "track_id": track_id,
+                "day": day,
+                "plays": s["plays"],
+                "uniques": len(s["listeners"]),
+                "completions": s["completions"],
+                "likes": s["likes"],
+                "reposts": s["reposts"],
+                "downloads": s["downloads"],
+            },
+        )
     conn.commit()
     return len(plays)
 
 
 def snapshot(url: str, days: list[date]) -> list[tuple]:
     with engine_for(url).connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT track_id, day, plays, uniques, completions, likes, reposts, downloads FROM analytics_daily "
-            "WHERE day >= :lo AND day <= :hi ORDER BY day, track_id"), {"lo": days[0], "hi": days[-1]}).all()
+        return conn.execute(
+            sa.text(
+                "SELECT track_id, day, plays, uniques, completions, likes, reposts, downloads FROM analytics_daily "
+                "WHERE day >= :lo AND day <= :hi ORDER BY day, track_id"
+            ),
+            {"lo": days[0], "hi": days[-1]},
+        ).all()
 
 
 def main() -> None:
@@ -136,9 +172,11 @@ def main() -> None:
         print(f"machine: {machine(url)}")
         started = time.perf_counter()
         generate(url, args.plays, args.days, args.tracks, args.users)
-        print(f"generated {args.plays:,} plays over {args.days} days, {args.tracks:,} tracks, {args.users:,} users, "
-              f"+{args.plays // 10 + 2 * (args.plays // 50):,} likes/reposts/downloads in "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.plays:,} plays over {args.days} days, {args.tracks:,} tracks, {args.users:,} users, "
+            f"+{args.plays // 10 + 2 * (args.plays // 50):,} likes/reposts/downloads in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
 
         first_s, total_plays = set_based(url, days)
         rerun_s, rerun_plays = set_based(url, days)
@@ -170,8 +208,10 @@ def main() -> None:
         print(f"{f'naive row loop, measured on {len(naive_days)} days':<52}{naive_s:>9.2f}{naive_rate:>13,.0f}")
         print(f"{f'naive row loop, extrapolated to {args.days} days':<52}{naive_range_s:>9.2f}{naive_rate:>13,.0f}")
         print()
-        print(f"naive/this = the naive loop's time for the range (extrapolated from {len(naive_days)} measured days, "
-              "same plays/s) over the set-based time.")
+        print(
+            f"naive/this = the naive loop's time for the range (extrapolated from {len(naive_days)} measured days, "
+            "same plays/s) over the set-based time."
+        )
         print(f"analytics_daily rows of the measured days identical to the naive loop's: {same}")
 
 

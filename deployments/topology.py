@@ -4,11 +4,12 @@ limits and the crash-detection automation. `roadie setup` runs this; so does `py
 Deployments themselves come from prefect.yaml (process pool) or deployments/prefect.docker.yaml (Docker pool),
 and the dead-letter automation comes with the `dead-letter` deployment's trigger in those files.
 """
+
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from roadie.ops.client import PrefectREST
 
@@ -33,8 +34,13 @@ QUEUES = (
 
 ZOMBIE_AUTOMATION = "roadie-crashed-runs"
 # Flow runs beat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` s (30 in prefect.yaml's job env).
-FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Crashed",
-                "prefect.flow-run.Cancelled", "prefect.flow-run.TimedOut")
+FINAL_EVENTS = (
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Crashed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.TimedOut",
+)
 
 
 def zombie_automation(within_seconds: int) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def zombie_automation(within_seconds: int) -> dict[str, Any]:
     return {
         "name": ZOMBIE_AUTOMATION,
         "description": f"Mark roadie runs Crashed after {within_seconds} s without a heartbeat; the Crashed "
-                       "event then files them as dead letters.",
+        "event then files them as dead letters.",
         "enabled": True,
         "trigger": {
             "type": "event",
@@ -57,8 +63,13 @@ def zombie_automation(within_seconds: int) -> dict[str, Any]:
             "threshold": 1,
             "within": within_seconds,
         },
-        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
-                     "message": f"no heartbeat for {within_seconds} s: the worker or its machine died"}],
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"no heartbeat for {within_seconds} s: the worker or its machine died",
+            }
+        ],
     }
 
 
@@ -77,22 +88,26 @@ def ensure_pool(client: PrefectREST, name: str, pool_type: str, description: str
     """Create the pool if missing. Returns True when created. An existing pool keeps its template."""
     if client.request("GET", f"/work_pools/{name}", ok=(200, 404)).status_code == 200:
         return False
-    body = {"name": name, "type": pool_type, "description": description,
-            "base_job_template": default_job_template(pool_type)}
+    body = {
+        "name": name,
+        "type": pool_type,
+        "description": description,
+        "base_job_template": default_job_template(pool_type),
+    }
     return client.request("POST", "/work_pools/", json=body, ok=(201, 409)).status_code == 201
 
 
 def ensure_queue(client: PrefectREST, pool: str, queue: Queue) -> None:
     body = {"priority": queue.priority, "description": queue.description}
-    response = client.request("POST", f"/work_pools/{pool}/queues", json={"name": queue.name, **body},
-                              ok=(201, 409))
+    response = client.request("POST", f"/work_pools/{pool}/queues", json={"name": queue.name, **body}, ok=(201, 409))
     if response.status_code == 409:
         client.request("PATCH", f"/work_pools/{pool}/queues/{queue.name}", json=body)
 
 
 def upsert_automation(client: PrefectREST, spec: dict[str, Any]) -> str:
-    found = client.request("POST", "/automations/filter",
-                           json={"automations": {"name": {"any_": [spec["name"]]}}}).json()
+    found = client.request(
+        "POST", "/automations/filter", json={"automations": {"name": {"any_": [spec["name"]]}}}
+    ).json()
     if found:
         client.request("PUT", f"/automations/{found[0]['id']}", json=spec)
         for extra in found[1:]:  # an earlier race left a duplicate
@@ -111,7 +126,7 @@ def ensure_limits(api_url: str) -> None:
         create_limits()
 
 
-def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_seconds: Optional[int] = None) -> dict:
+def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_seconds: int | None = None) -> dict:
     """Everything the deployments need, safe to run any number of times. Returns what it did."""
     from roadie.settings import get_settings
 
@@ -127,12 +142,17 @@ def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_se
             ensure_queue(client, name, queue)
     ensure_limits(client.api_url)
     automation_id = upsert_automation(client, zombie_automation(within))
-    return {"pools": [p[0] for p in pools], "created_pools": created, "queues": [q.name for q in QUEUES],
-            "limits": ["transcode", "transcode-rate", "db-batch"], "zombie_automation": automation_id,
-            "zombie_after_seconds": within}
+    return {
+        "pools": [p[0] for p in pools],
+        "created_pools": created,
+        "queues": [q.name for q in QUEUES],
+        "limits": ["transcode", "transcode-rate", "db-batch"],
+        "zombie_automation": automation_id,
+        "zombie_after_seconds": within,
+    }
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-url", help="Prefect API (default: ROADIE_PREFECT_API_URL / PREFECT_API_URL)")
     parser.add_argument("--no-docker", action="store_true", help="skip the roadie-docker pool")

@@ -16,6 +16,7 @@
 
 Standard library only, and every command is an argument list.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,9 @@ def _client_can_buildkit(cli: str) -> bool:
     try:
         if subprocess.run([cli, "buildx", "version"], capture_output=True, timeout=30).returncode == 0:
             return True
-        version = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"], capture_output=True,
-                                 text=True, timeout=30).stdout.strip()
+        version = subprocess.run(
+            [cli, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
         return bool(version) and int(version.split(".")[0]) < 23
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return False
@@ -91,14 +93,18 @@ def docker_cli() -> str:
     for cli in clients:
         if _client_can_buildkit(cli):
             return cli
-    raise EngineUnavailable(f"no docker client here can build with BuildKit ({', '.join(clients)}): install "
-                            "Debian's docker.io, or the buildx plugin")
+    raise EngineUnavailable(
+        f"no docker client here can build with BuildKit ({', '.join(clients)}): install "
+        "Debian's docker.io, or the buildx plugin"
+    )
 
 
 def engine_answers(cli: str) -> bool:
     try:
-        return subprocess.run([cli, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run([cli, "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=30).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -117,16 +123,22 @@ def ensure_engine(timeout_s: float = 90) -> Engine:
     if not engine_answers(cli):
         dockerd = next(iter(_candidates("dockerd")), None)
         if dockerd is None:
-            raise EngineUnavailable("no Docker daemon answers and there is no dockerd to start "
-                                    "(apt-get install docker.io)")
+            raise EngineUnavailable(
+                "no Docker daemon answers and there is no dockerd to start (apt-get install docker.io)"
+            )
         if os.geteuid() != 0:
             raise EngineUnavailable("no Docker daemon answers, and starting dockerd needs root")
         log_path = Path(os.environ.get("ROADIE_DOCKERD_LOG", "/var/log/roadie-dockerd.log"))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             # Its own session: it outlives this process, as the machine's engine.
-            proc = subprocess.Popen([dockerd, "--bridge=none", "--iptables=false"], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [dockerd, "--bridge=none", "--iptables=false"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         pid = proc.pid
         log(f"started {dockerd} --bridge=none --iptables=false (pid {pid}, log {log_path})")
         deadline = time.monotonic() + timeout_s
@@ -137,8 +149,9 @@ def ensure_engine(timeout_s: float = 90) -> Engine:
                     proc.kill()
                 raise EngineUnavailable(f"dockerd did not come up (exit code {proc.poll()}):\n{tail}")
             time.sleep(0.5)
-    version = subprocess.run([cli, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()
+    version = subprocess.run(
+        [cli, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     return Engine(cli, pid, version)
 
 
@@ -151,8 +164,12 @@ def recipe_hash() -> str:
 
 def image_label(cli: str, image: str, label: str) -> str | None:
     """The label's value on a local image; None when the image is not there."""
-    done = subprocess.run([cli, "image", "inspect", "--format", "{{json .Config.Labels}}", image],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [cli, "image", "inspect", "--format", "{{json .Config.Labels}}", image],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if done.returncode != 0:
         return None
     return (json.loads(done.stdout or "null") or {}).get(label, "")
@@ -172,15 +189,28 @@ def ensure_local_base(cli: str, name: str = LOCAL_BASE) -> tuple[str, float]:
     try:
         target = work / "rootfs"
         log(f"making {name} with debootstrap (recipe {wanted})")
-        done = subprocess.run([debootstrap, f"--variant={BASE_RECIPE['variant']}", BASE_RECIPE["suite"],
-                               str(target), BASE_RECIPE["mirror"]], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                debootstrap,
+                f"--variant={BASE_RECIPE['variant']}",
+                BASE_RECIPE["suite"],
+                str(target),
+                BASE_RECIPE["mirror"],
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"debootstrap failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-        changes = [arg for change in BASE_RECIPE["changes"] + [f"LABEL {RECIPE_LABEL}={wanted}"]
-                   for arg in ("--change", change)]
+        changes = [
+            arg
+            for change in BASE_RECIPE["changes"] + [f"LABEL {RECIPE_LABEL}={wanted}"]
+            for arg in ("--change", change)
+        ]
         tar = subprocess.Popen(["tar", "-C", str(target), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run([cli, "import", *changes, "-", name], stdin=tar.stdout, capture_output=True,
-                                  text=True)
+        imported = subprocess.run(
+            [cli, "import", *changes, "-", name], stdin=tar.stdout, capture_output=True, text=True
+        )
         tar.stdout.close()
         if tar.wait() != 0 or imported.returncode != 0:
             raise RuntimeError(f"docker import failed: {imported.stderr[-2000:]}")
@@ -201,9 +231,15 @@ class Build:
     output: str
 
 
-def build_image(cli: str, tag: str, base: str | None = None, base_seconds: float = 0.0,
-                ca_bundle: str | None = None, extra_args: list[str] | None = None,
-                context: Path = ROOT) -> Build:
+def build_image(
+    cli: str,
+    tag: str,
+    base: str | None = None,
+    base_seconds: float = 0.0,
+    ca_bundle: str | None = None,
+    extra_args: list[str] | None = None,
+    context: Path = ROOT,
+) -> Build:
     """`docker build` of docker/Dockerfile on `base` (None: the Dockerfile's default), the CA bundle as a secret.
     `context`: a checkout laid out like this one (default: this one)."""
     ca = ca_bundle if ca_bundle is not None else os.environ.get("ROADIE_BUILD_CA", DEFAULT_CA)
@@ -216,8 +252,7 @@ def build_image(cli: str, tag: str, base: str | None = None, base_seconds: float
     cmd += list(extra_args or []) + [str(context)]
     before = image_id(cli, tag)
     started = time.monotonic()
-    done = subprocess.run(cmd, cwd=context, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True,
-                          text=True)
+    done = subprocess.run(cmd, cwd=context, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"docker build failed ({done.returncode}):\n{output[-5000:]}")
@@ -229,8 +264,9 @@ def build_image(cli: str, tag: str, base: str | None = None, base_seconds: float
 
 
 def image_id(cli: str, image: str) -> str | None:
-    done = subprocess.run([cli, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [cli, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, timeout=60
+    )
     return done.stdout.strip() if done.returncode == 0 else None
 
 
@@ -247,17 +283,22 @@ def prepare(tag: str, base: str = "local") -> tuple[Engine, Build]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="roadie:latest")
-    parser.add_argument("--base", default="local",
-                        help="`local` (Debian minbase made here, no registry needed) or an image name, e.g. "
-                             "python:3.11-slim (the Dockerfile's default, from a registry)")
+    parser.add_argument(
+        "--base",
+        default="local",
+        help="`local` (Debian minbase made here, no registry needed) or an image name, e.g. "
+        "python:3.11-slim (the Dockerfile's default, from a registry)",
+    )
     args = parser.parse_args(argv)
     try:
         engine, build = prepare(args.tag, args.base)
     except EngineUnavailable as exc:
         log(f"no Docker engine: {exc}")
         return 2
-    log(f"built {build.tag} on {build.base} in {build.seconds:.1f} s (base {build.base_seconds:.1f} s, "
-        f"engine {engine.server_version} via {engine.cli})")
+    log(
+        f"built {build.tag} on {build.base} in {build.seconds:.1f} s (base {build.base_seconds:.1f} s, "
+        f"engine {engine.server_version} via {engine.cli})"
+    )
     return 0
 
 

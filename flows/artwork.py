@@ -1,10 +1,10 @@
 """artwork-extract: take one version's embedded cover art again (reprocessing)."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from roadie.params import VersionId
-
 from tasks import versions
 from tasks.media.analysis_tasks import extract_artwork, publish_artwork
 

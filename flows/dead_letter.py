@@ -1,5 +1,6 @@
 """dead-letter: record a job run that failed or crashed for good. Started by a server-side automation, so it
 runs even when the failed run's own process died."""
+
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
@@ -8,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from roadie.ops import dead_letter
 from roadie.ops.client import PrefectREST
 from roadie.params import FlowRunId
-from roadie.settings import get_settings
 from roadie.retries import transient_retries
+from roadie.settings import get_settings
 
 RETRY = transient_retries()
 
@@ -42,8 +43,14 @@ def record_dead_letter(flow_run_id: FlowRunId) -> dict:
     log = get_run_logger()
     failed = read_failed_run(flow_run_id)
     letter = record_failed_job(failed)
-    log.warning("%s run %s ended %s after %d attempt(s): %s", failed.deployment_name or failed.flow_name,
-                failed.flow_run_name, failed.state, failed.attempts, failed.error)
+    log.warning(
+        "%s run %s ended %s after %d attempt(s): %s",
+        failed.deployment_name or failed.flow_name,
+        failed.flow_run_name,
+        failed.state,
+        failed.attempts,
+        failed.error,
+    )
     if letter.first_time:
         dead_letter.emit(letter)
         settings = get_settings()
@@ -52,9 +59,14 @@ def record_dead_letter(flow_run_id: FlowRunId) -> dict:
         if settings.dead_letter_notify_block:
             notify_block(letter, settings.dead_letter_notify_block)
     create_markdown_artifact(
-        key="dead-letter", description=f"failed job {letter.id}",
-        markdown=(f"### {failed.deployment_name or failed.flow_name}: `{failed.flow_run_name}` {failed.state}\n\n"
-                  f"| | |\n|---|---|\n| attempts | {failed.attempts} |\n| failed at | {failed.failed_at:%Y-%m-%d %H:%M:%S} UTC |\n"
-                  f"| parameters | `{failed.parameters}` |\n| failed job | `{letter.id}` |\n\n"
-                  f"**error:** {failed.error}\n\nRe-queue: `roadie failed --retry {letter.id}`"))
+        key="dead-letter",
+        description=f"failed job {letter.id}",
+        markdown=(
+            f"### {failed.deployment_name or failed.flow_name}: `{failed.flow_run_name}` {failed.state}\n\n"
+            f"| | |\n|---|---|\n| attempts | {failed.attempts} |\n"
+            f"| failed at | {failed.failed_at:%Y-%m-%d %H:%M:%S} UTC |\n"
+            f"| parameters | `{failed.parameters}` |\n| failed job | `{letter.id}` |\n\n"
+            f"**error:** {failed.error}\n\nRe-queue: `roadie failed --retry {letter.id}`"
+        ),
+    )
     return dead_letter.payload(letter)

@@ -1,4 +1,5 @@
 """distribution: the monthly user-centric split of contributions (default: last month)."""
+
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
@@ -66,7 +67,8 @@ def distribution(month: Month = None) -> dict:
     period = _period(month)
     result = distribute_month_task(period)
     top = top_artists_task(period)
-    create_markdown_artifact(key="distribution", markdown=report(result, top),
-                             description=f"distribution {period.label}")
+    create_markdown_artifact(
+        key="distribution", markdown=report(result, top), description=f"distribution {period.label}"
+    )
     get_run_logger().info("distribution %s: %s", period.label, result.as_json())
     return result.as_json()

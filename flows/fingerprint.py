@@ -1,10 +1,10 @@
 """fingerprint: refingerprint one version and look for duplicates again (reprocessing)."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from roadie.params import VersionId
-
 from tasks import versions
 from tasks.media.analysis_tasks import analyze_audio, require
 from tasks.media.fingerprint_tasks import record_fingerprint
@@ -18,5 +18,8 @@ def fingerprint(version_id: VersionId) -> dict:
         src = versions.fetch_original(job, workdir)
         result = require(analyze_audio(src, steps=("fingerprint",)), "fingerprint")
     matches = record_fingerprint(version_id, result.fingerprint)
-    return {"version_id": version_id, "items": len(result.fingerprint.items),
-            "duplicates": [m.as_dict() for m in matches]}
+    return {
+        "version_id": version_id,
+        "items": len(result.fingerprint.items),
+        "duplicates": [m.as_dict() for m in matches],
+    }

@@ -1,4 +1,5 @@
 """media-ingest: one upload to playable HLS, with its analysis alongside."""
+
 from __future__ import annotations
 
 import time
@@ -6,7 +7,6 @@ import time
 from prefect import flow, get_run_logger
 
 from roadie.params import Formats, VersionId
-
 from tasks import catalog, versions
 from tasks.media.analysis_tasks import analyze_audio, extract_artwork, publish_analysis, publish_artwork
 from tasks.media.fingerprint_tasks import record_fingerprint
@@ -37,8 +37,9 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
             waveform_keys = publish_analysis(version_id, result)
             versions.mark_ready(version_id, [primary])
             timings["playable_s"] = round(time.monotonic() - started, 3)
-            get_run_logger().info("version %s is playable (%s) after %.2f s", version_id, primary,
-                                  timings["playable_s"])
+            get_run_logger().info(
+                "version %s is playable (%s) after %.2f s", version_id, primary, timings["playable_s"]
+            )
         except Exception as exc:
             for future in submitted:  # nothing may publish after the discard below
                 future.wait()
@@ -47,11 +48,12 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
             finally:  # storage still down: the version is failed all the same, with the first cause
                 versions.mark_failed(version_id, versions.failure_message(exc))
             raise
-        duplicates = _finish_as_warning(version_id, "duplicate check",
-                                        lambda: record_fingerprint(version_id, result.fingerprint)
-                                        if result.fingerprint is not None else [])
-        artwork_keys = _finish_as_warning(version_id, "cover art",
-                                          lambda: publish_artwork(version_id, cover.result()))
+        duplicates = _finish_as_warning(
+            version_id,
+            "duplicate check",
+            lambda: record_fingerprint(version_id, result.fingerprint) if result.fingerprint is not None else [],
+        )
+        artwork_keys = _finish_as_warning(version_id, "cover art", lambda: publish_artwork(version_id, cover.result()))
         for fmt, future in rest.items():
             _finish_as_warning(version_id, fmt, future.result, failed_rendition=fmt)
     timings["total_s"] = round(time.monotonic() - started, 3)

@@ -1,10 +1,10 @@
 """loudness: remeasure one version (reprocessing; media-ingest does this for new uploads)."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from roadie.params import VersionId
-
 from tasks import versions
 from tasks.media.analysis_tasks import analyze_audio, require
 from tasks.media.loudness_tasks import record_loudness

@@ -1,4 +1,5 @@
 """analytics-rollup: recompute analytics_daily for a day (default yesterday UTC) or backfill a range."""
+
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
@@ -23,17 +24,32 @@ def _run_name() -> str:
 
 
 # Threads never outnumber the global db-batch slots: the rest of a long backfill waits here, not on the server.
-@flow(name="analytics-rollup", flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=DB_BATCH_CONCURRENCY[1]))
+@flow(
+    name="analytics-rollup",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=DB_BATCH_CONCURRENCY[1]),
+)
 def analytics_rollup(day: Day = None, start: Day = None, end: Day = None) -> list[dict]:
     """One transaction per UTC day; `start`..`end` (both YYYY-MM-DD, inclusive) is a backfill."""
     days = resolve_days(day, start, end)
     futures = [rollup_day_task.submit(d) for d in days]
     results = [f.result() for f in futures]
-    rows = [{"day": r.day.isoformat(), "tracks": r.tracks, "plays": r.plays, "uniques": r.uniques,
-             "completions": r.completions, "likes": r.likes, "reposts": r.reposts, "downloads": r.downloads,
-             "seconds": r.seconds} for r in results]
-    create_table_artifact(key="analytics-rollup", table=rows,
-                          description=f"analytics_daily totals per day, {describe_days(days)}")
+    rows = [
+        {
+            "day": r.day.isoformat(),
+            "tracks": r.tracks,
+            "plays": r.plays,
+            "uniques": r.uniques,
+            "completions": r.completions,
+            "likes": r.likes,
+            "reposts": r.reposts,
+            "downloads": r.downloads,
+            "seconds": r.seconds,
+        }
+        for r in results
+    ]
+    create_table_artifact(
+        key="analytics-rollup", table=rows, description=f"analytics_daily totals per day, {describe_days(days)}"
+    )
     get_run_logger().info("rolled up %d day(s), %d plays", len(rows), sum(r.plays for r in results))
     return rows

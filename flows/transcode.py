@@ -1,10 +1,10 @@
 """transcode: rebuild HLS renditions of one version (reprocessing; media-ingest does this for new uploads)."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from roadie.params import Formats, VersionId
-
 from tasks import catalog, versions
 from tasks.media.transcode import transcode_rendition
 
@@ -18,8 +18,9 @@ def transcode(version_id: VersionId, formats: Formats = None) -> dict:
     with versions.scratch_dir("transcode") as workdir:
         src = versions.fetch_original(job, workdir)
         info = versions.probe_original(version_id, src)
-        futures = {fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0)
-                   for i, fmt in enumerate(wanted)}
+        futures = {
+            fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0) for i, fmt in enumerate(wanted)
+        }
         failed = []
         for fmt, future in futures.items():
             try:

@@ -1,10 +1,10 @@
 """waveform: redraw one version's waveform JSON and PNG (reprocessing; media-ingest does this for new uploads)."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from roadie.params import VersionId
-
 from tasks import versions
 from tasks.media.analysis_tasks import analyze_audio, publish_waveform, require
 

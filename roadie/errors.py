@@ -1,4 +1,5 @@
 """Two kinds of failure: input that will never work, and trouble that may pass on a retry."""
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError, EndpointConnectionError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import EndpointConnectionError
     except ImportError:  # pragma: no cover
         return isinstance(exc, (ConnectionError, TimeoutError))
     return isinstance(exc, (ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError))
@@ -43,10 +45,18 @@ def is_transient(exc: BaseException) -> bool:
 
 MASK = "***"
 # scheme://user:password@host…: the password part, whatever the scheme.
-_URL_WITH_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"<>]*:)(?P<password>[^\s/@'\"<>]+)(?=@)")
+_URL_WITH_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"<>]*:)(?P<password>[^\s/@'\"<>]+)(?=@)"
+)
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
-_ENV_SECRETS = ("PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_KEY",
-                "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
+_ENV_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+)
 _ENV_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 
 
@@ -69,12 +79,13 @@ def mask_url(url: str) -> str:
         return MASK
     if not parts.query:
         return url
-    query = urlencode([(key, MASK) for key, _ in parse_qsl(parts.query, keep_blank_values=True)] or [(MASK, "")],
-                      safe="*")
+    query = urlencode(
+        [(key, MASK) for key, _ in parse_qsl(parts.query, keep_blank_values=True)] or [(MASK, "")], safe="*"
+    )
     return urlunsplit(parts._replace(query=query))
 
 
-def secret_values(settings: "object | None" = None) -> list[str]:
+def secret_values(settings: object | None = None) -> list[str]:
     """Every configured secret, as it may appear in text: the S3 keys, the database passwords, the Prefect auth
     string and the webhook's query (whole and value by value), URL-encoded forms too. Longest first."""
     import os
@@ -88,14 +99,17 @@ def secret_values(settings: "object | None" = None) -> list[str]:
     for name in ("s3_access_key", "s3_secret_key", "prefect_api_auth_string"):
         found.add(getattr(settings, name, None) or "")
     found.update(os.environ.get(name, "") for name in _ENV_SECRETS)
-    urls = [getattr(settings, "database_url", None), getattr(settings, "prefect_database_url", None),
-            *(os.environ.get(name) for name in _ENV_URLS)]
+    urls = [
+        getattr(settings, "database_url", None),
+        getattr(settings, "prefect_database_url", None),
+        *(os.environ.get(name) for name in _ENV_URLS),
+    ]
     for url in filter(None, urls):
         try:
             from sqlalchemy.engine import make_url
 
             found.add(make_url(url).password or "")
-        except Exception:
+        except Exception:  # noqa: S112 - a URL that does not parse holds no password to hide
             continue
     for url in filter(None, [getattr(settings, "dead_letter_webhook_url", None)]):
         query = urlsplit(url).query
@@ -106,7 +120,7 @@ def secret_values(settings: "object | None" = None) -> list[str]:
     return sorted((value for value in found if len(value) >= 4), key=len, reverse=True)
 
 
-def redact(text: object, settings: "object | None" = None) -> str:
+def redact(text: object, settings: object | None = None) -> str:
     """`text` with every secret masked: passwords inside URLs, query strings of URLs that carry a secret, and every
     configured secret value wherever it appears. Use it on anything a person or a log will read."""
     out = str(text)

@@ -1,11 +1,14 @@
 """Global concurrency and rate limits that protect the machines (names shared by flows and setup)."""
+
 from __future__ import annotations
 
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, ContextManager, Iterator, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -26,9 +29,11 @@ def configured_limits() -> tuple[tuple[str, int, float | None], ...]:
 
     settings = get_settings()
     per_minute = settings.transcode_rate_per_minute
-    return ((TRANSCODE_CONCURRENCY[0], settings.transcode_concurrency, None),
-            (TRANSCODE_RATE[0], max(1, round(per_minute)), per_minute / 60),
-            DB_BATCH_CONCURRENCY)
+    return (
+        (TRANSCODE_CONCURRENCY[0], settings.transcode_concurrency, None),
+        (TRANSCODE_RATE[0], max(1, round(per_minute)), per_minute / 60),
+        DB_BATCH_CONCURRENCY,
+    )
 
 
 def ensure_limits() -> None:
@@ -42,8 +47,11 @@ def ensure_limits() -> None:
         existing = {current.name: current for current in client.read_global_concurrency_limits(limit=200)}
         for name, limit, decay in configured_limits():
             current = existing.get(name)
-            if current is None or current.limit != limit or (
-                    decay is not None and current.slot_decay_per_second != decay):
+            if (
+                current is None
+                or current.limit != limit
+                or (decay is not None and current.slot_decay_per_second != decay)
+            ):
                 client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=decay)
 
 
@@ -73,8 +81,11 @@ def _held(name: str) -> Iterator[None]:
 
     with ExitStack() as held:
         with _SLOT_REQUESTS:
-            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S,
-                                           raise_on_lease_renewal_failure=False))
+            held.enter_context(
+                concurrency(
+                    name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S, raise_on_lease_renewal_failure=False
+                )
+            )
         yield
 
 

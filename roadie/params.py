@@ -10,11 +10,12 @@ Prefect checks a run's parameters twice, both before any of roadie's code runs:
 The values stay plain strings (what the REST caller sent, a UUID in its canonical lower-case form), so the
 flows' bodies and the API contract (`roadie.ops.client`) do not change.
 """
+
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -32,20 +33,35 @@ def _canonical_uuid(value: str) -> str:
 
 def _canonical_flow_run(value: str) -> str:
     prefix = "prefect.flow-run."
-    return prefix + _canonical_uuid(value[len(prefix):]) if value.startswith(prefix) else _canonical_uuid(value)
+    return prefix + _canonical_uuid(value[len(prefix) :]) if value.startswith(prefix) else _canonical_uuid(value)
 
 
 # A track version's id, as the platform's API registered it.
 # The pattern is in the JSON schema (the server checks it); the flow's own check says what a UUID looks like.
-VersionId = Annotated[str, Field(description="A track version id (UUID).", json_schema_extra={"pattern": _UUID}),
-                      AfterValidator(_canonical_uuid)]
+VersionId = Annotated[
+    str,
+    Field(description="A track version id (UUID).", json_schema_extra={"pattern": _UUID}),
+    AfterValidator(_canonical_uuid),
+]
 # A flow run id, bare or as an event's resource id (prefect.flow-run.<uuid>).
-FlowRunId = Annotated[str, Field(description="A flow run id (UUID).", json_schema_extra={"pattern": _FLOW_RUN}),
-                      AfterValidator(_canonical_flow_run)]
+FlowRunId = Annotated[
+    str,
+    Field(description="A flow run id (UUID).", json_schema_extra={"pattern": _FLOW_RUN}),
+    AfterValidator(_canonical_flow_run),
+]
 # One HLS rendition; the first in a list is the primary (playable first).
 Format = Literal["hls_opus", "hls_aac", "hls_alac"]
-Formats = Optional[Annotated[list[Format], Field(min_length=1, max_length=len(FORMATS),
-                                                 description="Renditions, primary first (default: the configured ones).")]]
+Formats = (
+    Annotated[
+        list[Format],
+        Field(
+            min_length=1,
+            max_length=len(FORMATS),
+            description="Renditions, primary first (default: the configured ones).",
+        ),
+    ]
+    | None
+)
 _DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _MONTH = r"^[0-9]{4}-[0-9]{2}$"
 
@@ -55,20 +71,34 @@ def _shaped(pattern: str, what: str):
         if not re.fullmatch(pattern, value):
             raise ValueError(f"{value[:80]!r} is not {what}")
         return value
+
     return check
 
 
 # A UTC day and a calendar month; whether the date exists is checked by the flow, still before any I/O.
-Day = Optional[Annotated[str, Field(description="A UTC day, YYYY-MM-DD.", json_schema_extra={"pattern": _DAY}),
-                         AfterValidator(_shaped(_DAY, "a day (expected YYYY-MM-DD)"))]]
-Month = Optional[Annotated[str, Field(description="A month, YYYY-MM.", json_schema_extra={"pattern": _MONTH}),
-                           AfterValidator(_shaped(_MONTH, "a month (expected YYYY-MM)"))]]
+Day = (
+    Annotated[
+        str,
+        Field(description="A UTC day, YYYY-MM-DD.", json_schema_extra={"pattern": _DAY}),
+        AfterValidator(_shaped(_DAY, "a day (expected YYYY-MM-DD)")),
+    ]
+    | None
+)
+Month = (
+    Annotated[
+        str,
+        Field(description="A month, YYYY-MM.", json_schema_extra={"pattern": _MONTH}),
+        AfterValidator(_shaped(_MONTH, "a month (expected YYYY-MM)")),
+    ]
+    | None
+)
 
 assert set(Format.__args__) == set(FORMATS), "roadie.params.Format is out of step with roadie.settings.FORMATS"
 
 
-def forbid_unknown_parameters(api_url: str, deployment_names: "list[str] | tuple[str, ...]",
-                              auth_string: Optional[str] = None) -> list[str]:
+def forbid_unknown_parameters(
+    api_url: str, deployment_names: list[str] | tuple[str, ...], auth_string: str | None = None
+) -> list[str]:
     """Mark the parameter schema of these deployments `additionalProperties: false`, so the server answers a
     `create_flow_run` with an unknown field 409 ("Additional properties are not allowed ('x' was unexpected)").
 
@@ -85,7 +115,10 @@ def forbid_unknown_parameters(api_url: str, deployment_names: "list[str] | tuple
             schema = full.get("parameter_openapi_schema")
             if not isinstance(schema, dict) or schema.get("additionalProperties") is False:
                 continue
-            client.request("PATCH", f"/deployments/{deployment.id}",
-                           json={"parameter_openapi_schema": {**schema, "additionalProperties": False}})
+            client.request(
+                "PATCH",
+                f"/deployments/{deployment.id}",
+                json={"parameter_openapi_schema": {**schema, "additionalProperties": False}},
+            )
             changed.append(deployment.id)
     return changed

@@ -3,8 +3,10 @@
 A flow run in ephemeral mode pays ~12 s of server start on every call; a local server started once and
 reused costs ~3 s per call and keeps every run visible in its UI.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -33,8 +35,9 @@ def ensure_api(start: bool = True) -> str:
                 raise RuntimeError(f"no Prefect server at {url}")
             home = local_home()
             database_url = prefect_database_url()
-            services.start_prefect_server(home, port=settings.prefect_local_port, detach=True,
-                                          database_url=database_url)
+            services.start_prefect_server(
+                home, port=settings.prefect_local_port, detach=True, database_url=database_url
+            )
             (home / "server.database").write_text(database_kind(database_url))
         else:
             warn_if_ui_elsewhere(url)
@@ -74,7 +77,7 @@ def prefect_database_url() -> str | None:
 
 
 def database_kind(database_url: str | None) -> str:
-    """"sqlite" or "postgresql": what `roadie serve` needs to know of a server it reuses (never the URL, which
+    """ "sqlite" or "postgresql": what `roadie serve` needs to know of a server it reuses (never the URL, which
     may hold a password)."""
     return "postgresql" if database_url and database_url.startswith("postgresql") else "sqlite"
 
@@ -92,8 +95,10 @@ def warn_if_ui_elsewhere(url: str) -> None:
     if ui_api and ui_api.rstrip("/") != url.rstrip("/"):
         import sys
 
-        sys.stderr.write(f"warning: the Prefect server at {url} sends its UI to {ui_api}, so the UI will show "
-                         "nothing; restart it: roadie server stop && roadie server start\n")
+        sys.stderr.write(
+            f"warning: the Prefect server at {url} sends its UI to {ui_api}, so the UI will show "
+            "nothing; restart it: roadie server stop && roadie server start\n"
+        )
 
 
 def stop_local() -> bool:
@@ -104,10 +109,8 @@ def stop_local() -> bool:
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text().strip())
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     pid_file.unlink(missing_ok=True)
     (local_home() / "server.database").unlink(missing_ok=True)
     return True

@@ -1,8 +1,9 @@
 """Progress of long steps, fanned out to whoever listens (the CLI prints it; flows make artifacts)."""
+
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 Listener = Callable[[str, str, float], None]  # (version_id, step, percent)
 _listeners: list[Listener] = []

@@ -1,5 +1,6 @@
 """The one retry policy: transient failures (storage, database, network) retry 3 times, 5 s, 10 s, 20 s with
 jitter (ROADIE_RETRY_BACKOFF_SECONDS scales the steps: 2 gives 2, 4, 8 s); invalid input never retries."""
+
 from __future__ import annotations
 
 from typing import Any

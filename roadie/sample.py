@@ -1,5 +1,6 @@
 """Music-like test audio: notes with harmonics over a beat. It fingerprints and measures like music,
 unlike a pure tone, and needs no file shipped with the project."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 
 def music_like(seconds: float, sr: int, channels: int = 2, seed: int = 0, gain_db: float = -12.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    n = int(round(seconds * sr))
+    n = round(seconds * sr)
     out = np.zeros(n)
     scale = 220.0 * 2 ** (np.array([0, 2, 3, 5, 7, 8, 10, 12]) / 12)
     note_len = int(sr * rng.uniform(0.2, 0.4))
@@ -18,11 +19,11 @@ def music_like(seconds: float, sr: int, channels: int = 2, seed: int = 0, gain_d
         t = np.arange(length) / sr
         f0 = rng.choice(scale) * rng.choice([1, 2])
         tone = sum((0.6 / h) * np.sin(2 * np.pi * f0 * h * t) for h in range(1, 5))
-        out[start:start + length] += tone * np.exp(-3 * t)
+        out[start : start + length] += tone * np.exp(-3 * t)
     beat = int(sr * 0.5)
     for start in range(0, n, beat):
         length = min(int(sr * 0.05), n - start)
-        out[start:start + length] += rng.normal(0, 0.5, length) * np.exp(-np.arange(length) / (sr * 0.01))
+        out[start : start + length] += rng.normal(0, 0.5, length) * np.exp(-np.arange(length) / (sr * 0.01))
     out /= np.max(np.abs(out)) + 1e-9
     out *= 10 ** (gain_db / 20)
     if channels == 1:

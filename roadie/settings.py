@@ -1,9 +1,9 @@
 """The one settings object. Everything configurable comes from ROADIE_* environment variables."""
+
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,26 +20,26 @@ class Settings(BaseSettings):
     storage_url: str = ""
 
     # S3-compatible endpoint (MinIO, SeaweedFS); empty means AWS itself.
-    s3_endpoint_url: Optional[str] = None
-    s3_access_key: Optional[str] = None
-    s3_secret_key: Optional[str] = None
+    s3_endpoint_url: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
     s3_region: str = "us-east-1"
     # A saved prefect-aws S3Bucket block to use instead of the three values above.
-    s3_bucket_block: Optional[str] = None
+    s3_bucket_block: str | None = None
 
     # Where flows report to. Unset: the CLI starts (once) and reuses a local server under ROADIE_HOME.
-    prefect_api_url: Optional[str] = Field(
+    prefect_api_url: str | None = Field(
         default=None, validation_alias=AliasChoices("ROADIE_PREFECT_API_URL", "PREFECT_API_URL")
     )
     prefect_local_port: int = 4242
     # The local server's own database (postgresql+asyncpg://…). Unset: beside roadie's data, a `<name>_prefect`
     # database on roadie's PostgreSQL server, or SQLite under ROADIE_HOME/prefect when roadie itself is on SQLite
     # (see roadie.prefect_local.prefect_database_url for why SQLite is only for one-at-a-time use).
-    prefect_database_url: Optional[str] = None
+    prefect_database_url: str | None = None
 
-    ffmpeg_binary: Optional[str] = None
+    ffmpeg_binary: str | None = None
     fpcalc_binary: str = "fpcalc"
-    tmp_dir: Optional[Path] = None
+    tmp_dir: Path | None = None
 
     # The longest upload roadie accepts, read from the probe before any work; the decode also stops there, whatever
     # a header claims. Memory does not grow with length (the analysis streams), so this bounds time and disk.
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # Operations: health, metrics, dead letters, crash detection.
     # The pool whose workers count as "online" for /health and roadie_workers_online.
     work_pool: str = "roadie-process"
-    health_host: str = "0.0.0.0"
+    health_host: str = "0.0.0.0"  # noqa: S104 - the container health check and Prometheus reach it
     health_port: int = 3001
     # Unhealthy when more than `health_max_failed` runs failed or crashed in the last `health_window_minutes`.
     health_window_minutes: int = 60
@@ -78,14 +78,15 @@ class Settings(BaseSettings):
     # A running flow with no heartbeat for this long is marked Crashed (flows beat every 30 s).
     zombie_after_seconds: int = 90
     # Dead-letter notifications: a plain JSON POST, and/or a saved Prefect notification block ("slack-webhook/ops").
-    dead_letter_webhook_url: Optional[str] = None
-    dead_letter_notify_block: Optional[str] = None
+    dead_letter_webhook_url: str | None = None
+    dead_letter_notify_block: str | None = None
     # Prefect server auth (PREFECT_SERVER_API_AUTH_STRING on the server), sent as HTTP basic auth.
-    prefect_api_auth_string: Optional[str] = Field(
-        default=None, validation_alias=AliasChoices("ROADIE_PREFECT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"))
+    prefect_api_auth_string: str | None = Field(
+        default=None, validation_alias=AliasChoices("ROADIE_PREFECT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")
+    )
 
     @model_validator(mode="after")
-    def _derive_defaults(self) -> "Settings":
+    def _derive_defaults(self) -> Settings:
         self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'roadie.db'}"

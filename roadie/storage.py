@@ -3,6 +3,7 @@
 Outputs are published through a staging area, so a failed job never leaves a partial output visible:
 write under `_staging/<token>/`, then `promote` moves everything under its final prefix, or `discard` drops it.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,10 +11,11 @@ import re
 import shutil
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from roadie.errors import StorageKeyError, TransientError
@@ -30,9 +32,9 @@ def validate_key(key: str) -> str:
     """Reject keys that could escape the storage root (or an S3 prefix) or confuse a backend. Returns the key
     unchanged.
 
-    Refused: absolute keys (`/x`, `C:x`), backslashes, `.`/`..`/empty segments (so no trailing `/`), control and invisible format
-    characters, NUL, `%` (so no URL-encoded `%2e%2e` or `%2f` that a proxy or server might decode into a
-    traversal), and keys that only become a traversal once Unicode-normalised (`．．／` is `../` under NFKC)."""
+    Refused: absolute keys (`/x`, `C:x`), backslashes, `.`/`..`/empty segments (so no trailing `/`), control and
+    invisible format characters, NUL, `%` (so no URL-encoded `%2e%2e` or `%2f` that a proxy or server might decode
+    into a traversal), and keys that only become a traversal once Unicode-normalised (`．．／` is `../` under NFKC)."""
     if not isinstance(key, str) or not key:
         raise StorageKeyError("storage key is empty")
     try:
@@ -113,18 +115,20 @@ class Stage:
 
     def put_dir(self, directory: Path) -> list[str]:
         """Stage every file of a directory (flat); returns the final keys, sorted."""
-        return sorted(self.put_file(p.name, p, content_type_for(p.name)) for p in sorted(directory.iterdir()) if p.is_file())
+        return sorted(
+            self.put_file(p.name, p, content_type_for(p.name)) for p in sorted(directory.iterdir()) if p.is_file()
+        )
 
     def promote(self, replace: bool = True) -> list[str]:
         """Move staged objects under the final prefix; with `replace`, stale objects there are removed first."""
         staged = self.storage.list(self.prefix)
-        finals = [join_key(self.final_prefix, k[len(self.prefix) + 1:]) for k in staged]
+        finals = [join_key(self.final_prefix, k[len(self.prefix) + 1 :]) for k in staged]
         if replace:
             stale = sorted(set(self.storage.list(self.final_prefix)) - set(finals))
             self.storage.delete(stale)
         moved: list[str] = []
         try:
-            for src, dst in zip(staged, finals):
+            for src, dst in zip(staged, finals, strict=False):
                 self.storage.move(src, dst)
                 moved.append(dst)
         except BaseException:
@@ -228,7 +232,9 @@ class LocalStorage:
             return [validate_key(prefix)]
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part"))
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part")
+        )
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -280,7 +286,7 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _rel(self, full: str) -> str:
-        return full[len(self.prefix) + 1:] if self.prefix else full
+        return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def _call(self, fn, *args, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
@@ -307,8 +313,9 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         extra = {"ExtraArgs": {"ContentType": content_type}} if content_type else {}
-        self._call(self._client.upload_file, str(path), self.bucket, self._full(key), Config=_transfer_config(),
-                   **extra)
+        self._call(
+            self._client.upload_file, str(path), self.bucket, self._full(key), Config=_transfer_config(), **extra
+        )
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}
@@ -332,10 +339,7 @@ class S3Storage:
         return self._call(self._client.head_object, Bucket=self.bucket, Key=self._full(key))["ContentLength"]
 
     def list(self, prefix: str) -> list[str]:
-        if prefix:
-            folder = self._full(prefix).rstrip("/") + "/"
-        else:
-            folder = f"{self.prefix}/" if self.prefix else ""
+        folder = self._full(prefix).rstrip("/") + "/" if prefix else f"{self.prefix}/" if self.prefix else ""
         paginator = self._client.get_paginator("list_objects_v2")
         keys: list[str] = []
         for page in self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=folder))):
@@ -344,12 +348,17 @@ class S3Storage:
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            chunk = [{"Key": self._full(k)} for k in keys[start:start + 1000]]
+            chunk = [{"Key": self._full(k)} for k in keys[start : start + 1000]]
             self._call(self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
 
     def move(self, src: str, dst: str) -> None:
-        self._call(self._client.copy, {"Bucket": self.bucket, "Key": self._full(src)}, self.bucket, self._full(dst),
-                   Config=_transfer_config())
+        self._call(
+            self._client.copy,
+            {"Bucket": self.bucket, "Key": self._full(src)},
+            self.bucket,
+            self._full(dst),
+            Config=_transfer_config(),
+        )
         self.delete([src])
 
     def url_for(self, key: str) -> str:
@@ -365,8 +374,9 @@ def s3_bucket_block(settings: Settings, bucket: str, folder: str):
     # Endpoint goes through aws_client_parameters: S3Bucket(endpoint_url=...) is silently ignored.
     # One quick retry inside boto, no more: the flows' own transient retries (roadie.retries) wait out an outage,
     # and boto's default retries on top of them made one failed attempt take 15-20 s against a stopped server.
-    params: dict = {"config": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5,
-                               "read_timeout": 60}}
+    params: dict = {
+        "config": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 60}
+    }
     if settings.s3_endpoint_url:
         params["endpoint_url"] = settings.s3_endpoint_url
     credentials = AwsCredentials(

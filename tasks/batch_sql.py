@@ -3,17 +3,19 @@
 The SQL is written once for PostgreSQL and SQLite (both have ON CONFLICT DO UPDATE, FILTER and window functions);
 the few dialect differences are isolated here.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-UTC = timezone.utc
+UTC = UTC
 
 # Typed binds: SQLite keeps dates and timestamps as text, and only a typed bind renders them in that format.
 TIMESTAMP = sa.DateTime(timezone=True)

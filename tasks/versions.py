@@ -1,10 +1,11 @@
 """Thin Prefect tasks over the catalogue and the original: state changes retry (database), input never does."""
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from prefect import task
 
@@ -33,9 +34,10 @@ def scratch_dir(job: str) -> Iterator[Path]:
     remove_dead_scratch_dirs(Path(parent) if parent else Path(tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=f"roadie-{job}-", dir=parent) as tmp:
         # Locked before it gets its name, so the sweep never sees an owner file without its lock.
-        with open(Path(tmp) / f"{OWNER_LOCK}.new", "w") as owner:
+        owner_path = Path(tmp) / f"{OWNER_LOCK}.new"
+        with open(owner_path, "w") as owner:
             fcntl.flock(owner, fcntl.LOCK_EX)
-            os.rename(Path(tmp) / f"{OWNER_LOCK}.new", Path(tmp) / OWNER_LOCK)
+            os.rename(owner_path, Path(tmp) / OWNER_LOCK)
             yield Path(tmp)
 
 
@@ -122,8 +124,9 @@ def load_job(version_id: str) -> catalog.VersionJob:
     return catalog.load_job(version_id)
 
 
-def ingest_report(version_id: str, analysis, waveform_keys, artwork_keys, duplicates, timings: dict[str, float]
-                  ) -> dict:
+def ingest_report(
+    version_id: str, analysis, waveform_keys, artwork_keys, duplicates, timings: dict[str, float]
+) -> dict:
     """What `roadie ingest --json` and the flow's result show: the version as stored, plus what only this run
     knows (both loudness meters and their comparison, whether the cover was embedded, the duplicate scores)."""
     report = catalog.describe_version(version_id)

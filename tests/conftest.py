@@ -3,12 +3,13 @@
 PostgreSQL: ROADIE_TEST_DATABASE_URL if given, else the server on 127.0.0.1:5432 if one answers, else a
 throwaway cluster. Each session works in a database of its own, dropped at the end.
 """
+
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -78,8 +79,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     with services.scratch_database(pg_server_url, "prefect_test", driver="postgresql+asyncpg") as database:
         server = services.start_prefect_server(home, database_url=database)
         try:
-            with temporary_settings(updates={PREFECT_API_URL: server.url}), \
-                    pytest.MonkeyPatch.context() as env:
+            with temporary_settings(updates={PREFECT_API_URL: server.url}), pytest.MonkeyPatch.context() as env:
                 env.setenv("PREFECT_API_URL", server.url)  # for the subprocesses tests start
                 from roadie.limits import ensure_limits
 

@@ -5,6 +5,7 @@ The image is built once per session (tag roadie:test) on the local Debian base r
 made once and reused while its recipe is unchanged. When no engine can be started at all, the Docker tests skip
 with the reason; a build that fails is a failure, never a skip.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -78,13 +79,17 @@ def image(config: pytest.Config):
     fresh = _session_image.cache_info().currsize == 0
     made = _session_image()
     if fresh:
-        report(config, f"image {made.tag} on {made.base}: build {made.seconds:.1f} s, base "
-                       f"{made.base_seconds:.1f} s (0: reused), engine {engine().server_version}")
+        report(
+            config,
+            f"image {made.tag} on {made.base}: build {made.seconds:.1f} s, base "
+            f"{made.base_seconds:.1f} s (0: reused), engine {engine().server_version}",
+        )
     return made
 
 
-def docker(*args: str, check: bool = True, timeout: float = 300, input: bytes | None = None,
-           text: bool = True) -> subprocess.CompletedProcess:
+def docker(
+    *args: str, check: bool = True, timeout: float = 300, input: bytes | None = None, text: bool = True
+) -> subprocess.CompletedProcess:
     done = subprocess.run([engine().cli, *args], capture_output=True, timeout=timeout, input=input, text=text)
     if check and done.returncode != 0:
         err = done.stderr if text else done.stderr.decode(errors="replace")
@@ -117,6 +122,7 @@ def _uid_of(pid: int) -> int | None:
 @dataclass
 class RunContainer:
     """One container the Docker worker started for a flow run, as Docker saw it."""
+
     flow_run_id: str
     container_id: str
     image: str = ""
@@ -142,9 +148,21 @@ class ContainerWatch:
     def __init__(self) -> None:
         self.containers: dict[str, RunContainer] = {}  # by container id
         self.lock = threading.Lock()
-        self.proc = subprocess.Popen([engine().cli, "events", "--filter", "type=container", "--filter",
-                                      "label=io.prefect.flow-run-id", "--format", "{{json .}}"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [
+                engine().cli,
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "label=io.prefect.flow-run-id",
+                "--format",
+                "{{json .}}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.stopped = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._sample, daemon=True).start()
@@ -206,8 +224,10 @@ class ContainerWatch:
                 assert len(found) == 1, [rc.actions for rc in found]
                 return found[0]
             time.sleep(0.25)
-        raise AssertionError(f"no removed container for flow run {flow_run_id}: "
-                             f"{[(rc.container_id[:12], rc.actions) for rc in self.for_run(flow_run_id)]}")
+        raise AssertionError(
+            f"no removed container for flow run {flow_run_id}: "
+            f"{[(rc.container_id[:12], rc.actions) for rc in self.for_run(flow_run_id)]}"
+        )
 
     def close(self) -> None:
         self.stopped.set()

@@ -5,8 +5,10 @@ on the same port), prefect.yaml deployed to it, and two warm process workers on 
 
 Also the end-state checks every case makes: the version's row and its transcodes, the objects under its prefix
 (complete, or none), the staging area, temp files, failed_jobs, and the workers still serving."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,9 +16,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -50,10 +53,8 @@ class Restartable:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
         if self.running:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -62,8 +63,13 @@ class Restartable:
 
     def start(self, timeout_s: float = 90) -> None:
         assert not self.running
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         services.wait_until(self.ready, timeout_s, self.name, self.proc, self.log)
 
 
@@ -99,6 +105,7 @@ class FaultStack:
                 return set(names) <= {w.name for w in self.client.workers(POOL) if w.status == "ONLINE"}
             except Exception:
                 return False
+
         try:
             wait_for(online, timeout_s, f"workers {names} not online", poll_s=0.5)
         except TimeoutError:
@@ -114,8 +121,9 @@ class FaultStack:
     def restart_prefect(self, down_s: float = 0.0) -> None:
         self.prefect.stop()
         time.sleep(down_s)
-        self.prefect = services.start_prefect_server(self.home / "prefect-server", port=self.prefect_port,
-                                                     database_url=self.prefect_db)
+        self.prefect = services.start_prefect_server(
+            self.home / "prefect-server", port=self.prefect_port, database_url=self.prefect_db
+        )
 
     # ------------------------------------------------------------------ database
 
@@ -131,8 +139,10 @@ class FaultStack:
 
     def roadie_backends(self, waiting_only: bool = False) -> list:
         """roadie's connections to its database, from pg_stat_activity (by datname), the caller's excluded."""
-        query = ("SELECT pid, state, wait_event_type, query FROM pg_stat_activity WHERE datname = :db "
-                 "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+        query = (
+            "SELECT pid, state, wait_event_type, query FROM pg_stat_activity WHERE datname = :db "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
         if waiting_only:
             query += " AND wait_event_type = 'Lock'"
         return self.sql(query, db=sa.make_url(self.db_url).database)
@@ -145,8 +155,9 @@ class FaultStack:
 
     # ------------------------------------------------------------------ runs
 
-    def register(self, tmp_path: Path, name: str, seconds: float, rate: int = 44100, channels: int = 2,
-                 freq: float = 330.0):
+    def register(
+        self, tmp_path: Path, name: str, seconds: float, rate: int = 44100, channels: int = 2, freq: float = 330.0
+    ):
         from tasks.catalog import register_upload
         from tests.support import music_like, write_wav
 
@@ -167,16 +178,25 @@ class FaultStack:
 
         row = self.failed_job(flow_run_id)
         assert row is not None, f"no failed_jobs row for {flow_run_id}"
-        cli = subprocess.run([sys.executable, "-m", "roadie", "failed", "--retry", row.id, "--json"], cwd=self.home,
-                             env=self.env, capture_output=True, text=True, timeout=120)
+        cli = subprocess.run(
+            [sys.executable, "-m", "roadie", "failed", "--retry", row.id, "--json"],
+            cwd=self.home,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert cli.returncode == 0, cli.stderr[-3000:]
         out = json.loads(cli.stdout)
         assert out["created"], out
         return out
 
     def failed_job(self, flow_run_id: str):
-        rows = self.sql("SELECT id::text AS id, deployment_name, state, error, attempts, parameters FROM failed_jobs "
-                        "WHERE flow_run_id = :id", id=flow_run_id)
+        rows = self.sql(
+            "SELECT id::text AS id, deployment_name, state, error, attempts, parameters FROM failed_jobs "
+            "WHERE flow_run_id = :id",
+            id=flow_run_id,
+        )
         return rows[0] if rows else None
 
     def wait_failed_job(self, flow_run_id: str, timeout_s: float = 90):
@@ -185,14 +205,20 @@ class FaultStack:
     # ------------------------------------------------------------------ end state
 
     def version(self, version_id: str):
-        (row,) = self.sql("SELECT status, error, attempt, attempt_run_id::text AS owner, duration_ms, sample_rate, "
-                          "channels, loudness_lufs, loudness_range, true_peak, warnings FROM track_versions "
-                          "WHERE id = :id", id=version_id)
+        (row,) = self.sql(
+            "SELECT status, error, attempt, attempt_run_id::text AS owner, duration_ms, sample_rate, "
+            "channels, loudness_lufs, loudness_range, true_peak, warnings FROM track_versions "
+            "WHERE id = :id",
+            id=version_id,
+        )
         return row
 
     def transcodes(self, version_id: str) -> list:
-        return self.sql("SELECT format, status, segment_count, bandwidth, duration_ms, segment_prefix_key "
-                        "FROM transcodes WHERE track_version_id = :id ORDER BY format", id=version_id)
+        return self.sql(
+            "SELECT format, status, segment_count, bandwidth, duration_ms, segment_prefix_key "
+            "FROM transcodes WHERE track_version_id = :id ORDER BY format",
+            id=version_id,
+        )
 
     def storage(self):
         from roadie.storage import get_storage
@@ -213,21 +239,26 @@ class FaultStack:
         rows = self.transcodes(version_id)
         assert [(r.format, r.status) for r in rows] == [(f, "ready") for f in sorted(formats)], rows
         storage = self.storage()
-        expected = {f"{version_id}/master.m3u8", f"{version_id}/waveform/waveform.json",
-                    f"{version_id}/waveform/waveform.png"}
+        expected = {
+            f"{version_id}/master.m3u8",
+            f"{version_id}/waveform/waveform.json",
+            f"{version_id}/waveform/waveform.png",
+        }
         for row in rows:
             playlist = parse_media_playlist(storage.get_bytes(f"{row.segment_prefix_key}/playlist.m3u8").decode())
             assert len(playlist.segments) == row.segment_count
-            expected |= {f"{row.segment_prefix_key}/{name}" for name in
-                         ("playlist.m3u8", playlist.init_uri, *(uri for _, uri in playlist.segments))}
+            expected |= {
+                f"{row.segment_prefix_key}/{name}"
+                for name in ("playlist.m3u8", playlist.init_uri, *(uri for _, uri in playlist.segments))
+            }
         keys = self.keys(version_id)
         assert sorted(keys) == sorted(expected), set(keys) ^ expected
         master = parse_master_playlist(storage.get_bytes(f"{version_id}/master.m3u8").decode())
         assert sorted(m["uri"] for m in master) == sorted(f"{f}/playlist.m3u8" for f in formats)
-        (waveforms,), = self.sql("SELECT count(*) FROM waveforms WHERE track_version_id = :id", id=version_id)
+        ((waveforms,),) = self.sql("SELECT count(*) FROM waveforms WHERE track_version_id = :id", id=version_id)
         assert waveforms == 1
         self.assert_no_leftovers()
-        return {k[len(version_id) + 1:]: storage.get_bytes(k) for k in keys}
+        return {k[len(version_id) + 1 :]: storage.get_bytes(k) for k in keys}
 
     def assert_nothing_published(self, version_id: str) -> None:
         assert self.keys(version_id) == []
@@ -240,10 +271,8 @@ class FaultStack:
 
 
 def stop_tree_quietly(service: services.Service) -> None:
-    try:
+    with contextlib.suppress(Exception):
         service.stop()
-    except Exception:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -262,12 +291,21 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     prefect = None
     stack = None
     try:
-        pg = Restartable("PostgreSQL", pg_service.proc.args, pg_service.workdir / "postgres.log",
-                         lambda: services.postgres_reachable(pg_service.url), pg_service.proc)
+        pg = Restartable(
+            "PostgreSQL",
+            pg_service.proc.args,
+            pg_service.workdir / "postgres.log",
+            lambda: services.postgres_reachable(pg_service.url),
+            pg_service.proc,
+        )
         s3_service = services.start_seaweedfs(bucket="roadie", workdir=home / "s3")
-        s3 = Restartable("SeaweedFS", s3_service.proc.args, home / "s3" / "weed.log",
-                         lambda: httpx.head(f"{s3_service.url}/roadie", timeout=2).status_code in (200, 403),
-                         s3_service.proc)
+        s3 = Restartable(
+            "SeaweedFS",
+            s3_service.proc.args,
+            home / "s3" / "weed.log",
+            lambda: httpx.head(f"{s3_service.url}/roadie", timeout=2).status_code in (200, 403),
+            s3_service.proc,
+        )
         # roadie's database on the private cluster, which goes with it (services.scratch_database would drop it
         # through a connection pooled before the distribution case restarts the server).
         db_url = private_database(pg_service.url, "roadie_faults")
@@ -289,12 +327,19 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
             }
             env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
             env.update(roadie_env)
-            env.update({"PREFECT_API_URL": prefect.url, "PREFECT_HOME": str(home / "prefect"),
-                        "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+            env.update(
+                {
+                    "PREFECT_API_URL": prefect.url,
+                    "PREFECT_HOME": str(home / "prefect"),
+                    "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                }
+            )
             client = PrefectREST(prefect.url)
-            stack = FaultStack(home, prefect.url, client, env, db_url, pg, s3, s3_service.url, prefect, port,
-                               prefect_db, tmp, prefix)
+            stack = FaultStack(
+                home, prefect.url, client, env, db_url, pg, s3, s3_service.url, prefect, port, prefect_db, tmp, prefix
+            )
             with pytest.MonkeyPatch.context() as mp, temporary_settings(updates={PREFECT_API_URL: prefect.url}):
                 for key in [k for k in os.environ if k.startswith("ROADIE_")]:
                     mp.delenv(key)
@@ -354,7 +399,7 @@ class RowLock:
         self.tx = self.conn.begin()
         for statement in statements:
             self.conn.execute(sa.text(statement), params)
-        (self.pid,), = self.conn.execute(sa.text("SELECT pg_backend_pid()")).all()
+        ((self.pid,),) = self.conn.execute(sa.text("SELECT pg_backend_pid()")).all()
 
     def release(self) -> None:
         try:

@@ -1,5 +1,6 @@
 """Helpers of the ops tests: a real HTTP endpoint that records what it is sent, Prefect objects made over REST,
 and finding the processes of a flow run."""
+
 from __future__ import annotations
 
 import json

@@ -1,10 +1,11 @@
 """A frozen copy of the whole-array numpy meter (`measure_pcm` before `LoudnessMeter`), kept as the reference
 the streaming meter must match. Self-contained on purpose: later edits to `tasks.media.loudness` cannot
 move the reference along with the code under test."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,8 +20,13 @@ TRUE_PEAK_TARGET_RATE = 192_000
 
 def channel_weights(channels: int) -> np.ndarray:
     layouts = {
-        1: [2.0], 2: [1.0, 1.0], 3: [1.0, 1.0, 0.0], 4: [1.0, 1.0, 1.0, 1.41], 5: [1.0, 1.0, 1.0, 1.41, 1.41],
-        6: [1.0, 1.0, 1.0, 0.0, 1.41, 1.41], 7: [1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41],
+        1: [2.0],
+        2: [1.0, 1.0],
+        3: [1.0, 1.0, 0.0],
+        4: [1.0, 1.0, 1.0, 1.41],
+        5: [1.0, 1.0, 1.0, 1.41, 1.41],
+        6: [1.0, 1.0, 1.0, 0.0, 1.41, 1.41],
+        7: [1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41],
         8: [1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41, 1.41],
     }
     if channels not in layouts:
@@ -95,7 +101,7 @@ def _oversampler(factor: int, block: int) -> tuple[np.ndarray, int]:
     for index, phase in enumerate(phases):
         reversed_phase = np.pad(phase, (0, width - len(phase)))[::-1]
         for i in range(block):
-            matrix[i:i + width, index * block + i] = reversed_phase
+            matrix[i : i + width, index * block + i] = reversed_phase
     return matrix, width
 
 
@@ -111,16 +117,17 @@ def true_peak(samples: np.ndarray, sample_rate: int, *, block: int = 16, rows_pe
     return _polyphase_peak(x, matrix, width, block, rows_per_chunk, peak)
 
 
-def _polyphase_peak(x: np.ndarray, matrix: np.ndarray, width: int, block: int, rows_per_chunk: int,
-                    peak: float) -> float:
+def _polyphase_peak(
+    x: np.ndarray, matrix: np.ndarray, width: int, block: int, rows_per_chunk: int, peak: float
+) -> float:
     frames = x.shape[0]
     rows = -(-(frames + width - 1) // block)
     padded = np.zeros(rows * block + width - 1, dtype=np.float32)
     for channel in range(x.shape[1]):
-        padded[width - 1:width - 1 + frames] = x[:, channel]
+        padded[width - 1 : width - 1 + frames] = x[:, channel]
         windows = np.lib.stride_tricks.sliding_window_view(padded, block + width - 1)[::block]
         for start in range(0, rows, rows_per_chunk):
-            out = np.ascontiguousarray(windows[start:start + rows_per_chunk]) @ matrix
+            out = np.ascontiguousarray(windows[start : start + rows_per_chunk]) @ matrix
             peak = max(peak, float(out.max()), -float(out.min()))
     return peak
 

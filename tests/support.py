@@ -1,10 +1,12 @@
 """Test signals, synthesized here so no fixture file hides what a test checks."""
+
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -14,8 +16,10 @@ from tasks.media import loudness
 from tasks.media.ffmpeg import ffmpeg_binary
 
 
-def sine(freq: float, seconds: float, sr: int, dbfs: float = -20.0, channels: int = 2, phase: float = 0.0) -> np.ndarray:
-    t = np.arange(int(round(seconds * sr))) / sr
+def sine(
+    freq: float, seconds: float, sr: int, dbfs: float = -20.0, channels: int = 2, phase: float = 0.0
+) -> np.ndarray:
+    t = np.arange(round(seconds * sr)) / sr
     mono = 10 ** (dbfs / 20) * np.sin(2 * np.pi * freq * t + phase)
     return np.repeat(mono[:, None], channels, axis=1)
 
@@ -27,8 +31,10 @@ def write_wav(path: Path, data: np.ndarray, sr: int, subtype: str = "PCM_16") ->
 
 def encode(src: Path, dst: Path, *args: str) -> Path:
     """Re-encode with ffmpeg (format from dst's suffix), e.g. encode(a, b.mp3, '-b:a', '192k')."""
-    subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(src), *args,
-                    str(dst)], check=True)
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(src), *args, str(dst)],
+        check=True,
+    )
     return dst
 
 

@@ -1,5 +1,6 @@
 """The composite analysis (one decode -> waveform, loudness cross-check, fingerprint), its graceful degradation,
 and publishing the waveform."""
+
 from __future__ import annotations
 
 import io
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from roadie.settings import reload_settings
 from tasks.catalog import results
-from tasks.media import analysis, loudness, waveform as wf
+from tasks.media import analysis, loudness
+from tasks.media import waveform as wf
 from tasks.media.decode import decode
 from tasks.media.ffmpeg import UnreadableMedia
 from tests.support import encode, music_like, new_version, sine, write_wav
@@ -35,8 +37,13 @@ def test_everything_from_one_decode(tmp_path: Path, sr: int, channels: int):
     assert loud["agrees"] is True and abs(loud["delta_lu"]) <= 0.2
     assert loud["integrated_lufs"] == loud["ffmpeg"]["integrated_lufs"]  # the published values are ffmpeg's
     assert loud["integrated_lufs"] == loudness.measure_ffmpeg(path, channels).integrated_lufs
-    assert obj["waveform"] == {"samples_per_pixel": sr // 20, "length": -(-12 * sr // (sr // 20)), "bits": 8,
-                               "channels": 1, "pixels_per_second": round(sr / (sr // 20), 3)}
+    assert obj["waveform"] == {
+        "samples_per_pixel": sr // 20,
+        "length": -(-12 * sr // (sr // 20)),
+        "bits": 8,
+        "channels": 1,
+        "pixels_per_second": round(sr / (sr // 20), 3),
+    }
     doc = json.loads(result.waveform_json)
     assert doc["bits"] == 8 and doc["length"] == obj["waveform"]["length"] and len(doc["data"]) == 2 * doc["length"]
     decoded = decode(path)
@@ -121,7 +128,9 @@ def test_failing_numpy_meter_keeps_ffmpeg_values(song: Path, monkeypatch: pytest
 
 
 def test_failing_waveform_is_a_warning(song: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(wf, "WaveformBuilder", type("BrokenBuilder", (_BrokenStep,), {"error": ValueError("cannot draw")}))
+    monkeypatch.setattr(
+        wf, "WaveformBuilder", type("BrokenBuilder", (_BrokenStep,), {"error": ValueError("cannot draw")})
+    )
     result = analysis.analyze_file(song)
     assert result.waveform is None and result.png is None and result.waveform_json is None
     assert "waveform unavailable: ValueError: cannot draw" in result.warnings
@@ -139,14 +148,19 @@ def test_save_waveform_publishes_and_reruns_in_place(roadie_env, pg: Session, so
     version_id = new_version(pg).id
     result = analysis.analyze_file(song)
     keys = results.save_waveform(pg, storage, str(version_id), result)
-    assert keys.as_dict() == {"json_key": f"{version_id}/waveform/waveform.json",
-                              "png_key": f"{version_id}/waveform/waveform.png"}
+    assert keys.as_dict() == {
+        "json_key": f"{version_id}/waveform/waveform.json",
+        "png_key": f"{version_id}/waveform/waveform.png",
+    }
     assert storage.get_bytes(keys.json_key).decode() == result.waveform_json
     assert storage.get_bytes(keys.png_key) == result.png
     row = pg.scalar(select(Waveform).where(Waveform.track_version_id == version_id))
     json_asset = pg.get(Asset, row.json_asset_id)
     assert (json_asset.key, json_asset.content_type, json_asset.size_bytes) == (
-        keys.json_key, "application/json", len(result.waveform_json))
+        keys.json_key,
+        "application/json",
+        len(result.waveform_json),
+    )
     assert pg.get(Asset, row.png_asset_id).key == keys.png_key
 
     again = results.save_waveform(pg, storage, str(version_id), analysis.analyze_file(song, png_size=None))
@@ -194,8 +208,9 @@ def test_failing_ffmpeg_meter_means_no_loudness(song: Path, monkeypatch: pytest.
     from tasks.media import ffmpeg
 
     real = ffmpeg.build_measure_pcm_cmd
-    monkeypatch.setattr(ffmpeg, "build_measure_pcm_cmd",
-                        lambda *a, **k: [x if x != "-af" else "-bogus_option" for x in real(*a, **k)])
+    monkeypatch.setattr(
+        ffmpeg, "build_measure_pcm_cmd", lambda *a, **k: [x if x != "-af" else "-bogus_option" for x in real(*a, **k)]
+    )
     result = analysis.analyze_file(song)
     assert result.loudness is None and result.as_dict()["loudness"] is None
     assert any(w.startswith("loudness unavailable: ffmpeg ebur128 failed: ") for w in result.warnings)

@@ -1,4 +1,5 @@
 """`roadie analyze` and `roadie waveform`, run as a user runs them: the real command in a subprocess."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,9 @@ HOSTILE = ["$(touch pwned).wav", "a;b ls.wav", "with space.flac", "quo'te\"s.wav
 
 def roadie(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "roadie", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "roadie", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,17 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "text.mp3").write_text("definitely not an mp3\n" * 50)
     flac = encode(good, root / "full.flac").read_bytes()
     (root / "truncated.flac").write_bytes(flac[: len(flac) // 2])
-    out.update({k: root / n for k, n in [("empty", "empty.wav"), ("random", "random.wav"), ("text", "text.mp3"),
-                                        ("truncated", "truncated.flac")]})
+    out.update(
+        {
+            k: root / n
+            for k, n in [
+                ("empty", "empty.wav"),
+                ("random", "random.wav"),
+                ("text", "text.mp3"),
+                ("truncated", "truncated.flac"),
+            ]
+        }
+    )
     for i, name in enumerate(HOSTILE):
         target = root / name
         if name.endswith(".flac"):
@@ -55,12 +66,27 @@ def test_analyze_json_one_object_per_input_in_order(files: dict[str, Path]):
     objects = [json.loads(line) for line in done.stdout.splitlines()]
     assert [o["input"] for o in objects] == names
     good, tone = objects[0], objects[5]
-    assert set(good) >= {"input", "duration_s", "sample_rate", "channels", "loudness", "waveform", "fingerprint",
-                         "warnings"}
+    assert set(good) >= {
+        "input",
+        "duration_s",
+        "sample_rate",
+        "channels",
+        "loudness",
+        "waveform",
+        "fingerprint",
+        "warnings",
+    }
     assert (good["duration_s"], good["sample_rate"], good["channels"]) == (11.0, 44100, 2)
     assert good["warnings"] == [] and good["loudness"]["agrees"] is True
-    assert set(good["loudness"]) >= {"integrated_lufs", "loudness_range_lu", "true_peak_dbtp", "ffmpeg",
-                                     "pyloudnorm", "delta_lu", "agrees"}
+    assert set(good["loudness"]) >= {
+        "integrated_lufs",
+        "loudness_range_lu",
+        "true_peak_dbtp",
+        "ffmpeg",
+        "pyloudnorm",
+        "delta_lu",
+        "agrees",
+    }
     assert good["loudness"]["integrated_lufs"] == loudness.measure_ffmpeg(files["good"], 2).integrated_lufs
     assert good["waveform"]["samples_per_pixel"] == 2205 and good["waveform"]["length"] == 220
     assert len(good["fingerprint"]["items"]) > 50 and good["fingerprint"]["duration_s"] == 11.0
@@ -97,13 +123,18 @@ def test_waveform_json_dat_png(files: dict[str, Path]):
     doc = json.loads(text)
     assert text.endswith("}\n") and text.count("\n") == 1
     assert (doc["version"], doc["channels"], doc["sample_rate"], doc["samples_per_pixel"], doc["bits"]) == (
-        2, 1, 44100, 2205, 8)
+        2,
+        1,
+        44100,
+        2205,
+        8,
+    )
     # The mixed 8-bit values from the written int16 samples, computed here the slow way.
     ints = sf.read(str(files["good"]), dtype="int16")[0].astype(int)
     mono = [int(s / 2) for s in ints.sum(axis=1)]  # int(): truncation toward zero, like C
     expected = []
     for start in range(0, len(mono), 2205):
-        block = mono[start:start + 2205]
+        block = mono[start : start + 2205]
         expected += [int(min(block) / 256), int(max(block) / 256)]
     assert doc["data"] == expected and doc["length"] == len(expected) // 2
 
@@ -122,16 +153,19 @@ def test_waveform_json_dat_png(files: dict[str, Path]):
     assert not list(root.glob(".*.part"))
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["good.wav", "-o", "e.txt"], 2, "must end in .json, .dat or .png"),
-    (["good.wav", "-o", "e.json", "--bits", "12"], 2, "--bits must be 8 or 16"),
-    (["good.wav", "-o", "e.json", "-z", "1"], 2, "minimum is 2"),
-    (["good.wav", "-o", "e.json", "-z", "64", "--pixels-per-second", "10"], 2, "not both"),
-    (["good.wav", "-o", "e.json", "--pixels-per-second", "40000"], 2, "pixels per second"),
-    (["truncated.flac", "-o", "e.json"], 1, "truncated or corrupt"),
-    (["empty.wav", "-o", "e.json"], 1, "empty"),
-    (["good.wav", "-o", "no/such/folder/e.json"], 2, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["good.wav", "-o", "e.txt"], 2, "must end in .json, .dat or .png"),
+        (["good.wav", "-o", "e.json", "--bits", "12"], 2, "--bits must be 8 or 16"),
+        (["good.wav", "-o", "e.json", "-z", "1"], 2, "minimum is 2"),
+        (["good.wav", "-o", "e.json", "-z", "64", "--pixels-per-second", "10"], 2, "not both"),
+        (["good.wav", "-o", "e.json", "--pixels-per-second", "40000"], 2, "pixels per second"),
+        (["truncated.flac", "-o", "e.json"], 1, "truncated or corrupt"),
+        (["empty.wav", "-o", "e.json"], 1, "empty"),
+        (["good.wav", "-o", "no/such/folder/e.json"], 2, "does not exist"),
+    ],
+)
 def test_waveform_errors(files: dict[str, Path], args: list[str], code: int, message: str):
     root = files["good"].parent
     done = roadie("waveform", *args, cwd=root)

@@ -6,6 +6,7 @@ How fast it is lives in bench/api_latency.py.
 - against a real Prefect server, runs of a deployment started by the warm worker: complete, fail as Failed, end
   Crashed when their process is killed, and Cancelled when cancelled; all of them forked, none cold.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,13 +68,14 @@ def test_the_zygote_preloads_every_deployed_flow_module():
 def test_the_zygote_preloads_the_libraries_of_a_run_and_stays_single_threaded():
     """After the preload, the analysis imports nothing heavy in the forked run, and the zygote still has one
     thread (native ones counted: BLAS pools too), so it may fork."""
-    probe = ("import json, sys; from roadie.ops.zygote import preload, native_threads, LIBRARY_MODULES; "
-             "failed = preload(['flows.ingest']); "
-             "print(json.dumps({'failed': failed, 'threads': native_threads(), "
-             "'missing': [m for m in LIBRARY_MODULES if m not in sys.modules]}))")
+    probe = (
+        "import json, sys; from roadie.ops.zygote import preload, native_threads, LIBRARY_MODULES; "
+        "failed = preload(['flows.ingest']); "
+        "print(json.dumps({'failed': failed, 'threads': native_threads(), "
+        "'missing': [m for m in LIBRARY_MODULES if m not in sys.modules]}))"
+    )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"failed": [], "threads": 1, "missing": []}
 
@@ -95,12 +97,17 @@ def test_a_changed_source_file_is_noticed(tmp_path):
 class ZygoteProcess:
     def __init__(self, tmp_path: Path):
         self.path = str(tmp_path / "z.sock")
-        self.proc = subprocess.Popen([sys.executable, "-m", "roadie.ops.zygote", self.path], stdin=subprocess.PIPE,
-                                     cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roadie.ops.zygote", self.path],
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for(lambda: os.path.exists(self.path) or self.proc.poll() is not None, 120, "zygote not ready")
         assert self.proc.poll() is None, self.proc.stderr.read()
 
-    def request(self, env: dict[str, str], cwd: Path) -> tuple[socket.socket, "LineReader"]:
+    def request(self, env: dict[str, str], cwd: Path) -> tuple[socket.socket, LineReader]:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.path)
         conn.sendall(json.dumps({"env": env, "cwd": str(cwd)}).encode() + b"\n")
@@ -130,8 +137,11 @@ def test_the_zygote_forks_runs_and_passes_on_their_exit_codes(tmp_path):
         # A run that cannot reach its API keeps retrying: it has a session of its own, and SIGKILL shows as -9.
         closed_port = socket.socket()
         closed_port.bind(("127.0.0.1", 0))
-        env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(uuid.uuid4()),
-               "PREFECT_API_URL": f"http://127.0.0.1:{closed_port.getsockname()[1]}/api"}
+        env = {
+            **os.environ,
+            "PREFECT__FLOW_RUN_ID": str(uuid.uuid4()),
+            "PREFECT_API_URL": f"http://127.0.0.1:{closed_port.getsockname()[1]}/api",
+        }
         _, replies = zygote.request(env, tmp_path)
         pid = replies.next()["pid"]
         wait_for(lambda: Path(f"/proc/{pid}/cwd").resolve() == tmp_path.resolve(), 10, "not in the run's cwd")
@@ -147,7 +157,7 @@ def test_the_zygote_forks_runs_and_passes_on_their_exit_codes(tmp_path):
 
 # ---------------------------------------------------------------------- the warm worker against a real server
 
-FLOWS = '''
+FLOWS = """
 import time
 
 from prefect import flow
@@ -166,7 +176,7 @@ def boom() -> None:
 @flow(name="latency-sleepy")
 def sleepy(seconds: float = 120) -> None:
     time.sleep(seconds)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -182,18 +192,29 @@ def warm_pool(prefect_api: str, tmp_path_factory):
     deployments = {}
     for fn, name in (("ok", "latency-ok"), ("boom", "latency-boom"), ("sleepy", "latency-sleepy")):
         flow_id = client.request("POST", "/flows/", json={"name": name}).json()["id"]
-        deployments[fn] = client.request("POST", "/deployments/", json={
-            "name": fn, "flow_id": flow_id, "entrypoint": f"latency_flows.py:{fn}", "path": str(code),
-            "work_pool_name": pool, "enforce_parameter_schema": False,
-            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(code)}}],
-        }).json()["id"]
+        deployments[fn] = client.request(
+            "POST",
+            "/deployments/",
+            json={
+                "name": fn,
+                "flow_id": flow_id,
+                "entrypoint": f"latency_flows.py:{fn}",
+                "path": str(code),
+                "work_pool_name": pool,
+                "enforce_parameter_schema": False,
+                "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(code)}}],
+            },
+        ).json()["id"]
     name = f"latency-{uuid.uuid4().hex[:6]}"
     env = worker_env(prefect_api, {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "0.5"})
     worker = WorkerProcess(name, worker_command(pool, name, None, warm=True), env, code / "worker.log")
     worker.start()
     try:
-        wait_for(lambda: any(w.status == "ONLINE" for w in client.workers(pool)) or not worker.alive, 120,
-                 "the warm worker did not come online")
+        wait_for(
+            lambda: any(w.status == "ONLINE" for w in client.workers(pool)) or not worker.alive,
+            120,
+            "the warm worker did not come online",
+        )
         assert worker.alive, worker.log.read_text()[-3000:]
         wait_for(lambda: '"ready"' in worker.log.read_text(), 120, "the zygote did not get ready")
         yield client, deployments, worker
@@ -207,8 +228,9 @@ def warm_pool(prefect_api: str, tmp_path_factory):
 
 
 def run_of(client: PrefectREST, deployment_id: str, parameters: dict | None = None) -> str:
-    return client.request("POST", f"/deployments/{deployment_id}/create_flow_run",
-                          json={"parameters": parameters or {}}).json()["id"]
+    return client.request(
+        "POST", f"/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters or {}}
+    ).json()["id"]
 
 
 def final_state(client: PrefectREST, run_id: str, timeout_s: float = 120):
@@ -216,8 +238,13 @@ def final_state(client: PrefectREST, run_id: str, timeout_s: float = 120):
 
 
 def infrastructure_pid(client: PrefectREST, run_id: str) -> int:
-    return int(wait_for(lambda: client.request("GET", f"/flow_runs/{run_id}").json()["infrastructure_pid"], 30,
-                        "no infrastructure pid"))
+    return int(
+        wait_for(
+            lambda: client.request("GET", f"/flow_runs/{run_id}").json()["infrastructure_pid"],
+            30,
+            "no infrastructure pid",
+        )
+    )
 
 
 def forked(worker: WorkerProcess, run_id: str) -> bool:
@@ -256,12 +283,15 @@ def test_a_killed_run_ends_crashed(warm_pool):
 
 
 def test_a_cancelled_run_ends_cancelled(warm_pool):
-    client, deployments, worker = warm_pool
+    client, deployments, _worker = warm_pool
     run_id = run_of(client, deployments["sleepy"])
     wait_for(lambda: client.read_flow_run(run_id).state_type == "RUNNING", 120, "not running")
     pid = infrastructure_pid(client, run_id)
-    client.request("POST", f"/flow_runs/{run_id}/set_state",
-                   json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+    client.request(
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+    )
     run = final_state(client, run_id, 90)
     assert run.state_type == "CANCELLED", run
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), 30, "the run's process lives on")

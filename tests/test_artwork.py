@@ -1,5 +1,6 @@
 """Cover art: extracted from MP3/FLAC/M4A with ffmpeg, a 200x200 centre-cropped thumbnail, the bundled default,
 broken covers degrading to it, and both images stored with the track pointing at them."""
+
 from __future__ import annotations
 
 import io
@@ -34,12 +35,34 @@ def striped_cover(path: Path, fmt: str = "JPEG", size: tuple[int, int] = (400, 2
 
 def with_cover(tmp_path: Path, container: str, cover: Path) -> Path:
     audio = write_wav(tmp_path / "a.wav", music_like(1.5, 44100, 2, seed=1), 44100)
-    codec = {"mp3": ["-c:a", "libmp3lame", "-id3v2_version", "3"], "flac": ["-c:a", "flac"],
-             "m4a": ["-c:a", "aac"]}[container]
+    codec = {"mp3": ["-c:a", "libmp3lame", "-id3v2_version", "3"], "flac": ["-c:a", "flac"], "m4a": ["-c:a", "aac"]}[
+        container
+    ]
     out = tmp_path / f"with-cover.{container}"
-    subprocess.run([ffmpeg_binary(), "-v", "error", "-nostdin", "-y", "-i", str(audio), "-i", str(cover),
-                    "-map", "0:a", "-map", "1", *codec, "-c:v", "copy", "-disposition:v", "attached_pic", str(out)],
-                   check=True)
+    subprocess.run(
+        [
+            ffmpeg_binary(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-i",
+            str(audio),
+            "-i",
+            str(cover),
+            "-map",
+            "0:a",
+            "-map",
+            "1",
+            *codec,
+            "-c:v",
+            "copy",
+            "-disposition:v",
+            "attached_pic",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -48,7 +71,7 @@ def colour_at(jpeg: bytes, xy: tuple[int, int]) -> tuple[int, int, int]:
 
 
 def close(a, b, tolerance: int = 40) -> bool:
-    return all(abs(int(x) - int(y)) <= tolerance for x, y in zip(a, b))
+    return all(abs(int(x) - int(y)) <= tolerance for x, y in zip(a, b, strict=False))
 
 
 @pytest.mark.parametrize("container", ["mp3", "flac", "m4a"])
@@ -113,9 +136,9 @@ def corrupted(tmp_path: Path, how: str) -> Path:
     at = data.find(cover[:64])
     assert at > 0
     if how == "zeroed":
-        data[at + 2:at + len(cover)] = bytes(len(cover) - 2)
+        data[at + 2 : at + len(cover)] = bytes(len(cover) - 2)
     else:  # the scan data cut off: a truncated JPEG
-        data[at + len(cover) // 2:at + len(cover)] = bytes(len(cover) - len(cover) // 2)
+        data[at + len(cover) // 2 : at + len(cover)] = bytes(len(cover) - len(cover) // 2)
     song.write_bytes(bytes(data))
     return song
 
@@ -158,8 +181,11 @@ def test_save_artwork_stores_both_and_points_the_track_at_them(roadie_env, pg: S
     striped_cover(tmp_path / "cover.jpg")
     art = artwork.load_artwork(with_cover(tmp_path, "m4a", tmp_path / "cover.jpg"), tmp_path)
     keys = results.save_artwork(pg, storage, str(version_id), art)
-    assert keys.as_dict() == {"full_key": f"tracks/{track_id}/artwork/cover.jpg",
-                              "thumbnail_key": f"tracks/{track_id}/artwork/cover-200.jpg", "embedded": True}
+    assert keys.as_dict() == {
+        "full_key": f"tracks/{track_id}/artwork/cover.jpg",
+        "thumbnail_key": f"tracks/{track_id}/artwork/cover-200.jpg",
+        "embedded": True,
+    }
     assert storage.get_bytes(keys.full_key) == art.full
     assert storage.get_bytes(keys.thumbnail_key) == art.thumbnail
     track = pg.get(Track, track_id)

@@ -1,6 +1,7 @@
 """`roadie rollup` and `roadie distribute` on the embedded default: no ROADIE_DATABASE_URL, so a SQLite database
 under ROADIE_HOME that the commands migrate themselves. (PostgreSQL runs of both commands are in
 test_rollup.py and test_distribution.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def test_commands_on_embedded_sqlite(embedded):
 
     rolled = runner.invoke(app, ["rollup", "--from", "2030-05-30", "--to", "2030-05-31", "--json"])
     assert rolled.exit_code == 0, rolled.output
-    assert json.loads(rolled.stdout)["days"] == [{"day": "2030-05-30", "tracks": 0, "plays": 0},
-                                                 {"day": "2030-05-31", "tracks": 1, "plays": 2}]
+    assert json.loads(rolled.stdout)["days"] == [
+        {"day": "2030-05-30", "tracks": 0, "plays": 0},
+        {"day": "2030-05-31", "tracks": 1, "plays": 2},
+    ]
     paid = runner.invoke(app, ["distribute", "--month", "2030-05", "--json"])
     assert paid.exit_code == 0, paid.output
     body = json.loads(paid.stdout)

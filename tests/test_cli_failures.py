@@ -1,5 +1,6 @@
 """`roadie ingest` fails quietly and clearly: an expected failure (bad input, storage down) is one JSON object and
 one stderr line per input, with no traceback unless --verbose; a bug in roadie keeps its traceback."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,19 @@ from tests.support import encode, music_like, write_wav
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def roadie(args: list[str], cwd: Path, env: dict[str, str] | None = None, prelude: str = ""
-           ) -> subprocess.CompletedProcess:
+def roadie(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, prelude: str = ""
+) -> subprocess.CompletedProcess:
     """The real CLI in a new process; `prelude` runs first (to plant a bug)."""
     code = textwrap.dedent(prelude) + "\nfrom roadie.cli import app\napp(prog_name='roadie')\n"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 @pytest.fixture
@@ -47,7 +55,7 @@ def test_bad_uploads_are_one_line_each_without_a_traceback(roadie_env, prefect_a
     assert "Traceback" not in quiet.stderr, quiet.stderr
     failed_lines = [ln for ln in quiet.stderr.splitlines() if ln.startswith("failed: ")]
     assert len(failed_lines) == 2
-    for path, line in zip(bad_inputs, failed_lines):
+    for path, line in zip(bad_inputs, failed_lines, strict=False):
         assert line.startswith(f"failed: {path}: ") and "ingest it again" in line
 
     loud = roadie(["ingest", "--verbose", "--formats", "hls_opus", str(bad_inputs[0])], tmp_path)
@@ -58,9 +66,16 @@ def test_bad_uploads_are_one_line_each_without_a_traceback(roadie_env, prefect_a
 def test_storage_down_at_registration_still_gives_json(roadie_env, prefect_api, tmp_path):
     song = write_wav(tmp_path / "song.wav", music_like(2.0, 44100, 2, seed=1), 44100)
     nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    proc = roadie(["ingest", "--json", "--formats", "hls_opus", str(song)], tmp_path,
-                  env={"ROADIE_STORAGE_URL": "s3://roadie/down", "ROADIE_S3_ENDPOINT_URL": nobody,
-                       "ROADIE_S3_ACCESS_KEY": "k", "ROADIE_S3_SECRET_KEY": "s"})
+    proc = roadie(
+        ["ingest", "--json", "--formats", "hls_opus", str(song)],
+        tmp_path,
+        env={
+            "ROADIE_STORAGE_URL": "s3://roadie/down",
+            "ROADIE_S3_ENDPOINT_URL": nobody,
+            "ROADIE_S3_ACCESS_KEY": "k",
+            "ROADIE_S3_SECRET_KEY": "s",
+        },
+    )
     assert proc.returncode == 1, proc.stderr
     [result] = [json.loads(line) for line in proc.stdout.splitlines()]
     assert result["status"] == "failed" and result["version_id"] is None

@@ -2,6 +2,7 @@
 bench/cli_startup.py): `--help` and `analyze` import no Prefect, database or settings they do not need; the
 embedded database is migrated only when it is behind; the global limits are created or corrected when missing or
 different, and left alone otherwise."""
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,36 @@ print(json.dumps(sorted(name for name in heavy if name in sys.modules)))
 
 def imported_by(*args: str, cwd: Path) -> tuple[list[str], subprocess.CompletedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**env, "ROADIE_HOME": str(cwd / "home"), "PYTHONPATH": str(ROOT)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**env, "ROADIE_HOME": str(cwd / "home"), "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     return json.loads(done.stdout.splitlines()[-1]), done
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy(tmp_path: Path):
     heavy, done = imported_by("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for command in ("ingest", "analyze", "waveform", "sample", "rollup", "distribute", "db", "server", "serve",
-                    "setup", "register", "trigger", "failed", "health"):
+    for command in (
+        "ingest",
+        "analyze",
+        "waveform",
+        "sample",
+        "rollup",
+        "distribute",
+        "db",
+        "server",
+        "serve",
+        "setup",
+        "register",
+        "trigger",
+        "failed",
+        "health",
+    ):
         assert command in done.stdout
     assert heavy == []
     assert not (tmp_path / "home").exists()  # --help touches no database, storage or server
@@ -106,8 +127,14 @@ def test_the_cli_migrates_a_behind_embedded_database(tmp_path: Path):
     url = f"sqlite:///{home / 'roadie.db'}"
     upgrade(url, "0004")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
-    done = subprocess.run([sys.executable, "-m", "roadie", "rollup", "--day", "2026-03-09", "--json"], cwd=tmp_path,
-                          capture_output=True, text=True, env={**env, "ROADIE_HOME": str(home)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "roadie", "rollup", "--day", "2026-03-09", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**env, "ROADIE_HOME": str(home)},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert _version(url) == set(script_heads())
 
@@ -120,15 +147,18 @@ def test_ensure_limits_creates_missing_and_corrects_changed_limits(prefect_api: 
 
     def current() -> dict[str, tuple[int, float]]:
         with get_client(sync_client=True) as client:
-            return {lim.name: (lim.limit, lim.slot_decay_per_second)
-                    for lim in client.read_global_concurrency_limits(limit=200)}
+            return {
+                lim.name: (lim.limit, lim.slot_decay_per_second)
+                for lim in client.read_global_concurrency_limits(limit=200)
+            }
 
     wanted = {name: (limit, decay or 0.0) for name, limit, decay in ALL_LIMITS}
     try:
         with get_client(sync_client=True) as client:
             client.delete_global_concurrency_limit_by_name(TRANSCODE_CONCURRENCY[0])
-            client.update_global_concurrency_limit(TRANSCODE_RATE[0], GlobalConcurrencyLimitUpdate(
-                limit=3, slot_decay_per_second=1.0))
+            client.update_global_concurrency_limit(
+                TRANSCODE_RATE[0], GlobalConcurrencyLimitUpdate(limit=3, slot_decay_per_second=1.0)
+            )
         ensure_limits()
         assert {name: current()[name] for name in wanted} == wanted
         ensure_limits()  # nothing to change: still the same

@@ -1,4 +1,5 @@
 """CPU lanes and niced calls: what a thread is given passes on to the processes it starts, and nothing leaks back."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ import pytest
 from roadie import limits
 from roadie.settings import reload_settings
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                                reason="CPU lanes need Linux and at least 2 CPUs")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="CPU lanes need Linux and at least 2 CPUs",
+)
 
 CHILD_MASK = [sys.executable, "-c", "import json, os; print(json.dumps(sorted(os.sched_getaffinity(0))))"]
 

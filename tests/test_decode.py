@@ -1,16 +1,17 @@
 """Decoding an upload once as a stream of PCM chunks, the fan-out to its consumers, and ffmpeg's loudness over
 that stream."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tasks.media import ffmpeg, loudness
 from roadie.errors import InvalidInput
+from tasks.media import ffmpeg, loudness
 from tasks.media.analysis import analyze_file
 from tasks.media.decode import PcmFanout, decode, decode_stream, measure_ebur128
 from tasks.media.ffmpeg import UnreadableMedia
@@ -71,7 +72,7 @@ def test_float_and_24_bit_sources_keep_their_format(tmp_path: Path):
     sf.write(str(tmp_path / "x.flac"), x, 48000, subtype="PCM_24")
     flac = decode(tmp_path / "x.flac")
     assert flac.stream.integer_pcm and flac.stream.bits_per_sample == 24
-    assert np.max(np.abs(flac.samples - x)) < 2 ** -22
+    assert np.max(np.abs(flac.samples - x)) < 2**-22
 
 
 def streamed_ebur128(path: Path, chunk_frames: int = 4799) -> loudness.LoudnessReading:
@@ -123,6 +124,7 @@ def test_three_channel_layout_is_kept(tmp_path: Path):
 def test_a_failing_or_early_consumer_never_blocks_the_others():
     """fpcalc stops after 120 s and a broken step stops at once: both keep draining, so the decoder and the
     other consumers see every chunk, and each failure is data."""
+
     def total(chunks: Iterator[np.ndarray]) -> int:
         return sum(len(c) for c in chunks)
 
@@ -181,8 +183,10 @@ def make_bad(tmp_path: Path, kind: str) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["empty", "random", "text", "truncated-flac", "truncated-wav", "header-only",
-                                  "missing", "directory", "no-audio"])
+@pytest.mark.parametrize(
+    "kind",
+    ["empty", "random", "text", "truncated-flac", "truncated-wav", "header-only", "missing", "directory", "no-audio"],
+)
 @pytest.mark.parametrize("entry", ["decode", "analysis"])
 def test_bad_input_is_unreadable_media(tmp_path: Path, kind: str, entry: str):
     path = make_bad(tmp_path, kind)
@@ -202,8 +206,19 @@ def test_truncated_flac_is_caught_by_the_decode_not_the_probe(tmp_path: Path):
         decode(path)
 
 
-@pytest.mark.parametrize("name", ["$(touch pwned).wav", "a;b.wav", "with space.wav", "quo'te\"s.wav",
-                                  "ünïcødé ♫.wav", "-i.wav", "concat:x.wav", "http:x.wav"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "$(touch pwned).wav",
+        "a;b.wav",
+        "with space.wav",
+        "quo'te\"s.wav",
+        "ünïcødé ♫.wav",
+        "-i.wav",
+        "concat:x.wav",
+        "http:x.wav",
+    ],
+)
 def test_file_names_are_data(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     write_wav(tmp_path / name, sine(440, 0.5, 8000, channels=1), 8000)
@@ -242,8 +257,7 @@ def test_a_header_that_lies_is_caught_by_the_decode(tmp_path: Path):
         analyze_file(path, info=lying, max_seconds=6)
 
 
-def test_the_length_limit_is_checked_from_the_probe_before_any_work(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch):
+def test_the_length_limit_is_checked_from_the_probe_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from roadie.settings import reload_settings
 
     path = write_wav(tmp_path / "song.wav", np.zeros((8000 * 30, 1)), 8000)

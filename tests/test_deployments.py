@@ -2,6 +2,7 @@
 its parameters match the flow's signature, and the two files describe the same deployments.
 
 No skips: a deployment whose flow module has not landed fails here, by name."""
+
 from __future__ import annotations
 
 import inspect
@@ -107,8 +108,9 @@ def test_schedules_are_cron_in_utc():
         for name, spec in specs.items():
             schedules = spec.get("schedules") or []
             if name in SCHEDULES:
-                assert [(s["cron"], s["timezone"], s.get("active", True)) for s in schedules] == \
-                    [(SCHEDULES[name], "UTC", True)], f"{kind}: {name}"
+                assert [(s["cron"], s["timezone"], s.get("active", True)) for s in schedules] == [
+                    (SCHEDULES[name], "UTC", True)
+                ], f"{kind}: {name}"
             else:
                 assert schedules == [], f"{kind}: {name} should only run when triggered"
 

@@ -1,5 +1,6 @@
 """The monthly user-centric distribution on real PostgreSQL (plus a SQLite smoke run), against a plain-Python
 reference of the issue's rules; money compared exactly, in cents."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Optional
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from roadie.errors import InvalidInput
@@ -22,8 +23,8 @@ from tasks.payouts.distribution import (
     LOCK_NAMESPACE,
     InvalidContributions,
     InvariantViolation,
-    PeriodPaid,
     Period,
+    PeriodPaid,
     distribute_month,
     last_month,
     mark_paid,
@@ -38,32 +39,39 @@ IN = at(date(2031, 3, 10))  # a moment inside the month
 
 def payouts(session: Session, period: Period = M) -> dict[uuid.UUID, tuple[int, int, int]]:
     """artist -> (total_cents, listener_count, contribution_count)"""
-    q = sa.text("SELECT artist_id, total_cents, listener_count, contribution_count FROM artist_payouts "
-                "WHERE period_start = :ps").bindparams(sa.bindparam("ps", type_=sa.Date()))
+    q = sa.text(
+        "SELECT artist_id, total_cents, listener_count, contribution_count FROM artist_payouts WHERE period_start = :ps"
+    ).bindparams(sa.bindparam("ps", type_=sa.Date()))
     return {uuid.UUID(str(r[0])): (int(r[1]), int(r[2]), int(r[3])) for r in session.execute(q, {"ps": period.start})}
 
 
 def unallocated(session: Session, period: Period = M) -> dict[uuid.UUID, int]:
     q = sa.text("SELECT user_id, cents FROM payout_unallocated_lines WHERE period_start = :ps").bindparams(
-        sa.bindparam("ps", type_=sa.Date()))
+        sa.bindparam("ps", type_=sa.Date())
+    )
     return {uuid.UUID(str(r[0])): int(r[1]) for r in session.execute(q, {"ps": period.start})}
 
 
 def allocation(session: Session, period: Period = M) -> dict[tuple[uuid.UUID, uuid.UUID], tuple[int, int]]:
     """(user, artist) -> (weight_ms, cents)"""
-    q = sa.text("SELECT user_id, artist_id, weight_ms, cents FROM payout_allocation_lines WHERE period_start = :ps"
-                ).bindparams(sa.bindparam("ps", type_=sa.Date()))
-    return {(uuid.UUID(str(r[0])), uuid.UUID(str(r[1]))): (int(r[2]), int(r[3]))
-            for r in session.execute(q, {"ps": period.start})}
+    q = sa.text(
+        "SELECT user_id, artist_id, weight_ms, cents FROM payout_allocation_lines WHERE period_start = :ps"
+    ).bindparams(sa.bindparam("ps", type_=sa.Date()))
+    return {
+        (uuid.UUID(str(r[0])), uuid.UUID(str(r[1]))): (int(r[2]), int(r[3]))
+        for r in session.execute(q, {"ps": period.start})
+    }
 
 
 def charity_totals(session: Session, period: Period = M) -> dict[uuid.UUID, tuple[int, int]]:
-    q = sa.text("SELECT charity_id, cents, contribution_count FROM payout_charity_totals WHERE period_start = :ps"
-                ).bindparams(sa.bindparam("ps", type_=sa.Date()))
+    q = sa.text(
+        "SELECT charity_id, cents, contribution_count FROM payout_charity_totals WHERE period_start = :ps"
+    ).bindparams(sa.bindparam("ps", type_=sa.Date()))
     return {uuid.UUID(str(r[0])): (int(r[1]), int(r[2])) for r in session.execute(q, {"ps": period.start})}
 
 
 # --- the rules, case by case ----------------------------------------------------------------------------------
+
 
 def test_period_boundaries_for_contributions_and_plays(pg):
     w = World(pg)
@@ -120,8 +128,12 @@ def test_user_with_contributions_and_no_plays_is_unallocated_not_dropped(pg):
 
     assert unallocated(pg) == {idle.id: 700}
     assert payouts(pg) == {artist.id: (800, 1, 1)}
-    assert (result.pool_cents, result.paid_cents, result.unallocated_cents, result.unallocated_users) == \
-        (1500, 800, 700, 1)
+    assert (result.pool_cents, result.paid_cents, result.unallocated_cents, result.unallocated_users) == (
+        1500,
+        800,
+        700,
+        1,
+    )
     assert result.as_json()["unallocated_cents"] == 700
     assert all(c.ok for c in result.checks)
 
@@ -134,7 +146,7 @@ def test_one_cent_pool_over_three_artists(pg):
     w.contribution(fan, 1, 100, IN)
     w.contribution(tie_fan, 2, 50, IN)
     # fan: weights 30 : 31 : 32 s -> remainders 30 000, 31 000, 32 000 of 93 000: the cent goes to the heaviest.
-    for track, seconds in zip(tracks, (30, 31, 32)):
+    for track, seconds in zip(tracks, (30, 31, 32), strict=False):
         w.play(track, IN, user=fan, watch_ms=seconds * 1000)
     # tie_fan: equal weights -> equal remainders -> the lowest artist_id wins.
     for track in reversed(tracks):
@@ -270,17 +282,24 @@ def test_a_broken_invariant_aborts_the_transaction(pg):
     fan, artist = w.user("fan"), w.user("artist")
     w.play(w.track(artist), IN, user=fan)
     w.contribution(fan, 1000, 100, IN)
-    pg.execute(sa.text("""
+    pg.execute(
+        sa.text("""
         CREATE FUNCTION skim() RETURNS trigger AS $$
         BEGIN NEW.total_cents := NEW.total_cents - 1; RETURN NEW; END $$ LANGUAGE plpgsql;
         CREATE TRIGGER skim BEFORE INSERT OR UPDATE ON artist_payouts FOR EACH ROW EXECUTE FUNCTION skim();
-    """))
+    """)
+    )
 
     with pytest.raises(InvariantViolation, match=r"Σ payouts \+ Σ unallocated = Σ pools: 999 != 1000"):
         distribute_month(M, session=pg)
 
-    assert period_rows(pg, M.start) == {"artist_payouts": [], "allocation": [], "unallocated": [], "charity": [],
-                                        "run": []}
+    assert period_rows(pg, M.start) == {
+        "artist_payouts": [],
+        "allocation": [],
+        "unallocated": [],
+        "charity": [],
+        "run": [],
+    }
 
 
 def test_months_and_top_artists(pg):
@@ -288,8 +307,8 @@ def test_months_and_top_artists(pg):
     for bad in ("2026-13", "2026-1", "202610", "october", "2026-10-01", "9999-12", "0000-01"):
         with pytest.raises(InvalidInput):
             parse_month(bad)
-    assert last_month(datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)).label == "2025-12"
-    assert last_month(datetime(2026, 3, 31, 23, 59, tzinfo=timezone.utc)).label == "2026-02"
+    assert last_month(datetime(2026, 1, 1, 0, 0, tzinfo=UTC)).label == "2025-12"
+    assert last_month(datetime(2026, 3, 31, 23, 59, tzinfo=UTC)).label == "2026-02"
     assert Period.of("2028-02").end == date(2028, 2, 29)
     w = World(pg)
     fan, big, small = w.user("fan"), w.user("big"), w.user("small")
@@ -303,20 +322,21 @@ def test_months_and_top_artists(pg):
 
 # --- the rules as a reference, and random months --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Contrib:
     user: int
     amount: int
     artist_percent: int
     charity_percent: int
-    charity: Optional[int]
+    charity: int | None
     status: str
     offset_s: int
 
 
 @dataclass(frozen=True)
 class Play:
-    user: Optional[int]
+    user: int | None
     track: int
     offset_s: int
     watch_ms: int
@@ -384,6 +404,7 @@ def random_month(rnd: random.Random, users: int, tracks: int, days: int) -> tupl
     """Valid activity around a month (invalid data aborts, tested above): mostly in the month, paying and
     qualified, with every edge mixed in: zero and one-cent amounts, 0 and 100 %, boundary instants, other
     months, refunds, anonymous and self plays, 29.999 s, completed short plays."""
+
     def offset() -> int:
         roll = rnd.random()
         if roll < 0.05:
@@ -401,13 +422,15 @@ def random_month(rnd: random.Random, users: int, tracks: int, days: int) -> tupl
         charity_percent = 0 if charity is None else rnd.randint(0, 100 - artist_percent)
         amount = rnd.choice([0, 1, 2, 3, rnd.randint(1, 99), rnd.randint(100, 100_000)])
         status = rnd.choice(["succeeded"] * 5 + ["refunded", "failed", "pending"])
-        contribs.append(Contrib(rnd.randrange(users), amount, artist_percent, charity_percent, charity, status,
-                                offset()))
+        contribs.append(
+            Contrib(rnd.randrange(users), amount, artist_percent, charity_percent, charity, status, offset())
+        )
     plays = []
     for _ in range(rnd.randint(0, 12 * users)):
         user = None if rnd.random() < 0.1 else rnd.randrange(users)
-        watch_ms = rnd.choice([0, 29_999, 30_000, rnd.randint(0, 29_999), rnd.randint(30_000, 900_000),
-                               rnd.randint(30_000, 900_000)])
+        watch_ms = rnd.choice(
+            [0, 29_999, 30_000, rnd.randint(0, 29_999), rnd.randint(30_000, 900_000), rnd.randint(30_000, 900_000)]
+        )
         plays.append(Play(user, rnd.randrange(tracks), offset(), watch_ms, rnd.random() < 0.3))
     return contribs, plays
 
@@ -429,14 +452,28 @@ def test_random_months_hold_invariants_match_reference_and_rerun_identically(pg,
         w = World(pg)
         people = [w.user("u") for _ in range(users)]
         charities = [w.charity() for _ in range(2)]
-        catalogue = [w.track(people[o], *((("ready", cap),) if cap else ())) for o, cap in zip(owners, caps)]
+        catalogue = [
+            w.track(people[o], *((("ready", cap),) if cap else ())) for o, cap in zip(owners, caps, strict=False)
+        ]
         lo = period.window[0]
         for c in contribs:
-            w.contribution(people[c.user], c.amount, c.artist_percent, lo + timedelta(seconds=c.offset_s),
-                           c.charity_percent, charities[c.charity] if c.charity is not None else None, c.status)
+            w.contribution(
+                people[c.user],
+                c.amount,
+                c.artist_percent,
+                lo + timedelta(seconds=c.offset_s),
+                c.charity_percent,
+                charities[c.charity] if c.charity is not None else None,
+                c.status,
+            )
         for p in plays:
-            w.play(catalogue[p.track], lo + timedelta(seconds=p.offset_s),
-                   user=people[p.user] if p.user is not None else None, watch_ms=p.watch_ms, completed=p.completed)
+            w.play(
+                catalogue[p.track],
+                lo + timedelta(seconds=p.offset_s),
+                user=people[p.user] if p.user is not None else None,
+                watch_ms=p.watch_ms,
+                completed=p.completed,
+            )
 
         result = distribute_month(period, session=pg)
         first = period_rows(pg, period.start)
@@ -446,8 +483,15 @@ def test_random_months_hold_invariants_match_reference_and_rerun_identically(pg,
         assert all(c.ok for c in result.checks) and all(c.ok for c in again.checks)
         assert result.paid_cents + result.unallocated_cents == result.pool_cents
         assert result.pool_cents + result.charity_cents + result.platform_cents == result.amount_cents
-        expected = reference(period, [u.id for u in people], [people[o].id for o in owners], caps,
-                             [c.id for c in charities], contribs, plays)
+        expected = reference(
+            period,
+            [u.id for u in people],
+            [people[o].id for o in owners],
+            caps,
+            [c.id for c in charities],
+            contribs,
+            plays,
+        )
         assert allocation(pg, period) == expected["allocation"]
         assert unallocated(pg, period) == expected["unallocated"]
         assert payouts(pg, period) == {a: (v[0], v[1], v[2]) for a, v in expected["payouts"].items()}
@@ -458,6 +502,7 @@ def test_random_months_hold_invariants_match_reference_and_rerun_identically(pg,
 
 
 # --- SQLite, locks, CLI and the flow ----------------------------------------------------------------------------
+
 
 def _scenario(session: Session) -> dict[str, str]:
     """A small month with every kind of line; returns username -> role."""
@@ -473,9 +518,12 @@ def _scenario(session: Session) -> dict[str, str]:
 
 
 def _named_payouts(session: Session, names: dict[str, str]) -> dict[str, tuple]:
-    rows = session.execute(sa.text(
-        "SELECT u.username, p.total_cents, p.listener_count, p.contribution_count FROM artist_payouts p "
-        "JOIN users u ON u.id = p.artist_id")).all()
+    rows = session.execute(
+        sa.text(
+            "SELECT u.username, p.total_cents, p.listener_count, p.contribution_count FROM artist_payouts p "
+            "JOIN users u ON u.id = p.artist_id"
+        )
+    ).all()
     return {names[r[0]]: tuple(int(v) for v in r[1:]) for r in rows if r[0] in names}
 
 
@@ -493,8 +541,7 @@ def test_sqlite_smoke_matches_postgres(pg, tmp_path):
         first = period_rows(lite, M.start)
         distribute_month(M, session=lite)
         assert period_rows(lite, M.start) == first
-        assert _named_payouts(lite, names_lite) == _named_payouts(pg, names_pg) == {"a": (467, 1, 1),
-                                                                                    "b": (233, 1, 1)}
+        assert _named_payouts(lite, names_lite) == _named_payouts(pg, names_pg) == {"a": (467, 1, 1), "b": (233, 1, 1)}
         assert [t.total_cents for t in top_artists(M, session=lite)] == [467, 233]
     strip = {"seconds": 0}
     assert {**on_lite.as_json(), **strip} == {**on_pg.as_json(), **strip}
@@ -565,11 +612,27 @@ def test_cli_distribute_json_mark_paid_and_refusal(committed_url, monkeypatch):
         out = runner.invoke(app, ["distribute", "--month", "2033-09", "--json"])
         assert out.exit_code == 0, out.output
         body = json.loads(out.stdout)
-        assert set(body) == {"period", "pool_cents", "paid_cents", "unallocated_cents", "charity_cents",
-                             "platform_cents", "artists", "listeners", "seconds"}
+        assert set(body) == {
+            "period",
+            "pool_cents",
+            "paid_cents",
+            "unallocated_cents",
+            "charity_cents",
+            "platform_cents",
+            "artists",
+            "listeners",
+            "seconds",
+        }
         assert {k: v for k, v in body.items() if k != "seconds"} == {
-            "period": "2033-09", "pool_cents": 750, "paid_cents": 700, "unallocated_cents": 50,
-            "charity_cents": 100, "platform_cents": 250, "artists": 1, "listeners": 1}
+            "period": "2033-09",
+            "pool_cents": 750,
+            "paid_cents": 700,
+            "unallocated_cents": 50,
+            "charity_cents": 100,
+            "platform_cents": 250,
+            "artists": 1,
+            "listeners": 1,
+        }
         paid = runner.invoke(app, ["distribute", "--month", "2033-09", "--mark-paid", "--json"])
         assert paid.exit_code == 0 and json.loads(paid.stdout)["status"] == "paid"
         refused = runner.invoke(app, ["distribute", "--month", "2033-09"])
@@ -604,7 +667,8 @@ def test_flow_writes_run_name_and_markdown_report(committed_url, prefect_api, mo
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(state.state_details.flow_run_id)
             artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
         assert run.name == "distribution-2034-02"
         assert [a.type for a in artifacts] == ["markdown"]
         text = artifacts[0].data

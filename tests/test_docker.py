@@ -5,6 +5,7 @@ no CA bundle or build secret in any layer, and a code change that rebuilds only 
 
 The compose services are not brought up (their postgres and minio images come from a registry):
 tests/test_docker_pool.py runs the roadie ones, with this file's image, command and environment."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,13 +43,23 @@ def env_example() -> dict[str, str]:
 
 
 def system_packages() -> list[str]:
-    return [line.strip() for line in (ROOT / "deployments" / "system-packages.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in (ROOT / "deployments" / "system-packages.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_compose_has_the_services(compose):
-    assert set(compose["services"]) == {"postgres", "minio", "minio-init", "prefect-server", "setup", "worker",
-                                        "health"}
+    assert set(compose["services"]) == {
+        "postgres",
+        "minio",
+        "minio-init",
+        "prefect-server",
+        "setup",
+        "worker",
+        "health",
+    }
 
 
 def test_every_variable_is_defined_and_every_definition_used(compose):
@@ -134,8 +145,9 @@ def test_setup_deploys_the_docker_variant_with_every_value_it_needs(compose):
     # Flow-run containers join the services' network by name.
     assert yaml.safe_load(variant.read_text())["definitions"]["job"]["network_mode"] == "{{ $ROADIE_DOCKER_NETWORK }}"
     assert setup["environment"]["ROADIE_DOCKER_NETWORK"] == compose["networks"]["roadie"]["name"]
-    help_text = subprocess.run([str(ROOT / ".venv" / "bin" / "roadie"), "setup", "--help"], capture_output=True,
-                               text=True, timeout=60).stdout
+    help_text = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "roadie"), "setup", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "--prefect-file" in help_text and "--deploy" in help_text
 
 
@@ -148,8 +160,11 @@ def test_health_service_publishes_the_port(compose):
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
 def test_dockerfile_base_user_healthcheck_and_sources():
@@ -161,6 +176,7 @@ def test_dockerfile_base_user_healthcheck_and_sources():
     healthcheck = [arg for op, arg in steps if op == "HEALTHCHECK"]
     assert healthcheck and '"-m", "roadie.ops.probe"' in healthcheck[0]  # exercised in test_e2e
     import roadie.ops.probe  # noqa: F401  (the module the image runs)
+
     cmd = [arg for op, arg in steps if op == "CMD"][-1]
     assert cmd.startswith("[")  # exec form: no shell between Docker and the worker
     for op, arg in steps:
@@ -168,7 +184,9 @@ def test_dockerfile_base_user_healthcheck_and_sources():
             for source in arg.split()[:-1]:
                 assert (ROOT / source).exists(), source
     run = " ".join(arg for op, arg in steps if op == "RUN")
-    assert "prefect-docker==${PREFECT_DOCKER_VERSION}" in run and "pip install --no-deps --no-build-isolation -e ." in run
+    assert (
+        "prefect-docker==${PREFECT_DOCKER_VERSION}" in run and "pip install --no-deps --no-build-isolation -e ." in run
+    )
     # Dependencies before code: the first COPY of the code comes after the last dependency install.
     ops = [(op, arg) for op, arg in steps]
     first_code = next(i for i, (op, arg) in enumerate(ops) if op == "COPY" and arg.startswith("roadie "))
@@ -219,8 +237,13 @@ def compose_config() -> dict:
     """`docker-compose config`: Compose's own validation and interpolation of the file with .env.example."""
     cli = shutil.which("docker-compose")
     assert cli, "Debian's docker-compose is not installed (the Makefile's TEST_SYSTEM_PACKAGES has it)"
-    done = subprocess.run([cli, "--env-file", str(DOCKER / ".env.example"), "-f", str(DOCKER / "compose.yaml"),
-                           "config"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [cli, "--env-file", str(DOCKER / ".env.example"), "-f", str(DOCKER / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -246,13 +269,20 @@ def test_compose_environment_is_what_the_docker_pool_tests_give(compose_config):
 
     services = compose_config["services"]
     setup, worker, health = (set(services[name]["environment"]) for name in ("setup", "worker", "health"))
-    app = {"ROADIE_DATABASE_URL", "ROADIE_STORAGE_URL", "ROADIE_S3_ENDPOINT_URL", "ROADIE_S3_ACCESS_KEY",
-           "ROADIE_S3_SECRET_KEY", "ROADIE_WORK_POOL", "ROADIE_DEAD_LETTER_WEBHOOK_URL"}
+    app = {
+        "ROADIE_DATABASE_URL",
+        "ROADIE_STORAGE_URL",
+        "ROADIE_S3_ENDPOINT_URL",
+        "ROADIE_S3_ACCESS_KEY",
+        "ROADIE_S3_SECRET_KEY",
+        "ROADIE_WORK_POOL",
+        "ROADIE_DEAD_LETTER_WEBHOOK_URL",
+    }
     client = {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED"}
     assert setup == app | client | {"ROADIE_IMAGE", "ROADIE_DOCKER_NETWORK"}
     assert worker == client | {"PREFECT_WORKER_QUERY_SECONDS"}
     assert health == app | client
-    assert NOT_EXERCISED == {"PREFECT_API_AUTH_STRING"}
+    assert {"PREFECT_API_AUTH_STRING"} == NOT_EXERCISED
     job_env = yaml.safe_load((ROOT / "deployments" / "prefect.docker.yaml").read_text())["definitions"]["job"]["env"]
     assert app <= set(job_env)
 
@@ -267,23 +297,27 @@ def image(pytestconfig):
 
 def run_in_image(image, *args: str, user: str | None = None) -> str:
     as_user = ["--user", user] if user else []
-    return ds.docker("run", "--rm", "--network", "none", *as_user, "--entrypoint", args[0], image.tag,
-                     *args[1:]).stdout
+    return ds.docker("run", "--rm", "--network", "none", *as_user, "--entrypoint", args[0], image.tag, *args[1:]).stdout
 
 
 def test_image_runs_as_non_root_with_one_copy_of_the_code_and_the_tested_versions(image):
     import prefect
 
-    probe = ("import json, os, sysconfig, pathlib, prefect, prefect_docker, roadie, flows, tasks; "
-             "site = pathlib.Path(sysconfig.get_paths()['purelib']); "
-             "print(json.dumps({'uid': os.getuid(), 'roadie': roadie.__file__, 'flows': flows.__file__, "
-             "'tasks': tasks.__file__, 'prefect': prefect.__version__, 'prefect_docker': prefect_docker.__version__, "
-             "'site': sorted(p.name for p in site.iterdir() if p.name.split('-')[0].split('.')[0] in "
-             "('roadie', 'flows', 'tasks', 'deployments'))}))")
+    probe = (
+        "import json, os, sysconfig, pathlib, prefect, prefect_docker, roadie, flows, tasks; "
+        "site = pathlib.Path(sysconfig.get_paths()['purelib']); "
+        "print(json.dumps({'uid': os.getuid(), 'roadie': roadie.__file__, 'flows': flows.__file__, "
+        "'tasks': tasks.__file__, 'prefect': prefect.__version__, 'prefect_docker': prefect_docker.__version__, "
+        "'site': sorted(p.name for p in site.iterdir() if p.name.split('-')[0].split('.')[0] in "
+        "('roadie', 'flows', 'tasks', 'deployments'))}))"
+    )
     info = json.loads(run_in_image(image, "python", "-c", probe))
     assert info["uid"] == ds.USER_UID
     assert (info["roadie"], info["flows"], info["tasks"]) == (
-        "/opt/roadie/roadie/__init__.py", "/opt/roadie/flows/__init__.py", "/opt/roadie/tasks/__init__.py")
+        "/opt/roadie/roadie/__init__.py",
+        "/opt/roadie/flows/__init__.py",
+        "/opt/roadie/tasks/__init__.py",
+    )
     # Installed editable: site-packages holds only the metadata, no second copy of any package.
     assert info["site"] and all(name.endswith((".dist-info", ".pth")) for name in info["site"]), info["site"]
     found = run_in_image(image, "find", "/", "-xdev", "-name", "ingest.py", "-path", "*/flows/*", user="0").split()
@@ -294,7 +328,9 @@ def test_image_runs_as_non_root_with_one_copy_of_the_code_and_the_tested_version
     packages = run_in_image(image, "dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *system_packages())
     assert sorted(packages.split("\n")[:-1]) == sorted(f"{p} installed" for p in system_packages())
     # The code is root's: the user the flows run as cannot change it.
-    assert run_in_image(image, "sh", "-c", "test -w /opt/roadie/roadie/__init__.py && echo writable || echo no") == "no\n"
+    assert (
+        run_in_image(image, "sh", "-c", "test -w /opt/roadie/roadie/__init__.py && echo writable || echo no") == "no\n"
+    )
 
 
 def _host_only_certificates(bundle: Path) -> list[bytes]:
@@ -306,8 +342,7 @@ def _host_only_certificates(bundle: Path) -> list[bytes]:
     public = Path(certifi.where()).read_text()
     public += "".join(p.read_text(errors="replace") for p in Path("/usr/share/ca-certificates").rglob("*.crt"))
     blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", bundle.read_text(), re.S)
-    return [block.splitlines()[2].encode() for block in blocks
-            if block not in public and len(block.splitlines()) > 3]
+    return [block.splitlines()[2].encode() for block in blocks if block not in public and len(block.splitlines()) > 3]
 
 
 def test_image_keeps_no_ca_bundle_and_no_build_secret(image):
@@ -335,8 +370,9 @@ def test_image_keeps_no_ca_bundle_and_no_build_secret(image):
                         continue
                     files += 1
                     data = layer.extractfile(entry).read()
-                    if (entry.size == size and hashlib.sha256(data).hexdigest() == digest) or \
-                            any(needle in data for needle in needles):
+                    if (entry.size == size and hashlib.sha256(data).hexdigest() == digest) or any(
+                        needle in data for needle in needles
+                    ):
                         leaks.append(entry.name)
     assert save.wait() == 0
     assert layers >= 5 and files > 10_000
@@ -365,10 +401,13 @@ def test_a_code_change_rebuilds_only_the_code_layers(image, tmp_path, pytestconf
         after = ds.inspect(tag)["RootFS"]["Layers"]
         # Reused: the base, the system packages, the Python dependencies (and the small layers between).
         assert len(after) == len(before)
-        shared = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b)
+        shared = next(i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b)
         history = ds.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", tag).stdout.splitlines()[::-1]
-        layered = [h for h in history if not h.startswith(("ARG", "ENV", "WORKDIR", "USER", "CMD", "HEALTHCHECK"))
-                   and "#(nop)" not in h]
+        layered = [
+            h
+            for h in history
+            if not h.startswith(("ARG", "ENV", "WORKDIR", "USER", "CMD", "HEALTHCHECK")) and "#(nop)" not in h
+        ]
         assert any("pip install -r" in h for h in layered[:shared]), layered[:shared]
         assert made.seconds < 90, f"a code-only rebuild took {made.seconds:.0f} s"
         ds.report(pytestconfig, f"code-only rebuild: {made.seconds:.1f} s, {shared} of {len(after)} layers reused")

@@ -5,6 +5,7 @@ API starts them: over REST with httpx.
 The tests of this module run in order and share one stack: a run whose worker is SIGKILLed first (its crash is
 detected in the background while the others run), then six ingests, a bad input, the dead letters of both, a
 retry, a rollup backfill over REST, health and metrics, `roadie serve`, and the Docker variant."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -27,10 +28,10 @@ from deployments.topology import ensure_topology
 from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
-from roadie.settings import Settings, reload_settings
 from roadie.services import free_port
+from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, flow_run_pids
-from tests.support import sine, wait_for, write_wav, run_sql
+from tests.support import run_sql, sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +72,7 @@ class Stack:
     def start_worker(self, name: str, health_port: int | None = None) -> WorkerProcess:
         cmd, env = worker_command(POOL, name, None), self.env
         if health_port:  # as in the image: the worker's own health endpoint
-            cmd, env = cmd + ["--with-healthcheck"], {**env, "PREFECT_WORKER_WEBSERVER_PORT": str(health_port)}
+            cmd, env = [*cmd, "--with-healthcheck"], {**env, "PREFECT_WORKER_WEBSERVER_PORT": str(health_port)}
         worker = WorkerProcess(name, cmd, env, self.home / "logs" / f"{name}.log")
         worker.health_port = health_port  # type: ignore[attr-defined]
         worker.start()
@@ -108,9 +109,15 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
         "ROADIE_DEAD_LETTER_WEBHOOK_URL": f"{hook.url}/dead-letters",
         "ROADIE_ZOMBIE_AFTER_SECONDS": str(ZOMBIE_AFTER_S),
     }
-    env = {**os.environ, **roadie_env, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(home / "prefect"),
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        **roadie_env,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     client = PrefectREST(prefect_api)
     s = Stack(prefect_api, client, env, pg_url, home, hook)
     with pytest.MonkeyPatch.context() as mp:
@@ -157,13 +164,16 @@ def post(http: httpx.Client, url: str, body: dict) -> httpx.Response:
         response = http.post(url, json=body)
         if response.status_code not in (429, 503):
             return response
-        time.sleep(0.5 * 2 ** attempt)
+        time.sleep(0.5 * 2**attempt)
     return response
 
 
 def failed_job(stack: Stack, flow_run_id: str):
-    rows = stack.sql("SELECT id::text AS id, flow_name, deployment_name, parameters, state, error, attempts, "
-                     "flow_run_name FROM failed_jobs WHERE flow_run_id = :id", id=flow_run_id)
+    rows = stack.sql(
+        "SELECT id::text AS id, flow_name, deployment_name, parameters, state, error, attempts, "
+        "flow_run_name FROM failed_jobs WHERE flow_run_id = :id",
+        id=flow_run_id,
+    )
     return rows[0] if rows else None
 
 
@@ -178,8 +188,13 @@ def test_deployments_are_on_the_server_with_utc_schedules(stack):
         d = deployments[name]
         assert d.work_pool_name == POOL
         assert ("roadie-job" in d.tags) == (name != "dead-letter")
-    expected_queue = {"media-ingest": "ingest", "transcode": "ingest", "dead-letter": "ops",
-                      "analytics-rollup": "batch", "distribution": "batch"}
+    expected_queue = {
+        "media-ingest": "ingest",
+        "transcode": "ingest",
+        "dead-letter": "ops",
+        "analytics-rollup": "batch",
+        "distribution": "batch",
+    }
     for name, queue in expected_queue.items():
         if name in deployments:
             assert deployments[name].work_queue_name == queue
@@ -190,11 +205,12 @@ def test_deployments_are_on_the_server_with_utc_schedules(stack):
     for name, (hour, first_of_month) in {"analytics-rollup": (1, False), "distribution": (2, True)}.items():
         dep_id = deployments[name].id
         stack.client.request("POST", f"/deployments/{dep_id}/schedule", json={"min_runs": 3, "max_runs": 3})
-        upcoming = stack.client.filter_flow_runs({"state": {"type": {"any_": ["SCHEDULED"]}}},
-                                                 deployments={"id": {"any_": [dep_id]}})
+        upcoming = stack.client.filter_flow_runs(
+            {"state": {"type": {"any_": ["SCHEDULED"]}}}, deployments={"id": {"any_": [dep_id]}}
+        )
         assert len(upcoming) >= 3
         for r in upcoming:
-            at = r.expected_start_time.astimezone(timezone.utc)
+            at = r.expected_start_time.astimezone(UTC)
             assert (at.hour, at.minute) == (hour, 0) and (at.day == 1 or not first_of_month)
     automations = stack.client.request("POST", "/automations/filter", json={}).json()
     assert {"roadie-dead-letters", "roadie-crashed-runs"} <= {a["name"] for a in automations}
@@ -213,12 +229,17 @@ def test_killing_a_worker_mid_run(stack, tmp_path):
     from prefect.concurrency.sync import concurrency
 
     reg = register(tmp_path, "victim", 3.0, 44100, 2)
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
     with concurrency("transcode", occupy=2, strict=True):
         run_id = stack.client.trigger_ingest(reg.version_id, ["hls_opus"]).flow_run.id
         # Alive and reported alive: Running, and its first heartbeat is on the server.
-        wait_for(lambda: stack.client.events(["prefect.flow-run.heartbeat"], since=since,
-                                             resource_ids=[f"prefect.flow-run.{run_id}"]), 120, "no heartbeat")
+        wait_for(
+            lambda: stack.client.events(
+                ["prefect.flow-run.heartbeat"], since=since, resource_ids=[f"prefect.flow-run.{run_id}"]
+            ),
+            120,
+            "no heartbeat",
+        )
         assert stack.client.read_flow_run(run_id).state_type == "RUNNING"
         pids = flow_run_pids(run_id)
         owner = [w for w in stack.workers if w.alive and set(pids) & set(descendants(w.proc.pid))]
@@ -237,8 +258,9 @@ def test_killing_a_worker_mid_run(stack, tmp_path):
 
 
 def max_concurrent(intervals: list[tuple[datetime, datetime, int]]) -> int:
-    points = sorted([(start, 1, slots) for start, _, slots in intervals] +
-                    [(end, 0, -slots) for _, end, slots in intervals])  # at a tie, a release comes first
+    points = sorted(
+        [(start, 1, slots) for start, _, slots in intervals] + [(end, 0, -slots) for _, end, slots in intervals]
+    )  # at a tie, a release comes first
     held = peak = 0
     for _, _, delta in points:
         held += delta
@@ -247,30 +269,34 @@ def max_concurrent(intervals: list[tuple[datetime, datetime, int]]) -> int:
 
 
 def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     regs = [register(tmp_path, f"take-{i}", *shape[:3]) for i, shape in enumerate(UPLOADS)]
     triggered = {}
     with httpx.Client(base_url=stack.api, timeout=30) as http:
         # What the platform's API does, in plain HTTP.
         dep = http.get(f"/deployments/name/{INGEST}").raise_for_status().json()
-        for reg, shape in zip(regs, UPLOADS):
-            body = {"parameters": {"version_id": reg.version_id, "formats": shape[3]},
-                    "idempotency_key": f"media-ingest:{reg.version_id}"}
+        for reg, shape in zip(regs, UPLOADS, strict=False):
+            body = {
+                "parameters": {"version_id": reg.version_id, "formats": shape[3]},
+                "idempotency_key": f"media-ingest:{reg.version_id}",
+            }
             response = post(http, f"/deployments/{dep['id']}/create_flow_run", body)
             assert response.status_code == 201, response.text
             triggered[reg.version_id] = response.json()["id"]
         # The API retries a request (a timeout, a double click): same key, same run, nothing new.
         twice = regs[2].version_id
-        repeat = post(http, f"/deployments/{dep['id']}/create_flow_run",
-                      {"parameters": {"version_id": twice, "formats": UPLOADS[2][3]},
-                       "idempotency_key": f"media-ingest:{twice}"})
+        repeat = post(
+            http,
+            f"/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"version_id": twice, "formats": UPLOADS[2][3]}, "idempotency_key": f"media-ingest:{twice}"},
+        )
         assert repeat.status_code == 200 and repeat.json()["id"] == triggered[twice]
 
         final = {vid: stack.client.wait_for_flow_run(run_id, timeout_s=600) for vid, run_id in triggered.items()}
         again = stack.client.trigger_ingest(twice, UPLOADS[2][3])  # after it finished, too
         assert not again.created and again.flow_run.id == triggered[twice]
 
-    for (vid, run), reg in zip(final.items(), regs):
+    for (vid, run), reg in zip(final.items(), regs, strict=False):
         assert run.state_type == "COMPLETED", (run.name, run.state_message)
         assert run.name == f"ingest-{vid}" and run.run_count == 1
         states = [s["type"] for s in stack.client.flow_run_states(run.id)]
@@ -284,11 +310,12 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
     from tasks.media.hls import master_key
 
     storage = get_storage()
-    for reg, (_, _, _, formats) in zip(regs, UPLOADS):
-        (status, error), = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=reg.version_id)
+    for reg, (_, _, _, formats) in zip(regs, UPLOADS, strict=False):
+        ((status, error),) = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=reg.version_id)
         assert (status, error) == ("ready", None)
-        rows = stack.sql("SELECT format, status, segment_count FROM transcodes WHERE track_version_id = :id",
-                         id=reg.version_id)
+        rows = stack.sql(
+            "SELECT format, status, segment_count FROM transcodes WHERE track_version_id = :id", id=reg.version_id
+        )
         assert sorted(r.format for r in rows) == sorted(formats)
         assert all(r.status == "ready" and r.segment_count >= 1 for r in rows)
         assert storage.exists(master_key(reg.version_id))
@@ -307,8 +334,11 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
         if any(tasks[t.id].end_time is None for t in transcodes):
             return None
         holds: dict[str, dict] = {}
-        for e in stack.client.events(["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"],
-                                     since=started, resource_ids=[f"prefect.concurrency-limit.{limit['id']}"]):
+        for e in stack.client.events(
+            ["prefect.concurrency-limit.acquired", "prefect.concurrency-limit.released"],
+            since=started,
+            resource_ids=[f"prefect.concurrency-limit.{limit['id']}"],
+        ):
             task_run = (e.related_id("task-run") or "").removeprefix("prefect.task-run.")
             if e.related_id("flow-run") in run_ids and task_run:
                 holds.setdefault(task_run, {})[e.event.rsplit(".", 1)[1]] = e
@@ -321,8 +351,13 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
         acquired, released = pair["acquired"].occurred, pair["released"].occurred
         task = tasks[task_id]
         assert task.start_time <= acquired <= released <= task.end_time + timedelta(seconds=1)
-        intervals.append((acquired, max(acquired, released - timedelta(seconds=EMIT_SKEW_S)),
-                          int(pair["acquired"].resource["slots-acquired"])))
+        intervals.append(
+            (
+                acquired,
+                max(acquired, released - timedelta(seconds=EMIT_SKEW_S)),
+                int(pair["acquired"].resource["slots-acquired"]),
+            )
+        )
     assert max_concurrent(intervals) <= 2
     # Without the limit these runs would have encoded more at once: their task runs overlapped further.
     task_spans = [(tasks[t.id].start_time, tasks[t.id].end_time, 1) for t in transcodes]
@@ -339,9 +374,27 @@ def test_bad_input_run_lands_in_failed_jobs(stack, tmp_path):
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
     reg = register_upload(broken, title="broken", owner="e2e-artist")
     # Through the CLI this time: `roadie trigger ingest` is the same REST call, then polls.
-    cli = subprocess.run([sys.executable, "-m", "roadie", "trigger", "ingest", "--version-id", reg.version_id,
-                          "--formats", "hls_opus", "--wait", "--timeout", "300"], cwd=stack.home, env=stack.env,
-                         capture_output=True, text=True, timeout=400)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roadie",
+            "trigger",
+            "ingest",
+            "--version-id",
+            reg.version_id,
+            "--formats",
+            "hls_opus",
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+        cwd=stack.home,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
     assert cli.returncode == 1 and lines[0]["created"] and lines[-1]["state"] == "Failed", cli.stderr
     assert lines[0]["idempotency_key"] == f"media-ingest:{reg.version_id}"
@@ -352,10 +405,11 @@ def test_bad_input_run_lands_in_failed_jobs(stack, tmp_path):
     assert row.parameters == {"version_id": reg.version_id, "formats": ["hls_opus"]}
     assert row.attempts == 1  # invalid input is never retried
     assert row.error == run.state_message and row.flow_run_name == f"ingest-{reg.version_id}"
-    (status, error), = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=reg.version_id)
+    ((status, error),) = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=reg.version_id)
     assert status == "failed" and error
-    posted = wait_for(lambda: [b for p, b in stack.hook.requests if b.get("flow_run_id") == run.id], 60,
-                      "no webhook notification")
+    posted = wait_for(
+        lambda: [b for p, b in stack.hook.requests if b.get("flow_run_id") == run.id], 60, "no webhook notification"
+    )
     assert posted[0]["failed_job_id"] == row.id and posted[0]["state"] == "Failed"
     stack.bad = {"run_id": run.id, "version_id": reg.version_id}
 
@@ -363,34 +417,51 @@ def test_bad_input_run_lands_in_failed_jobs(stack, tmp_path):
 def test_killed_run_is_marked_crashed_and_lands_in_failed_jobs(stack):
     victim = stack.victim
     assert victim, "test_killing_a_worker_mid_run did not run"
-    run = wait_for(lambda: (r := stack.client.read_flow_run(victim["run_id"])).state_type == "CRASHED" and r,
-                   ZOMBIE_AFTER_S + 120, "the killed run was not marked Crashed", poll_s=2)
+    run = wait_for(
+        lambda: (r := stack.client.read_flow_run(victim["run_id"])).state_type == "CRASHED" and r,
+        ZOMBIE_AFTER_S + 120,
+        "the killed run was not marked Crashed",
+        poll_s=2,
+    )
     assert "no heartbeat" in run.state_message
     row = wait_for(lambda: failed_job(stack, run.id), 120, "no failed_jobs row for the crashed run")
     assert (row.deployment_name, row.state) == ("media-ingest", "Crashed")
     assert row.parameters["version_id"] == victim["version_id"]
     # Nothing of the dead process ran this: the version would otherwise stay `processing` for ever.
-    (status, error), = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=victim["version_id"])
+    ((status, error),) = stack.sql("SELECT status, error FROM track_versions WHERE id = :id", id=victim["version_id"])
     assert status == "failed" and "ended Crashed" in error
-    assert wait_for(lambda: [b for p, b in stack.hook.requests if b.get("flow_run_id") == run.id], 60,
-                    "no webhook notification")
+    assert wait_for(
+        lambda: [b for p, b in stack.hook.requests if b.get("flow_run_id") == run.id], 60, "no webhook notification"
+    )
     victim["failed_job_id"] = row.id
 
 
 def test_failed_retry_requeues_the_crashed_ingest(stack):
     job_id = stack.victim.get("failed_job_id")
     assert job_id, "the crashed run was not filed"
-    cli = subprocess.run([sys.executable, "-m", "roadie", "failed", "--retry", job_id, "--json"],
-                         cwd=stack.home, env=stack.env, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "roadie", "failed", "--retry", job_id, "--json"],
+        cwd=stack.home,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr
     out = json.loads(cli.stdout)
     assert out["created"] and out["parameters"]["version_id"] == stack.victim["version_id"]
     run = stack.client.wait_for_flow_run(out["flow_run_id"], timeout_s=300)
     assert run.state_type == "COMPLETED", run.state_message
-    (status,), = stack.sql("SELECT status FROM track_versions WHERE id = :id", id=stack.victim["version_id"])
+    ((status,),) = stack.sql("SELECT status FROM track_versions WHERE id = :id", id=stack.victim["version_id"])
     assert status == "ready"
-    listed = subprocess.run([sys.executable, "-m", "roadie", "failed", "--json"], cwd=stack.home, env=stack.env,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "roadie", "failed", "--json"],
+        cwd=stack.home,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     rows = {r["id"]: r for r in map(json.loads, listed.stdout.splitlines())}
     assert rows[job_id]["retry_flow_run_id"] == out["flow_run_id"]
 
@@ -399,26 +470,44 @@ def test_failed_retry_requeues_the_crashed_ingest(stack):
 
 
 def test_rollup_backfill_with_start_and_end_through_rest(stack):
-    tracks = [r.track_id for r in stack.sql("SELECT track_id::text AS track_id FROM track_versions "
-                                            "WHERE status = 'ready' ORDER BY created_at LIMIT 2")]
+    tracks = [
+        r.track_id
+        for r in stack.sql(
+            "SELECT track_id::text AS track_id FROM track_versions WHERE status = 'ready' ORDER BY created_at LIMIT 2"
+        )
+    ]
     assert len(tracks) == 2
-    day1, day2 = datetime(2026, 3, 9, tzinfo=timezone.utc), datetime(2026, 3, 10, tzinfo=timezone.utc)
-    plays = [(tracks[0], day1 + timedelta(hours=1)), (tracks[0], day1 + timedelta(hours=23, minutes=59, seconds=59)),
-             (tracks[1], day1 + timedelta(hours=5)), (tracks[0], day2), (tracks[1], day2 + timedelta(days=1))]
+    day1, day2 = datetime(2026, 3, 9, tzinfo=UTC), datetime(2026, 3, 10, tzinfo=UTC)
+    plays = [
+        (tracks[0], day1 + timedelta(hours=1)),
+        (tracks[0], day1 + timedelta(hours=23, minutes=59, seconds=59)),
+        (tracks[1], day1 + timedelta(hours=5)),
+        (tracks[0], day2),
+        (tracks[1], day2 + timedelta(days=1)),
+    ]
     for track, at in plays:
-        stack.sql("INSERT INTO analytics_play (track_id, started_at, watch_ms, completed) VALUES (:t, :at, 1000, true)",
-                  t=track, at=at)
+        stack.sql(
+            "INSERT INTO analytics_play (track_id, started_at, watch_ms, completed) VALUES (:t, :at, 1000, true)",
+            t=track,
+            at=at,
+        )
     with httpx.Client(base_url=stack.api, timeout=30) as http:
         dep = http.get("/deployments/name/analytics-rollup/analytics-rollup").raise_for_status().json()
-        created = post(http, f"/deployments/{dep['id']}/create_flow_run",
-                       {"parameters": {"start": "2026-03-09", "end": "2026-03-10"}})
+        created = post(
+            http,
+            f"/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"start": "2026-03-09", "end": "2026-03-10"}},
+        )
         assert created.status_code == 201, created.text
     run = stack.client.wait_for_flow_run(created.json()["id"], timeout_s=300)
     assert run.state_type == "COMPLETED", run.state_message
     assert run.parameters == {"start": "2026-03-09", "end": "2026-03-10"}
-    rows = stack.sql("SELECT track_id::text AS track_id, day, plays FROM analytics_daily "
-                     "WHERE day BETWEEN '2026-03-09' AND '2026-03-11' AND track_id IN (:a, :b) ORDER BY day, track_id",
-                     a=tracks[0], b=tracks[1])
+    rows = stack.sql(
+        "SELECT track_id::text AS track_id, day, plays FROM analytics_daily "
+        "WHERE day BETWEEN '2026-03-09' AND '2026-03-11' AND track_id IN (:a, :b) ORDER BY day, track_id",
+        a=tracks[0],
+        b=tracks[1],
+    )
     got = {(r.track_id, r.day.isoformat()): r.plays for r in rows}
     assert got == {(tracks[0], "2026-03-09"): 2, (tracks[1], "2026-03-09"): 1, (tracks[0], "2026-03-10"): 1}
 
@@ -447,7 +536,9 @@ def test_health_and_metrics_against_the_live_system(stack):
     dep_id = stack.client.deployment_id(INGEST)
 
     def api_count(state: str) -> int:
-        return stack.client.count_flow_runs({"state": {"type": {"any_": [state]}}}, deployments={"id": {"any_": [dep_id]}})
+        return stack.client.count_flow_runs(
+            {"state": {"type": {"any_": [state]}}}, deployments={"id": {"any_": [dep_id]}}
+        )
 
     processed = samples["roadie_jobs_processed_total"]
     for status in ("completed", "failed", "crashed"):
@@ -469,7 +560,7 @@ def test_the_image_healthcheck_probe(stack):
 
     def run(url: str, api: str) -> int:
         env = {**stack.env, "PREFECT_API_URL": api, "ROADIE_PREFECT_API_URL": api}
-        return subprocess.run(probe + [url], env=env, capture_output=True, timeout=60).returncode
+        return subprocess.run([*probe, url], env=env, capture_output=True, timeout=60).returncode
 
     assert run(f"http://127.0.0.1:{worker.health_port}/health", stack.api) == 0
     nothing = f"http://127.0.0.1:{free_port()}/health"
@@ -484,9 +575,15 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
     env = {**stack.env, "ROADIE_PREFECT_API_URL": stack.api, "ROADIE_HOME": str(tmp_path / "serve-home")}
     stderr_path = tmp_path / "serve-stderr.txt"
     stderr = open(stderr_path, "w")  # a file, not an unread pipe: the workers' logs would fill it and block them
-    proc = subprocess.Popen([sys.executable, "-m", "roadie", "serve", "--workers", "1", "--port", "0", "--json",
-                             "--grace", "20"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roadie", "serve", "--workers", "1", "--port", "0", "--json", "--grace", "20"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = proc.stdout.readline()  # one JSON line once everything is up
         assert line, stderr_path.read_text()[-3000:]
@@ -495,8 +592,11 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
         health = httpx.get(info["health"], timeout=60).json()
         assert set(health) >= {"status", "queues"} and "media-ingest" in health["queues"]
         stack.wait_online(info["workers"])
-        worker_pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                       and info["workers"][0].encode() in _cmdline(p)]
+        worker_pids = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and info["workers"][0].encode() in _cmdline(p)
+        ]
         assert worker_pids
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=60) == 0, stderr_path.read_text()[-3000:]
@@ -523,8 +623,9 @@ def _gone(pid: int) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                         if line.startswith("State:"))
+            state = next(
+                line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")
+            )
         except (OSError, StopIteration):
             return True
         if "Z" in state.split()[1]:
@@ -538,10 +639,16 @@ def test_docker_variant_registers_on_the_docker_pool(stack):
     from roadie.ops.serve import deploy
 
     ensure_topology(stack.client, docker=True, zombie_after_seconds=ZOMBIE_AFTER_S)
-    env = {"ROADIE_IMAGE": "roadie:e2e", "ROADIE_DATABASE_URL": "postgresql+psycopg2://u:p@postgres:5432/roadie",
-           "ROADIE_STORAGE_URL": "s3://roadie", "ROADIE_S3_ENDPOINT_URL": "http://minio:9000",
-           "ROADIE_S3_ACCESS_KEY": "k", "ROADIE_S3_SECRET_KEY": "s", "ROADIE_DEAD_LETTER_WEBHOOK_URL": "",
-           "ROADIE_DOCKER_NETWORK": "roadie"}
+    env = {
+        "ROADIE_IMAGE": "roadie:e2e",
+        "ROADIE_DATABASE_URL": "postgresql+psycopg2://u:p@postgres:5432/roadie",
+        "ROADIE_STORAGE_URL": "s3://roadie",
+        "ROADIE_S3_ENDPOINT_URL": "http://minio:9000",
+        "ROADIE_S3_ACCESS_KEY": "k",
+        "ROADIE_S3_SECRET_KEY": "s",
+        "ROADIE_DEAD_LETTER_WEBHOOK_URL": "",
+        "ROADIE_DOCKER_NETWORK": "roadie",
+    }
     result = deploy(stack.api, ROOT / "deployments" / "prefect.docker.yaml", ROOT, env={**stack.env, **env})
     assert result.deployed
     ingest = stack.client.request("GET", f"/deployments/{stack.client.read_deployment(INGEST).id}").json()

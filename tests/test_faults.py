@@ -6,12 +6,13 @@ terminated, PostgreSQL and the Prefect server are restarted, a worker is SIGKILL
 
 The cases run in file order on the one stack. The killed worker's run (case 4) is killed early and checked
 later, so that the zombie window (heartbeats are 30 s apart, so it cannot be short) passes while case 2 runs."""
+
 from __future__ import annotations
 
 import os
 import signal
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,12 @@ pytestmark = pytest.mark.e2e  # a real Prefect server and workers
 
 def flow_run_process(stack: FaultStack, run_id: str) -> int:
     """The pid of the process running the flow run (the worker reports it as the run's infrastructure pid)."""
+
     def pid():
         data = stack.client.request("GET", f"/flow_runs/{run_id}").json()
         value = data.get("infrastructure_pid") or ""
         return int(value.rsplit(":", 1)[-1]) if value else None
+
     return wait_for(pid, 60, f"flow run {run_id} reports no process", poll_s=0.2)
 
 
@@ -46,8 +49,10 @@ def encoding(run_pid: int) -> int | None:
 
 def tries(stack: FaultStack, run_id: str, name: str) -> int:
     """The most tries a task run of the run named `name` (or `name-<suffix>`, Prefect's default names) took."""
-    return max([t.run_count for t in stack.client.task_runs_of([run_id])
-                if t.name == name or t.name.rsplit("-", 1)[0] == name] or [0])
+    return max(
+        [t.run_count for t in stack.client.task_runs_of([run_id]) if t.name == name or t.name.rsplit("-", 1)[0] == name]
+        or [0]
+    )
 
 
 # ---------------------------------------------------------------------- 6. a late result never overwrites a newer one
@@ -66,8 +71,9 @@ def test_6_late_result_never_overwrites_a_newer_one(fault_stack, tmp_path):
     os.killpg(run_pid, signal.SIGSTOP)  # its own session: the run and its ffmpeg
     try:
         assert s.version(vid).owner == original
-        newer = s.client.create_flow_run(INGEST, {"version_id": vid, "formats": formats},
-                                         idempotency_key=f"media-ingest:{vid}:again").flow_run.id
+        newer = s.client.create_flow_run(
+            INGEST, {"version_id": vid, "formats": formats}, idempotency_key=f"media-ingest:{vid}:again"
+        ).flow_run.id
         done = s.wait_run(newer)
         assert done.state_type == "COMPLETED", done.state_message
         v = s.version(vid)
@@ -107,13 +113,12 @@ def test_4_worker_sigkilled_mid_transcode(fault_stack, tmp_path):
     kill_tree(owner[0].proc.pid)  # SIGKILL: the worker, its zygote, the run and its ffmpeg, as when a machine dies
     owner[0].proc.wait()
     assert owner[0].proc.returncode == -signal.SIGKILL
-    killed_at = datetime.now(timezone.utc)
+    killed_at = datetime.now(UTC)
     assert s.client.read_flow_run(run_id).state_type == "RUNNING"  # nobody is left to say otherwise
     assert s.version(reg.version_id).status == "processing"
     # The dead run's working folder (with its copy of the original) is left behind: no process can remove it.
     assert [p.name for p in s.tmp.iterdir() if p.name.startswith("roadie-ingest-")]
-    s.shared["victim"] = {"run_id": run_id, "version_id": reg.version_id, "formats": formats,
-                          "killed_at": killed_at}
+    s.shared["victim"] = {"run_id": run_id, "version_id": reg.version_id, "formats": formats, "killed_at": killed_at}
     s.start_worker("fault-worker-3")
     s.assert_serving()
 
@@ -124,10 +129,20 @@ def test_4_worker_sigkilled_mid_transcode(fault_stack, tmp_path):
 def normalized(stack: FaultStack, version_id: str, objects: dict[str, bytes]) -> dict:
     v = stack.version(version_id)
     return {
-        "version": (v.status, v.error, v.duration_ms, v.sample_rate, v.channels, v.loudness_lufs,
-                    v.loudness_range, v.true_peak, sorted(v.warnings or [])),
-        "transcodes": [(t.format, t.status, t.segment_count, t.bandwidth, t.duration_ms)
-                       for t in stack.transcodes(version_id)],
+        "version": (
+            v.status,
+            v.error,
+            v.duration_ms,
+            v.sample_rate,
+            v.channels,
+            v.loudness_lufs,
+            v.loudness_range,
+            v.true_peak,
+            sorted(v.warnings or []),
+        ),
+        "transcodes": [
+            (t.format, t.status, t.segment_count, t.bandwidth, t.duration_ms) for t in stack.transcodes(version_id)
+        ],
         "objects": {key: len(body) for key, body in objects.items()},
         "playlists": {key: body for key, body in objects.items() if key.endswith((".m3u8", ".json"))},
     }
@@ -137,8 +152,9 @@ def kill_while_blocked(stack: FaultStack, lock: RowLock, what: str) -> list[int]
     """Wait until one of roadie's connections waits on the test's lock, terminate all of roadie's connections to
     the database (the waiting one mid-statement), then let go of the lock."""
     try:
-        wait_for(lambda: stack.roadie_backends(waiting_only=True), 60, f"{what}: no roadie connection blocked",
-                 poll_s=0.05)
+        wait_for(
+            lambda: stack.roadie_backends(waiting_only=True), 60, f"{what}: no roadie connection blocked", poll_s=0.05
+        )
         killed = stack.terminate_backends(exclude={lock.pid})
         assert killed
         return killed
@@ -173,18 +189,30 @@ def test_2_database_connections_killed_during_ingest_and_rollup(fault_stack, tmp
 
     # The rollup of a day with plays of both tracks: undisturbed, then from scratch with its connection killed.
     day = date(2026, 1, 15)
-    tracks = [r.track_id for r in s.sql("SELECT track_id::text AS track_id FROM track_versions WHERE id IN (:a, :b)",
-                                        a=wav_a.version_id, b=vid)]
-    start = datetime(2026, 1, 15, tzinfo=timezone.utc)
+    tracks = [
+        r.track_id
+        for r in s.sql(
+            "SELECT track_id::text AS track_id FROM track_versions WHERE id IN (:a, :b)", a=wav_a.version_id, b=vid
+        )
+    ]
+    start = datetime(2026, 1, 15, tzinfo=UTC)
     for i in range(40):
-        s.sql("INSERT INTO analytics_play (track_id, ip_hash, started_at, watch_ms, completed) "
-              "VALUES (:t, :ip, :at, :ms, :done)", t=tracks[i % 2], ip=f"ip-{i % 7}",
-              at=start + timedelta(minutes=35 * i), ms=1000 * (i % 50), done=i % 3 == 0)
+        s.sql(
+            "INSERT INTO analytics_play (track_id, ip_hash, started_at, watch_ms, completed) "
+            "VALUES (:t, :ip, :at, :ms, :done)",
+            t=tracks[i % 2],
+            ip=f"ip-{i % 7}",
+            at=start + timedelta(minutes=35 * i),
+            ms=1000 * (i % 50),
+            done=i % 3 == 0,
+        )
     rollup = "analytics-rollup/analytics-rollup"
     calm_rollup = s.wait_run(s.client.create_flow_run(rollup, {"day": day.isoformat()}).flow_run.id)
     assert calm_rollup.state_type == "COMPLETED", calm_rollup.state_message
-    query = ("SELECT track_id::text, plays, uniques, completions, likes, reposts, downloads FROM analytics_daily "
-             "WHERE day = :day ORDER BY track_id")
+    query = (
+        "SELECT track_id::text, plays, uniques, completions, likes, reposts, downloads FROM analytics_daily "
+        "WHERE day = :day ORDER BY track_id"
+    )
     expected = [tuple(r) for r in s.sql(query, day=day)]
     assert len(expected) == 2 and sum(r[1] for r in expected) > 0
     s.sql("DELETE FROM analytics_daily WHERE day = :day", day=day)
@@ -207,8 +235,12 @@ def test_4_killed_run_is_crashed_filed_failed_and_retried(fault_stack):
     victim = s.shared.get("victim")
     assert victim, "test_4_worker_sigkilled_mid_transcode did not run"
     vid = victim["version_id"]
-    run = wait_for(lambda: (r := s.client.read_flow_run(victim["run_id"])).state_type == "CRASHED" and r,
-                   ZOMBIE_AFTER_S + 60, "the killed run was never marked Crashed", poll_s=1)
+    run = wait_for(
+        lambda: (r := s.client.read_flow_run(victim["run_id"])).state_type == "CRASHED" and r,
+        ZOMBIE_AFTER_S + 60,
+        "the killed run was never marked Crashed",
+        poll_s=1,
+    )
     state = s.client.request("GET", f"/flow_runs/{run.id}").json()["state"]
     crashed_after = (datetime.fromisoformat(state["timestamp"]) - victim["killed_at"]).total_seconds()
     # Within the zombie window, plus the automation's evaluation cadence.
@@ -289,9 +321,19 @@ def test_1_s3_down_mid_ingest(fault_stack, tmp_path):
     block_then(s, vid, run_id, s.s3.stop)
     down_at = time.monotonic()
     # Up again 10 s after the first failed publish (the run may first wait for an encode slot).
-    wait_for(lambda: tries(s, run_id, "publish-rendition") >= 2 or any(
-        t.state_name in ("AwaitingRetry", "Retrying") for t in s.client.task_runs_of([run_id])
-        if t.name.startswith("publish-")), 120, "no publish met the outage", poll_s=0.2)
+    wait_for(
+        lambda: (
+            tries(s, run_id, "publish-rendition") >= 2
+            or any(
+                t.state_name in ("AwaitingRetry", "Retrying")
+                for t in s.client.task_runs_of([run_id])
+                if t.name.startswith("publish-")
+            )
+        ),
+        120,
+        "no publish met the outage",
+        poll_s=0.2,
+    )
     time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
     s.s3.start()
     run = s.wait_run(run_id)
@@ -335,39 +377,67 @@ def seed_month(engine, month: date) -> None:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"roadie-faults/{name}"))
 
     users = [f"fan-{i}" for i in range(12)] + [f"band-{i}" for i in range(5)]
-    at = datetime.combine(month, datetime.min.time(), tzinfo=timezone.utc)
+    at = datetime.combine(month, datetime.min.time(), tzinfo=UTC)
     with engine.begin() as conn:
         for name in users:
-            conn.execute(sa.text("INSERT INTO users (id, username, lossless_enabled, created_at) "
-                                 "VALUES (:id, :name, false, :at)"), {"id": uid(name), "name": f"f3-{name}", "at": at})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, lossless_enabled, created_at) VALUES (:id, :name, false, :at)"
+                ),
+                {"id": uid(name), "name": f"f3-{name}", "at": at},
+            )
         for b in range(5):
             for t in range(3):
                 track, asset, version = (uid(f"{kind}-{b}-{t}") for kind in ("track", "asset", "version"))
-                conn.execute(sa.text("INSERT INTO assets (id, bucket, key, size_bytes, created_at) "
-                                     "VALUES (:id, 'b', :key, 1, :at)"), {"id": asset, "key": f"f3/{asset}", "at": at})
-                conn.execute(sa.text("INSERT INTO tracks (id, owner_user_id, title, created_at) "
-                                     "VALUES (:id, :owner, 't', :at)"), {"id": track, "owner": uid(f"band-{b}"),
-                                                                         "at": at})
-                conn.execute(sa.text(
-                    "INSERT INTO track_versions (id, track_id, original_asset_id, status, warnings, duration_ms, "
-                    "attempt, created_at, updated_at) VALUES (:id, :track, :asset, 'ready', '[]', :ms, 0, :at, :at)"),
-                    {"id": version, "track": track, "asset": asset, "ms": 60_000 + 17_000 * t, "at": at})
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO assets (id, bucket, key, size_bytes, created_at) VALUES (:id, 'b', :key, 1, :at)"
+                    ),
+                    {"id": asset, "key": f"f3/{asset}", "at": at},
+                )
+                conn.execute(
+                    sa.text("INSERT INTO tracks (id, owner_user_id, title, created_at) VALUES (:id, :owner, 't', :at)"),
+                    {"id": track, "owner": uid(f"band-{b}"), "at": at},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO track_versions (id, track_id, original_asset_id, status, warnings, duration_ms, "
+                        "attempt, created_at, updated_at) VALUES (:id, :track, :asset, 'ready', '[]', :ms, 0, :at, :at)"
+                    ),
+                    {"id": version, "track": track, "asset": asset, "ms": 60_000 + 17_000 * t, "at": at},
+                )
         for i in range(12):
             for k in range(1 + i % 3):
-                conn.execute(sa.text(
-                    "INSERT INTO contributions (id, user_id, amount_cents, artist_percent, charity_percent, status, "
-                    "created_at) VALUES (:id, :user, :amount, :pct, 0, 'succeeded', :at)"),
-                    {"id": uid(f"contribution-{i}-{k}"), "user": uid(f"fan-{i}"), "amount": 499 + 137 * i + k,
-                     "pct": 70 + (i % 4) * 5, "at": at + timedelta(days=k, hours=i)})
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO contributions (id, user_id, amount_cents, artist_percent, charity_percent, status, "
+                        "created_at) VALUES (:id, :user, :amount, :pct, 0, 'succeeded', :at)"
+                    ),
+                    {
+                        "id": uid(f"contribution-{i}-{k}"),
+                        "user": uid(f"fan-{i}"),
+                        "amount": 499 + 137 * i + k,
+                        "pct": 70 + (i % 4) * 5,
+                        "at": at + timedelta(days=k, hours=i),
+                    },
+                )
             if i == 11:
                 continue  # a paying user with no plays: unallocated, not lost
             for p in range(9):
                 b, t = (i + p) % 5, (i * p) % 3
-                conn.execute(sa.text(
-                    "INSERT INTO analytics_play (track_id, user_id, started_at, watch_ms, completed) "
-                    "VALUES (:track, :user, :at, :ms, :done)"),
-                    {"track": uid(f"track-{b}-{t}"), "user": uid(f"fan-{i}"), "at": at + timedelta(days=p, hours=i),
-                     "ms": 25_000 + 9_000 * ((i + p) % 7), "done": p % 4 == 0})
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO analytics_play (track_id, user_id, started_at, watch_ms, completed) "
+                        "VALUES (:track, :user, :at, :ms, :done)"
+                    ),
+                    {
+                        "track": uid(f"track-{b}-{t}"),
+                        "user": uid(f"fan-{i}"),
+                        "at": at + timedelta(days=p, hours=i),
+                        "ms": 25_000 + 9_000 * ((i + p) % 7),
+                        "done": p % 4 == 0,
+                    },
+                )
 
 
 def period_snapshot(engine, month: date) -> dict[str, list[tuple]]:
@@ -409,11 +479,13 @@ def test_3_postgres_restarted_during_a_distribution(fault_stack):
     def watch() -> None:
         """What any reader sees of the period, every 50 ms, in one snapshot: nothing, or all of it."""
         engine = sa.create_engine(s.db_url, poolclass=sa.pool.NullPool)
-        query = sa.text("SELECT (SELECT count(*) FROM payout_runs WHERE period_start = :ps), "
-                        "(SELECT count(*) FROM payout_allocation_lines WHERE period_start = :ps), "
-                        "(SELECT count(*) FROM artist_payouts WHERE period_start = :ps), "
-                        "(SELECT coalesce(sum(cents), 0) FROM payout_allocation_lines WHERE period_start = :ps), "
-                        "(SELECT max(paid_cents) FROM payout_runs WHERE period_start = :ps)")
+        query = sa.text(
+            "SELECT (SELECT count(*) FROM payout_runs WHERE period_start = :ps), "
+            "(SELECT count(*) FROM payout_allocation_lines WHERE period_start = :ps), "
+            "(SELECT count(*) FROM artist_payouts WHERE period_start = :ps), "
+            "(SELECT coalesce(sum(cents), 0) FROM payout_allocation_lines WHERE period_start = :ps), "
+            "(SELECT max(paid_cents) FROM payout_runs WHERE period_start = :ps)"
+        )
         while watching:
             try:
                 with engine.connect() as conn:
@@ -421,8 +493,11 @@ def test_3_postgres_restarted_during_a_distribution(fault_stack):
                 if runs == 0:
                     observed.append("none" if lines == payouts == 0 else f"PARTIAL: {lines} lines, no run")
                 else:
-                    whole = lines == len(expected["allocation"]) and payouts == len(expected["artist_payouts"]) \
+                    whole = (
+                        lines == len(expected["allocation"])
+                        and payouts == len(expected["artist_payouts"])
                         and cents == paid
+                    )
                     observed.append("whole" if whole else f"PARTIAL: {lines} lines, {payouts} payouts")
             except sa.exc.OperationalError:
                 observed.append("down")
@@ -433,8 +508,9 @@ def test_3_postgres_restarted_during_a_distribution(fault_stack):
     lock = RowLock(s, "LOCK TABLE payout_runs IN EXCLUSIVE MODE")  # reads pass; the run's last write waits
     try:
         run_id = s.client.create_flow_run("distribution/distribution", {"month": "2026-02"}).flow_run.id
-        blocked = wait_for(lambda: s.roadie_backends(waiting_only=True), 120, "the distribution never blocked",
-                           poll_s=0.05)
+        blocked = wait_for(
+            lambda: s.roadie_backends(waiting_only=True), 120, "the distribution never blocked", poll_s=0.05
+        )
         assert "payout_runs" in blocked[0].query  # every line is written, uncommitted, when the server goes
         s.pg.stop(signal.SIGINT)  # fast shutdown: every session is cut, the transaction is lost
         s.pg.start()

@@ -1,12 +1,13 @@
 """The late-result guard of tasks.catalog on real PostgreSQL, run by run, without Prefect: two runs claim the same
 version one after the other, and every write of the older one is refused while the newer one's land. (The race
 with real flow runs and workers is test_faults.py's case 6.)"""
+
 from __future__ import annotations
 
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,8 +17,17 @@ from tests.support import sine, write_wav
 
 
 def failed_run(run_id: uuid.UUID, version_id: str) -> FailedRun:
-    return FailedRun(str(run_id), "ingest-x", "media-ingest", "media-ingest", {"version_id": version_id},
-                     "Crashed", "no heartbeat", 1, datetime.now(timezone.utc))
+    return FailedRun(
+        str(run_id),
+        "ingest-x",
+        "media-ingest",
+        "media-ingest",
+        {"version_id": version_id},
+        "Crashed",
+        "no heartbeat",
+        1,
+        datetime.now(UTC),
+    )
 
 
 @pytest.mark.parametrize("roadie_env", ["file"], indirect=True)
@@ -46,17 +56,23 @@ def test_every_write_of_a_superseded_run_is_refused(roadie_env, tmp_path):
             catalog.mark_ready(vid, ["hls_opus"])
         with pytest.raises(catalog.Superseded):
             catalog.add_warning(vid, "late warning")
-        with pytest.raises(catalog.Superseded):
-            with catalog.holding(vid):
-                pass
+        with pytest.raises(catalog.Superseded), catalog.holding(vid):
+            pass
         assert catalog.discard_outputs(vid) == 0  # the newer run's objects stay
         assert catalog.mark_failed(vid, "late failure") is False
     assert fail_stranded_version(failed_run(old, vid)) is False  # a late dead letter of the original, too
     state = catalog.describe_version(vid)
     assert (state["status"], state["error"], state["warnings"]) == ("ready", None, [])
-    assert state["transcodes"] == {"hls_opus": {"status": "ready", "duration_s": 0.0, "bandwidth": None,
-                                                "playlist_key": f"{vid}/hls_opus/playlist.m3u8",
-                                                "init_key": f"{vid}/hls_opus/init.mp4", "segment_keys": []}}
+    assert state["transcodes"] == {
+        "hls_opus": {
+            "status": "ready",
+            "duration_s": 0.0,
+            "bandwidth": None,
+            "playlist_key": f"{vid}/hls_opus/playlist.m3u8",
+            "init_key": f"{vid}/hls_opus/init.mp4",
+            "segment_keys": [],
+        }
+    }
     assert state["duration_s"] == 1.0 and state["sample_rate"] == 44100
     assert storage.list(vid) == [f"{vid}/hls_opus/playlist.m3u8"]
 

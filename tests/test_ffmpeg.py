@@ -1,4 +1,5 @@
 """The ffmpeg module: argument lists, the typed error with its stderr tail, parsers that quote what they can't read."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.media import ffmpeg
-from tasks.media.hls import parse_media_playlist, build_master_playlist, parse_master_playlist, VariantEntry
+from tasks.media.hls import VariantEntry, build_master_playlist, parse_master_playlist, parse_media_playlist
 from tests.support import sine, write_wav
 
 
@@ -95,10 +96,18 @@ def test_playlist_parser_quotes_bad_lines():
 
 
 def test_master_playlist_roundtrip():
-    text = build_master_playlist([VariantEntry("hls_aac", "hls_aac/playlist.m3u8", 262000, 255000, "mp4a.40.2"),
-                                  VariantEntry("hls_opus", "hls_opus/playlist.m3u8", 170000, None, "opus")])
+    text = build_master_playlist(
+        [
+            VariantEntry("hls_aac", "hls_aac/playlist.m3u8", 262000, 255000, "mp4a.40.2"),
+            VariantEntry("hls_opus", "hls_opus/playlist.m3u8", 170000, None, "opus"),
+        ]
+    )
     variants = parse_master_playlist(text)
     assert [v["uri"] for v in variants] == ["hls_opus/playlist.m3u8", "hls_aac/playlist.m3u8"]
-    assert variants[1] == {"BANDWIDTH": "262000", "AVERAGE-BANDWIDTH": "255000", "CODECS": "mp4a.40.2",
-                           "uri": "hls_aac/playlist.m3u8"}
+    assert variants[1] == {
+        "BANDWIDTH": "262000",
+        "AVERAGE-BANDWIDTH": "255000",
+        "CODECS": "mp4a.40.2",
+        "uri": "hls_aac/playlist.m3u8",
+    }
     assert text.startswith("#EXTM3U\n") and "#EXT-X-INDEPENDENT-SEGMENTS" in text

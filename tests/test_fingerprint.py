@@ -2,6 +2,7 @@
 
 Pure tones fingerprint alike, so every signal is notes with harmonics over a beat (tests/support.py).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -40,14 +41,19 @@ def audio(request, tmp_path_factory) -> dict[str, object]:
         "original": original,
         "mp3": encode(original, d / "copy.mp3", "-c:a", "libmp3lame", "-b:a", "128k"),
         # Trimmed by 7.3 s (not a whole number of fingerprint items) and 4 dB quieter.
-        "aac trimmed -4 dB": encode(original, d / "copy.m4a", "-ss", "7.3", "-af", "volume=-4dB", "-c:a", "aac",
-                                    "-b:a", "128k"),
+        "aac trimmed -4 dB": encode(
+            original, d / "copy.m4a", "-ss", "7.3", "-af", "volume=-4dB", "-c:a", "aac", "-b:a", "128k"
+        ),
         "resampled": encode(original, d / "resampled.wav", "-ar", str(other_rate)),
         "opus cut short": encode(original, d / "short.opus", "-t", str(SECONDS - 9), "-c:a", "libopus", "-b:a", "64k"),
         "unrelated": write_wav(d / "unrelated.wav", music_like(SECONDS, sr, channels=channels, seed=8), sr),
     }
-    return {"sr": sr, "channels": channels, "files": files,
-            "fingerprints": {name: fpm.fingerprint_file(path) for name, path in files.items()}}
+    return {
+        "sr": sr,
+        "channels": channels,
+        "files": files,
+        "fingerprints": {name: fpm.fingerprint_file(path) for name, path in files.items()},
+    }
 
 
 @pytest.mark.parametrize("copy", ["mp3", "aac trimmed -4 dB", "resampled", "opus cut short"])
@@ -76,8 +82,9 @@ def test_unrelated_audio_is_never_flagged(audio) -> None:
 def test_unrelated_seeds_stay_far_below_the_threshold() -> None:
     sr = 44100
     base = fpm.fingerprint_pcm(music_like(SECONDS, sr, seed=7), sr)
-    scores = [match_score(fpm.fingerprint_pcm(music_like(SECONDS, sr, seed=seed), sr), base).score
-              for seed in range(20, 28)]
+    scores = [
+        match_score(fpm.fingerprint_pcm(music_like(SECONDS, sr, seed=seed), sr), base).score for seed in range(20, 28)
+    ]
     assert max(scores) < fpm.DUPLICATE_THRESHOLD - 0.2, scores
 
 
@@ -100,14 +107,26 @@ def test_streamed_fingerprint_is_identical_to_the_whole_signal(sr: int, channels
     seconds = 8 if chunk_frames == 1 else 125  # past the 120 s fpcalc reads, so the cut-off is exercised
     x = music_like(seconds, sr, channels=channels, seed=3).astype(np.float32)
     # The reference: fpcalc given its 120 s of mono s16 in one write, as a plain subprocess call.
-    cmd = [fpm.fpcalc_binary(), "-raw", "-json", "-length", str(fpm.FINGERPRINT_SECONDS), "-format", "s16le",
-           "-rate", str(sr), "-channels", "1", "-"]
+    cmd = [
+        fpm.fpcalc_binary(),
+        "-raw",
+        "-json",
+        "-length",
+        str(fpm.FINGERPRINT_SECONDS),
+        "-format",
+        "s16le",
+        "-rate",
+        str(sr),
+        "-channels",
+        "1",
+        "-",
+    ]
     out = subprocess.run(cmd, input=fpm.pcm_to_s16_mono(x[: fpm.FINGERPRINT_SECONDS * sr]), capture_output=True)
     whole = fpm.parse_fpcalc_json(out.stdout.decode(), out.returncode, out.stderr.decode())
     if chunk_frames == 1:
-        chunks = (x[i:i + 1] for i in range(len(x)))
+        chunks = (x[i : i + 1] for i in range(len(x)))
     else:
-        chunks = (x[i:i + chunk_frames] for i in range(0, len(x), chunk_frames))
+        chunks = (x[i : i + chunk_frames] for i in range(0, len(x), chunk_frames))
     streamed = fpm.fingerprint_chunks(chunks, sr)
     assert streamed.items == whole.items and len(whole.items) >= 6 * seconds // 2
     assert streamed.duration_s == pytest.approx(seconds)
@@ -128,8 +147,9 @@ def test_match_score_against_reference() -> None:
     a = rng.integers(0, 2**32, 300, dtype=np.uint64).astype(np.uint32)
     flips = (rng.random((300, 32)) < 0.05) @ (1 << np.arange(32, dtype=np.uint64))
     shift = 17
-    b = np.concatenate([rng.integers(0, 2**32, shift, dtype=np.uint64).astype(np.uint32),
-                        a ^ flips.astype(np.uint32)])[: 280]
+    b = np.concatenate([rng.integers(0, 2**32, shift, dtype=np.uint64).astype(np.uint32), a ^ flips.astype(np.uint32)])[
+        :280
+    ]
     match = match_score(a, b)
     assert match.offset == shift
     expected_ber, expected_overlap = reference_ber(a.tolist(), b.tolist(), shift)
@@ -255,8 +275,12 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     second, _ = new_track_version(db, track_id=track)  # a new version of the same track
     upload, upload_track = new_track_version(db)
     stranger, _ = new_track_version(db)
-    for vid, name in ((first, "original"), (second, "same track, flac"), (upload, "mp3 upload"),
-                      (stranger, "unrelated")):
+    for vid, name in (
+        (first, "original"),
+        (second, "same track, flac"),
+        (upload, "mp3 upload"),
+        (stranger, "unrelated"),
+    ):
         results.store_fingerprint(db, vid, prints[name])
 
     row = db.scalar(sa.select(AudioFingerprint).where(AudioFingerprint.track_version_id == upload))
@@ -297,8 +321,10 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     # Fewer matches later: the same report is updated, not a second one added.
     assert results.report_duplicates(db, upload, found[:1]) == report_id
     db.refresh(report)
-    assert report.description.startswith("same audio as 1 other version(s):") and found[1].version_id not in \
-        report.description
+    assert (
+        report.description.startswith("same audio as 1 other version(s):")
+        and found[1].version_id not in report.description
+    )
     # No match any more: a pending report goes, a reviewed one stays.
     assert results.report_duplicates(db, upload, []) is None
     assert [r.status for r in db.scalars(sa.select(Report).where(Report.target_id == upload))] == ["reviewed"]

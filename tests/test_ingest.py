@@ -1,4 +1,5 @@
 """The upload pipeline on real PostgreSQL, a real S3 server (and the local folder), real ffmpeg and Prefect."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from roadie.db.models import Transcode, TrackVersion
+from roadie.db.models import TrackVersion, Transcode
 from roadie.db.session import session_scope
 from roadie.storage import get_storage
 from tasks.catalog import register_upload
@@ -43,11 +44,25 @@ def decoded_codec(storage, init_key: str, segment_keys: list[str], tmp_path: Pat
     with joined.open("wb") as out:
         for key in [init_key, *segment_keys]:
             out.write(storage.get_bytes(key))
-    probe = subprocess.run([ffprobe_binary(), "-v", "error", "-show_entries", "stream=codec_name:format=duration",
-                            "-of", "json", str(joined)], capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            ffprobe_binary(),
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+            "-of",
+            "json",
+            str(joined),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(probe.stdout)
-    decode = subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(joined), "-f", "null", "-"],
-                            capture_output=True, text=True)
+    decode = subprocess.run(
+        [ffmpeg_binary(), "-v", "error", "-i", str(joined), "-f", "null", "-"], capture_output=True, text=True
+    )
     assert decode.returncode == 0 and not decode.stderr.strip(), decode.stderr
     return data["streams"][0]["codec_name"], float(data["format"]["duration"])
 
@@ -79,8 +94,9 @@ def test_ingest_makes_hls_renditions(roadie_env, prefect_api, tmp_path, containe
 
     variants = parse_master_playlist(storage.get_bytes(result["master_key"]).decode())
     assert [v["uri"] for v in variants] == [f"{fmt}/playlist.m3u8" for fmt in formats]
-    assert [v["CODECS"] for v in variants] == [{"hls_opus": "opus", "hls_aac": "mp4a.40.2", "hls_alac": "alac"}[f]
-                                               for f in formats]
+    assert [v["CODECS"] for v in variants] == [
+        {"hls_opus": "opus", "hls_aac": "mp4a.40.2", "hls_alac": "alac"}[f] for f in formats
+    ]
     assert all(int(v["BANDWIDTH"]) > 0 for v in variants)
     assert storage.list("_staging") == []
     assert list(Path(os.environ["ROADIE_TMP_DIR"]).iterdir()) == []
@@ -156,18 +172,29 @@ def test_same_upload_twice_and_rerun_are_safe(roadie_env, prefect_api, tmp_path)
     again = run_ingest(first.version_id, ["hls_opus", "hls_aac"])  # a re-run of the same version
     assert again["status"] == "ready"
     with session_scope() as session:
-        counts = session.execute(select(Transcode.track_version_id, func.count()).group_by(Transcode.track_version_id)
-                                 .where(Transcode.track_version_id.in_([__import__("uuid").UUID(first.version_id),
-                                                                         __import__("uuid").UUID(second.version_id)]))
-                                 ).all()
+        counts = session.execute(
+            select(Transcode.track_version_id, func.count())
+            .group_by(Transcode.track_version_id)
+            .where(
+                Transcode.track_version_id.in_(
+                    [__import__("uuid").UUID(first.version_id), __import__("uuid").UUID(second.version_id)]
+                )
+            )
+        ).all()
     assert sorted(n for _, n in counts) == [2, 2]
     storage = get_storage()
     segs = [k for k in storage.list(first.version_id) if k.endswith(".m4s")]
     assert len(segs) == 2 * 3  # a rerun replaces the outputs, it does not pile up
 
 
-HOSTILE_NAMES = ["$(touch PWNED).wav", "a;b; rm -rf x.wav", "my song 'final' \"v2\".wav", "Sigur Rós – Hoppípolla ☃.wav",
-                 "-rf.wav", "concat:x|y.wav"]
+HOSTILE_NAMES = [
+    "$(touch PWNED).wav",
+    "a;b; rm -rf x.wav",
+    "my song 'final' \"v2\".wav",
+    "Sigur Rós – Hoppípolla ☃.wav",
+    "-rf.wav",
+    "concat:x|y.wav",
+]
 
 
 @pytest.mark.parametrize("roadie_env", ["s3"], indirect=True)
@@ -182,9 +209,14 @@ def test_cli_json_contract_and_hostile_names(roadie_env, prefect_api, tmp_path):
     bad = tmp_path / "$(touch PWNED2) bad.mp3"
     bad.write_text("not audio")
     env = {**os.environ}
-    proc = subprocess.run([sys.executable, "-m", "roadie", "ingest", "--json", "--formats", "hls_opus",
-                           *map(str, inputs), str(bad)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "roadie", "ingest", "--json", "--formats", "hls_opus", *map(str, inputs), str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 1, proc.stderr
     assert [r["input"] for r in lines] == [str(p) for p in [*inputs, bad]]

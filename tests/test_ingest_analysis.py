@@ -1,5 +1,6 @@
 """The analysis inside media-ingest and the four reprocessing flows, on real PostgreSQL, S3, ffmpeg, fpcalc and
 a real Prefect server: what a playable version carries, what degrades to a warning, and duplicates at upload."""
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,14 @@ def artifact_keys(flow_run_id) -> set[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-            any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.key for a in found if a.key}
 
 
 @pytest.mark.parametrize("sr,channels", [(44100, 1), (48000, 2)])
-def test_ready_version_carries_waveform_loudness_artwork_fingerprint(roadie_env, prefect_api, tmp_path, sr,
-                                                                      channels):
+def test_ready_version_carries_waveform_loudness_artwork_fingerprint(roadie_env, prefect_api, tmp_path, sr, channels):
     src = song(tmp_path, sr, channels, seed=100 + channels)
     reg, result, run_id = ingest(src)
     storage = get_storage()
@@ -84,8 +85,10 @@ def test_ready_version_carries_waveform_loudness_artwork_fingerprint(roadie_env,
     with session_scope() as session:
         version = session.get(TrackVersion, uuid.UUID(reg.version_id))
         assert version.loudness_lufs == loud["integrated_lufs"] and version.true_peak == loud["true_peak_dbtp"]
-        assert session.scalar(select(func.count()).select_from(Waveform)
-                              .where(Waveform.track_version_id == version.id)) == 1
+        assert (
+            session.scalar(select(func.count()).select_from(Waveform).where(Waveform.track_version_id == version.id))
+            == 1
+        )
         assert session.get(Track, version.track_id).artwork_asset_id is not None
         fp = session.scalar(select(AudioFingerprint).where(AudioFingerprint.track_version_id == version.id))
         assert fp is not None and fp.chromaprint_data
@@ -115,7 +118,7 @@ def test_missing_fpcalc_leaves_the_version_ready_with_a_warning(roadie_env, pref
 def test_broken_cover_art_leaves_the_version_ready_with_the_default(roadie_env, prefect_api, tmp_path):
     from tests.test_artwork import corrupted
 
-    reg, result, _ = ingest(corrupted(tmp_path, "truncated"), formats=["hls_opus"])
+    _reg, result, _ = ingest(corrupted(tmp_path, "truncated"), formats=["hls_opus"])
     assert result["status"] == "ready"
     assert result["artwork"]["embedded"] is False
     assert any(w.startswith("cover art ignored, default used") for w in result["warnings"]), result
@@ -136,7 +139,7 @@ def test_reencoded_copy_is_reported_and_unrelated_audio_is_not(roadie_env, prefe
         assert report.reason == "duplicate" and first.version_id in report.description
 
     unrelated = song(tmp_path, 48000, 2, seed=31337, name="unrelated")
-    third, result, _ = ingest(unrelated, owner="someone-else", formats=["hls_opus"])
+    _third, result, _ = ingest(unrelated, owner="someone-else", formats=["hls_opus"])
     assert result["duplicates"] == [] and result["duplicate_reports"] == []
 
 
@@ -160,8 +163,9 @@ def test_reprocessing_flows_replace_and_never_add(roadie_env, prefect_api, tmp_p
         version = session.get(TrackVersion, uuid.UUID(vid))
         assert version.status == "ready" and version.warnings == []
         for table in (Waveform, AudioFingerprint):
-            assert session.scalar(select(func.count()).select_from(table)
-                                  .where(table.track_version_id == version.id)) == 1
+            assert (
+                session.scalar(select(func.count()).select_from(table).where(table.track_version_id == version.id)) == 1
+            )
 
     # Run alone, a step that cannot work fails the run and says why; the version is left as it was.
     monkeypatch.setenv("ROADIE_FPCALC_BINARY", str(tmp_path / "no-such-fpcalc"))

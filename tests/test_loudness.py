@@ -3,6 +3,7 @@
 Every signal is synthesized here. The ffmpeg meter reads a float WAV written from the very samples the numpy
 meter gets, so the two see the same audio.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ METERS = ["ffmpeg", "numpy"]
 
 def stepped_tone(segments: list[tuple[float, float]], sr: int, freq: float = 1000.0, channels: int = 2) -> np.ndarray:
     """One continuous 1 kHz sine whose level (dBFS per channel) steps at the segment boundaries."""
-    lengths = [int(round(seconds * sr)) for _, seconds in segments]
-    gain = np.concatenate([np.full(n, 10 ** (db / 20)) for (db, _), n in zip(segments, lengths)])
+    lengths = [round(seconds * sr) for _, seconds in segments]
+    gain = np.concatenate([np.full(n, 10 ** (db / 20)) for (db, _), n in zip(segments, lengths, strict=False)])
     mono = gain * np.sin(2 * np.pi * freq * np.arange(len(gain)) / sr)
     return np.repeat(mono[:, None], channels, axis=1)
 
@@ -204,8 +205,21 @@ def test_empty_and_too_short_input() -> None:
 
 
 def ffmpeg_stderr(path: Path, filter_spec: str) -> str:
-    return run([ffmpeg_binary(), "-hide_banner", "-nostdin", "-nostats", "-i", as_input(path), "-af", filter_spec,
-                "-f", "null", "-"]).stderr
+    return run(
+        [
+            ffmpeg_binary(),
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-i",
+            as_input(path),
+            "-af",
+            filter_spec,
+            "-f",
+            "null",
+            "-",
+        ]
+    ).stderr
 
 
 def test_parser_reads_the_summary_not_the_running_values(tmp_path: Path) -> None:
@@ -214,8 +228,9 @@ def test_parser_reads_the_summary_not_the_running_values(tmp_path: Path) -> None
     x = stepped_tone([(-30, 3), (-10, 7)], sr)
     path = write_wav(tmp_path / "steps.wav", x, sr, subtype="FLOAT")
     noisy = ffmpeg_stderr(path, "ebur128=peak=true")  # per-frame lines included
-    running = [float(line.split("I:")[1].split()[0]) for line in noisy.split("Summary:")[0].splitlines()
-               if " I:" in line]
+    running = [
+        float(line.split("I:")[1].split()[0]) for line in noisy.split("Summary:")[0].splitlines() if " I:" in line
+    ]
     first_measured = next(value for value in running if value > -70)
     from_summary = loudness.parse_ebur128_summary(noisy)
     assert abs(first_measured - from_summary.integrated_lufs) > 10

@@ -4,6 +4,7 @@ The reference (tests/reference_loudness.py) is a frozen copy of the old measure_
 sub-blocks and the polyphase true peak each over the entire array. Whatever the chunking, the streamed reading
 must equal it within 0.01 (LUFS, LU, dBTP), and the meter must not hold more memory for a longer signal.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def program(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray
     x = music_like(seconds, sr, channels, seed=seed, gain_db=-12.0)
     n = len(x)
     segments = [(0.25, 0.0), (0.2, -20.0), (0.2, -8.0), (0.05, None), (0.1, -80.0), (0.2, -3.0)]
-    gain = np.concatenate([np.full(int(round(fraction * n)), 0.0 if db is None else 10 ** (db / 20))
-                           for fraction, db in segments])
+    gain = np.concatenate(
+        [np.full(round(fraction * n), 0.0 if db is None else 10 ** (db / 20)) for fraction, db in segments]
+    )
     gain = np.pad(gain, (0, max(0, n - len(gain))), mode="edge")[:n]
     x = x * gain[:, None]
     centre, half = min(65536, n // 2), int(0.015 * sr)
@@ -48,8 +50,8 @@ def stream(x: np.ndarray, sr: int, sizes, *, mono_1d: bool = False, dtype=None, 
     if dtype is not None:
         data = data.astype(dtype)
     start = 0
-    for size in ([sizes] * -(-len(x) // sizes) if isinstance(sizes, int) else sizes):
-        meter.feed(data[start:start + size])
+    for size in [sizes] * -(-len(x) // sizes) if isinstance(sizes, int) else sizes:
+        meter.feed(data[start : start + size])
         start += size
     meter.feed(data[start:])
     return meter.finish()
@@ -176,7 +178,7 @@ def test_nothing_fed_gives_nothing() -> None:
 @pytest.mark.parametrize("frames", [1, 5, 16, 35, 4800, 19_199])  # all shorter than one 400 ms block
 def test_shorter_than_one_block(frames: int) -> None:
     sr = 48000
-    x = program(1.0, sr, 2, seed=frames)[20_000:20_000 + frames]
+    x = program(1.0, sr, 2, seed=frames)[20_000 : 20_000 + frames]
     expected = reference_loudness.measure_pcm(x, sr)
     got = stream(x, sr, 3)
     assert got.integrated_lufs is None and got.loudness_range_lu is None

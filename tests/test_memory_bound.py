@@ -2,6 +2,7 @@
 process (and its ffmpeg and fpcalc children) inside a cgroup whose memory limit is far below what holding the PCM
 would take. The cgroup (v1 memory controller) counts the whole process tree; with no swap, going over the limit
 kills. A control process that does hold that much PCM is killed in the same cgroup, so the limit is real."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -52,8 +53,14 @@ def cgroup() -> Iterator[Path]:
 def run_in(group: Path, code: str, timeout: float) -> subprocess.CompletedProcess:
     """Python `code` as a child moved into `group` before it starts (its own children inherit the group)."""
     procs = group / "cgroup.procs"
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=lambda: procs.write_text(str(os.getpid())))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: procs.write_text(str(os.getpid())),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +82,28 @@ def test_thirty_minutes_are_analysed_within_a_small_memory_limit(cgroup: Path, l
     pcm_mib = MINUTES * 60 * SAMPLE_RATE * 2 * 4 / 2**20
     assert pcm_mib > 2 * LIMIT_MIB
 
-    control = run_in(cgroup, f"""
+    control = run_in(
+        cgroup,
+        f"""
         import numpy as np
         pcm = np.ones(({MINUTES * 60 * SAMPLE_RATE}, 2), dtype=np.float32)
         print("held", pcm.nbytes)
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     assert control.returncode == -9, f"the cgroup did not stop a process over its limit: {control}"
 
     (cgroup / "memory.max_usage_in_bytes").write_text("0")  # forget the control's peak
-    result = run_in(cgroup, f"""
+    result = run_in(
+        cgroup,
+        f"""
         import json
         from tasks.media.analysis import analyze_file
         analysis = analyze_file({str(long_upload)!r})
         print(json.dumps({{**analysis.as_dict(), "png": len(analysis.png or b"")}}))
-    """, timeout=600)
+    """,
+        timeout=600,
+    )
     assert result.returncode == 0, f"the analysis did not finish under {LIMIT_MIB} MiB: {result.stderr[-2000:]}"
     report = json.loads(result.stdout.strip().splitlines()[-1])
     peak_mib = int((cgroup / "memory.max_usage_in_bytes").read_text()) / 2**20

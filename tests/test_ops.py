@@ -1,5 +1,6 @@
 """Operations pieces against a real Prefect server and real PostgreSQL: the REST client, the topology setup,
 dead letters, health and Prometheus metrics, the register CLI. (The whole system with workers: test_e2e.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -114,7 +115,7 @@ def test_client_sends_the_auth_string_as_basic_auth():
     seen: list[str | None] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization"))
             self.send_response(200)
             self.send_header("Content-Length", "2")
@@ -156,15 +157,18 @@ def test_setup_is_idempotent_and_orders_queues(client):
     docker_vars = client.request("GET", f"/work_pools/{DOCKER_POOL}").json()["base_job_template"]["variables"]
     assert {"image", "env", "networks"} <= set(docker_vars["properties"])
 
-    limits = {name: client.request("GET", f"/v2/concurrency_limits/{name}").json()
-              for name in ("transcode", "transcode-rate", "db-batch")}
+    limits = {
+        name: client.request("GET", f"/v2/concurrency_limits/{name}").json()
+        for name in ("transcode", "transcode-rate", "db-batch")
+    }
     assert limits["transcode"]["limit"] == 2
     assert limits["transcode-rate"]["limit"] == 10
     assert limits["transcode-rate"]["slot_decay_per_second"] == pytest.approx(10 / 60)
     assert limits["db-batch"]["limit"] == 2
 
-    found = client.request("POST", "/automations/filter",
-                           json={"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}}).json()
+    found = client.request(
+        "POST", "/automations/filter", json={"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}}
+    ).json()
     assert len(found) == 1
     trigger = found[0]["trigger"]
     assert trigger["posture"] == "Proactive" and trigger["within"] == 75
@@ -215,8 +219,10 @@ def test_failed_run_is_recorded_once_with_error_and_attempts(client, ops_env, fa
     again = dead_letter.record(failed)
     assert letter.first_time and not again.first_time and again.id == letter.id
     with sa.create_engine(pg_url).connect() as conn:
-        rows = conn.execute(sa.text("SELECT flow_name, state, error, attempts, parameters FROM failed_jobs "
-                                    "WHERE flow_run_id = :id"), {"id": run_id}).all()
+        rows = conn.execute(
+            sa.text("SELECT flow_name, state, error, attempts, parameters FROM failed_jobs WHERE flow_run_id = :id"),
+            {"id": run_id},
+        ).all()
     assert len(rows) == 1
     assert rows[0].flow_name == "roadie-test-bad-input" and rows[0].attempts == 1
     assert rows[0].parameters == {"version_id": "v-1"}
@@ -243,23 +249,37 @@ def test_crashed_ingest_fails_its_stranded_version(ops_env, tmp_path, pg_url):
     stranded = register_upload(wav, title="stranded")
     ready = register_upload(wav, title="ready")
     with sa.create_engine(pg_url).begin() as conn:
-        conn.execute(sa.text("UPDATE track_versions SET status = 'processing' WHERE id = :id"),
-                     {"id": stranded.version_id})
+        conn.execute(
+            sa.text("UPDATE track_versions SET status = 'processing' WHERE id = :id"), {"id": stranded.version_id}
+        )
         conn.execute(sa.text("UPDATE track_versions SET status = 'ready' WHERE id = :id"), {"id": ready.version_id})
 
     def crashed(version_id: str) -> dead_letter.FailedRun:
-        return dead_letter.FailedRun(str(uuid.uuid4()), f"ingest-{version_id}", "media-ingest", "media-ingest",
-                                     {"version_id": version_id}, "Crashed", "no heartbeat for 90 s", 1,
-                                     datetime.now(timezone.utc))
+        return dead_letter.FailedRun(
+            str(uuid.uuid4()),
+            f"ingest-{version_id}",
+            "media-ingest",
+            "media-ingest",
+            {"version_id": version_id},
+            "Crashed",
+            "no heartbeat for 90 s",
+            1,
+            datetime.now(UTC),
+        )
 
     dead_letter.record(crashed(stranded.version_id))
     dead_letter.record(crashed(ready.version_id))
     dead_letter.record(crashed("not-a-uuid"))  # a bad-input run: nothing to mark
     with sa.create_engine(pg_url).connect() as conn:
-        status = dict(conn.execute(sa.text("SELECT id::text, status FROM track_versions WHERE id IN (:a, :b)"),
-                                   {"a": stranded.version_id, "b": ready.version_id}).all())
-        error = conn.execute(sa.text("SELECT error FROM track_versions WHERE id = :a"),
-                             {"a": stranded.version_id}).scalar_one()
+        status = dict(
+            conn.execute(
+                sa.text("SELECT id::text, status FROM track_versions WHERE id IN (:a, :b)"),
+                {"a": stranded.version_id, "b": ready.version_id},
+            ).all()
+        )
+        error = conn.execute(
+            sa.text("SELECT error FROM track_versions WHERE id = :a"), {"a": stranded.version_id}
+        ).scalar_one()
     assert status == {stranded.version_id: "failed", ready.version_id: "ready"}
     assert "ended Crashed" in error and "roadie failed --retry" in error
 
@@ -267,8 +287,17 @@ def test_crashed_ingest_fails_its_stranded_version(ops_env, tmp_path, pg_url):
 def test_webhook_gets_the_failed_job_and_errors_raise():
     hook = Recorder([200, 500])
     try:
-        failed = dead_letter.FailedRun(str(uuid.uuid4()), "ingest-x", "media-ingest", "media-ingest",
-                                       {"version_id": "x"}, "Failed", "boom", 4, datetime.now(timezone.utc))
+        failed = dead_letter.FailedRun(
+            str(uuid.uuid4()),
+            "ingest-x",
+            "media-ingest",
+            "media-ingest",
+            {"version_id": "x"},
+            "Failed",
+            "boom",
+            4,
+            datetime.now(UTC),
+        )
         letter = dead_letter.DeadLetter(str(uuid.uuid4()), failed, True)
         assert dead_letter.notify_webhook(letter, f"{hook.url}/hook") == 200
         path, body = hook.requests[0]
@@ -286,7 +315,7 @@ def test_dead_letter_event_reaches_the_api(client, ops_env, failing_flows):
     bad_input, _ = failing_flows
     run_id = run_to_failure(bad_input, version_id="v-event")
     letter = dead_letter.record(dead_letter.describe_failed_run(client, run_id))
-    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    since = datetime.now(UTC) - timedelta(minutes=1)
     dead_letter.emit(letter)
     deadline = time.monotonic() + 30
     events = []
@@ -307,7 +336,7 @@ def test_retry_requeues_a_failed_job_once(client, ops_env, failing_flows):
     letter = dead_letter.record(dead_letter.FailedRun(**{**failed.__dict__, "deployment_name": dep_name}))
 
     job, new_run, created = dead_letter.retry(client, letter.id[:8])
-    job_again, same_run, created_again = dead_letter.retry(client, run_id)  # by flow run id too
+    _job_again, same_run, created_again = dead_letter.retry(client, run_id)  # by flow run id too
     assert created and not created_again and same_run == new_run
     assert job.retried_at is not None and str(job.retry_flow_run_id) == new_run
     requeued = client.read_flow_run(new_run)
@@ -316,8 +345,12 @@ def test_retry_requeues_a_failed_job_once(client, ops_env, failing_flows):
     with pytest.raises(LookupError):
         dead_letter.find_failed(str(uuid.uuid4()))
 
-    cli = subprocess.run([sys.executable, "-m", "roadie", "failed", "--json", "--limit", "500"],
-                         capture_output=True, text=True, env=_cli_env(client.api_url))
+    cli = subprocess.run(
+        [sys.executable, "-m", "roadie", "failed", "--json", "--limit", "500"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(client.api_url),
+    )
     assert cli.returncode == 0, cli.stderr
     listed = {row["id"]: row for row in map(json.loads, cli.stdout.splitlines())}
     assert listed[letter.id]["retry_flow_run_id"] == new_run and listed[letter.id]["state"] == "Failed"
@@ -345,10 +378,14 @@ def worker_pool(client) -> str:
     from deployments.topology import default_job_template
 
     pool = unique(TEST_POOL)
-    client.request("POST", "/work_pools/", json={"name": pool, "type": "process",
-                                                 "base_job_template": default_job_template("process")})
-    client.request("POST", f"/work_pools/{pool}/workers/heartbeat",
-                   json={"name": "w1", "heartbeat_interval_seconds": 30})
+    client.request(
+        "POST",
+        "/work_pools/",
+        json={"name": pool, "type": "process", "base_job_template": default_job_template("process")},
+    )
+    client.request(
+        "POST", f"/work_pools/{pool}/workers/heartbeat", json={"name": "w1", "heartbeat_interval_seconds": 30}
+    )
     return pool
 
 
@@ -363,16 +400,23 @@ def job_runs(client: PrefectREST, flow: str, name: str) -> dict[str, list[str]]:
             set_state(client, r.id, state)
         ids.setdefault(final[-1] if final else "SCHEDULED", []).append(r.id)
 
-    run([])                                    # due now: waiting
-    run(["PENDING"])                           # waiting
-    run(["PENDING", "RUNNING"])                # active
+    run([])  # due now: waiting
+    run(["PENDING"])  # waiting
+    run(["PENDING", "RUNNING"])  # active
     run(["PENDING", "RUNNING", "COMPLETED"])
     run(["PENDING", "RUNNING", "FAILED"])
     run(["PENDING", "RUNNING", "CRASHED"])
     run(["PENDING", "CANCELLED"])
-    future = client.request("POST", f"/deployments/{client.deployment_id(f'{flow}/{name}')}/create_flow_run", json={
-        "state": {"type": "SCHEDULED", "state_details": {
-            "scheduled_time": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}}}).json()
+    future = client.request(
+        "POST",
+        f"/deployments/{client.deployment_id(f'{flow}/{name}')}/create_flow_run",
+        json={
+            "state": {
+                "type": "SCHEDULED",
+                "state_details": {"scheduled_time": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
+            }
+        },
+    ).json()
     ids["FUTURE"] = [future["id"]]
     return ids
 
@@ -505,22 +549,45 @@ def _cli_env(api_url: str) -> dict[str, str]:
 
 def test_register_cli_prints_version_and_key(ops_env, tmp_path, pg_url, prefect_api):
     wav = write_wav(tmp_path / "my song (final).wav", sine(440, 1.0, 48000), 48000)
-    done = subprocess.run([sys.executable, "-m", "roadie", "register", str(wav), "--owner", "cli-artist",
-                           "--title", "CLI song", "--json"], capture_output=True, text=True,
-                          env=_cli_env(prefect_api), timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roadie",
+            "register",
+            str(wav),
+            "--owner",
+            "cli-artist",
+            "--title",
+            "CLI song",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_cli_env(prefect_api),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert set(out) == {"version_id", "asset_key"}
     with sa.create_engine(pg_url).connect() as conn:
-        row = conn.execute(sa.text(
-            "SELECT v.status, t.title, u.username, a.key FROM track_versions v JOIN tracks t ON t.id = v.track_id "
-            "JOIN users u ON u.id = t.owner_user_id JOIN assets a ON a.id = v.original_asset_id WHERE v.id = :id"),
-            {"id": out["version_id"]}).one()
+        row = conn.execute(
+            sa.text(
+                "SELECT v.status, t.title, u.username, a.key FROM track_versions v JOIN tracks t ON t.id = v.track_id "
+                "JOIN users u ON u.id = t.owner_user_id JOIN assets a ON a.id = v.original_asset_id WHERE v.id = :id"
+            ),
+            {"id": out["version_id"]},
+        ).one()
     assert tuple(row) == ("pending", "CLI song", "cli-artist", out["asset_key"])
     assert (tmp_path / "storage" / out["asset_key"]).read_bytes() == wav.read_bytes()
 
-    missing = subprocess.run([sys.executable, "-m", "roadie", "register", str(tmp_path / "nope.wav"), "--json"],
-                             capture_output=True, text=True, env=_cli_env(prefect_api), timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "roadie", "register", str(tmp_path / "nope.wav"), "--json"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(prefect_api),
+        timeout=120,
+    )
     assert missing.returncode == 2 and "is not a file" in missing.stderr and missing.stdout == ""
 
 
@@ -551,8 +618,9 @@ def test_trigger_job_and_health_cli(client, ops_env, prefect_api):
     env = _cli_env(prefect_api)
 
     def roadie(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "roadie", *args], capture_output=True, text=True, env=env,
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "roadie", *args], capture_output=True, text=True, env=env, timeout=120
+        )
 
     key = f"{name}:once"
     first = roadie("trigger", "job", f"{flow}/{name}", "--params", '{"day": "2026-01-02"}', "--key", key)
@@ -587,8 +655,13 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, 
     # stderr to a file, not an unread pipe: a full pipe would block the server's writes, and so its exit.
     stderr = open(tmp_path / "stderr.txt", "w")
     background = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "background" in stop else None
-    proc = subprocess.Popen([sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port),
-                             "--host", "127.0.0.1"], env=env, stderr=stderr, text=True, preexec_fn=background)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stderr=stderr,
+        text=True,
+        preexec_fn=background,
+    )
     try:
         report = None
         deadline = time.monotonic() + 60

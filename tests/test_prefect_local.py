@@ -1,6 +1,7 @@
 """Which database the local Prefect server keeps its state in (roadie.prefect_local.prefect_database_url):
 PostgreSQL beside roadie's own data when roadie is on PostgreSQL, SQLite only when roadie itself is on SQLite, and
 `roadie serve` says so when it is left on SQLite. Real PostgreSQL, a real server started by a real `roadie serve`."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def database_exists(server_url: str, name: str) -> bool:
     engine = sa.create_engine(server_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is not None
+            return (
+                conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is not None
+            )
     finally:
         engine.dispose()
 
@@ -60,7 +63,11 @@ def test_roadie_on_postgres_puts_prefect_in_a_database_beside_it(settings_env, p
         reload_settings()
         url = sa.make_url(prefect_database_url())
         assert (url.drivername, url.database, url.host, url.port) == (
-            "postgresql+asyncpg", f"{name}_prefect", sa.make_url(roadie_url).host, sa.make_url(roadie_url).port)
+            "postgresql+asyncpg",
+            f"{name}_prefect",
+            sa.make_url(roadie_url).host,
+            sa.make_url(roadie_url).port,
+        )
         assert database_exists(pg_server_url, f"{name}_prefect")
         assert sa.make_url(prefect_database_url()) == url  # a second call reuses it
     # scratch_database drops the Prefect database with its own
@@ -95,16 +102,30 @@ def test_roadie_serve_on_postgres_keeps_prefect_state_there(tmp_path, pg_server_
     `<roadie db>_prefect`, and it gives no SQLite warning."""
     with services.scratch_database(pg_server_url, "roadie_serve", migrate=True) as roadie_url:
         name = sa.make_url(roadie_url).database
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PREFECT_API_URL", "ROADIE_PREFECT_API_URL", "ROADIE_PREFECT_DATABASE_URL")}
-        env.update({"ROADIE_DATABASE_URL": roadie_url, "ROADIE_HOME": str(tmp_path / "home"),
-                    "ROADIE_PREFECT_LOCAL_PORT": str(services.free_port()),
-                    "ROADIE_STORAGE_URL": (tmp_path / "storage").as_uri()})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PREFECT_API_URL", "ROADIE_PREFECT_API_URL", "ROADIE_PREFECT_DATABASE_URL")
+        }
+        env.update(
+            {
+                "ROADIE_DATABASE_URL": roadie_url,
+                "ROADIE_HOME": str(tmp_path / "home"),
+                "ROADIE_PREFECT_LOCAL_PORT": str(services.free_port()),
+                "ROADIE_STORAGE_URL": (tmp_path / "storage").as_uri(),
+            }
+        )
         stderr_path = tmp_path / "serve-stderr.txt"
         with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "roadie", "serve", "--workers", "1", "--no-health",
-                                     "--json", "--grace", "5"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                    stderr=stderr, text=True, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "roadie", "serve", "--workers", "1", "--no-health", "--json", "--grace", "5"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,
+            )
             try:
                 line = proc.stdout.readline()
                 assert line, stderr_path.read_text()[-3000:]

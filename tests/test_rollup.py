@@ -1,14 +1,16 @@
 """The daily analytics rollup on real PostgreSQL (plus a SQLite smoke run), against a plain-Python reference."""
+
 from __future__ import annotations
 
 import json
 import random
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from roadie.db import models as m
 from roadie.errors import InvalidInput
@@ -113,10 +115,11 @@ def test_rerun_after_data_changes_replaces_the_day_only(pg):
 
 def reference_rollup(plays, engagements, day):
     """Plain Python: the issue's rules, one row at a time."""
-    lo = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
+    lo = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     hi = lo + timedelta(days=1)
-    rows = defaultdict(lambda: {"plays": 0, "listeners": set(), "completions": 0, "likes": 0, "reposts": 0,
-                                "downloads": 0})
+    rows = defaultdict(
+        lambda: {"plays": 0, "listeners": set(), "completions": 0, "likes": 0, "reposts": 0, "downloads": 0}
+    )
     for track, user, ip, started, completed in plays:
         if lo <= started < hi:
             r = rows[track]
@@ -129,23 +132,36 @@ def reference_rollup(plays, engagements, day):
     for kind, track, created in engagements:
         if lo <= created < hi:
             rows[track][kind] += 1
-    return {t: (r["plays"], len(r["listeners"]), r["completions"], r["likes"], r["reposts"], r["downloads"])
-            for t, r in rows.items()}
+    return {
+        t: (r["plays"], len(r["listeners"]), r["completions"], r["likes"], r["reposts"], r["downloads"])
+        for t, r in rows.items()
+    }
 
 
 def random_activity(rnd: random.Random, tracks: int, users: int):
     """Plays and engagement over D-1..D+1 with the edges mixed in: midnight instants, anonymous plays, users
     on shared ips, repeated listeners."""
+
     def offset() -> float:
         roll = rnd.random()
         if roll < 0.1:
             return rnd.choice([0, 86_400, 86_400 - 0.001, 2 * 86_400 - 0.001])
         return rnd.uniform(-3_600, 2 * 86_400 + 3_600)
 
-    plays = [(rnd.randrange(tracks), rnd.choice([None, *range(users)]), rnd.choice([None, "ip1", "ip2", "ip3"]),
-              offset(), rnd.random() < 0.4) for _ in range(rnd.randint(0, 60))]
-    engagements = [(rnd.choice(["likes", "reposts", "downloads"]), rnd.randrange(tracks), offset())
-                   for _ in range(rnd.randint(0, 15))]
+    plays = [
+        (
+            rnd.randrange(tracks),
+            rnd.choice([None, *range(users)]),
+            rnd.choice([None, "ip1", "ip2", "ip3"]),
+            offset(),
+            rnd.random() < 0.4,
+        )
+        for _ in range(rnd.randint(0, 60))
+    ]
+    engagements = [
+        (rnd.choice(["likes", "reposts", "downloads"]), rnd.randrange(tracks), offset())
+        for _ in range(rnd.randint(0, 15))
+    ]
     return plays, engagements
 
 
@@ -203,16 +219,22 @@ def test_sqlite_smoke_gives_the_same_rows(tmp_path):
 
 
 def test_resolve_days():
-    now = datetime(2026, 11, 28, 0, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)
     assert resolve_days(now=now) == [date(2026, 11, 27)]
     assert resolve_days(day="2026-02-28") == [date(2026, 2, 28)]
     days = resolve_days(start="2026-02-27", end="2026-03-01")
     assert days == [date(2026, 2, 27), date(2026, 2, 28), date(2026, 3, 1)]
     assert describe_days(days) == "rollup-2026-02-27..2026-03-01"
     assert describe_days([date(2026, 11, 27)]) == "rollup-2026-11-27"
-    for bad in ({"day": "2026-02-30"}, {"day": "20260227"}, {"day": "yesterday"}, {"day": "9999-12-31"},
-                {"start": "2026-03-02"},
-                {"start": "2026-03-02", "end": "2026-03-01"}, {"day": "2026-03-01", "start": "2026-03-01"}):
+    for bad in (
+        {"day": "2026-02-30"},
+        {"day": "20260227"},
+        {"day": "yesterday"},
+        {"day": "9999-12-31"},
+        {"start": "2026-03-02"},
+        {"start": "2026-03-02", "end": "2026-03-01"},
+        {"day": "2026-03-01", "start": "2026-03-01"},
+    ):
         with pytest.raises(InvalidInput):
             resolve_days(**bad)
 
@@ -257,8 +279,12 @@ def test_cli_backfill_json_and_errors(committed_url, monkeypatch):
         assert body["seconds"] >= 0
         again = json.loads(runner.invoke(app, ["rollup", "--day", "2032-02-01", "--json"]).stdout)
         assert again["days"] == body["days"][-1:]
-        for args in (["--day", "2032-02-30"], ["--from", "2032-02-02", "--to", "2032-02-01"], ["--from", "2032-01-01"],
-                     ["--day", "2032-2-1"]):
+        for args in (
+            ["--day", "2032-02-30"],
+            ["--from", "2032-02-02", "--to", "2032-02-01"],
+            ["--from", "2032-01-01"],
+            ["--day", "2032-2-1"],
+        ):
             bad = runner.invoke(app, ["rollup", *args])
             assert bad.exit_code == 2, (args, bad.output)
             assert "error:" in bad.stderr
@@ -280,7 +306,8 @@ def test_flow_backfills_with_run_name_and_artifact(committed_url, prefect_api, m
         state = analytics_rollup(start="2032-03-01", end="2032-03-03", return_state=True)
         rows = state.result()
         assert [(r["day"], r["tracks"], r["plays"]) for r in rows] == [
-            (d.isoformat(), 1, i + 1) for i, d in enumerate(days)]
+            (d.isoformat(), 1, i + 1) for i, d in enumerate(days)
+        ]
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(state.state_details.flow_run_id)
             assert run.name == "rollup-2032-03-01..2032-03-03"
@@ -290,7 +317,8 @@ def test_flow_backfills_with_run_name_and_artifact(committed_url, prefect_api, m
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
             artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
         assert [a.type for a in artifacts] == ["table"]
         table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
         assert [row["plays"] for row in table] == [1, 2, 3]

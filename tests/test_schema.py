@@ -1,4 +1,5 @@
 """Migrations run on SQLite and PostgreSQL, and the migrated schema is exactly the models'."""
+
 from __future__ import annotations
 
 import pytest
@@ -78,17 +79,29 @@ def test_rekeying_analytics_daily_keeps_its_rows(backend, tmp_path, pg_server_ur
         engine = sa.create_engine(url)
         user_id, track_id = uuid.uuid4(), uuid.uuid4()
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO users (id, username, lossless_enabled, created_at) "
-                                 "VALUES (:id, 'u', false, CURRENT_TIMESTAMP)"), {"id": user_id.hex})
-            conn.execute(sa.text("INSERT INTO tracks (id, owner_user_id, title, created_at) "
-                                 "VALUES (:id, :owner, 't', CURRENT_TIMESTAMP)"),
-                         {"id": track_id.hex, "owner": user_id.hex})
-            conn.execute(sa.text("INSERT INTO analytics_daily VALUES (:t, :d, 5, 4, 3, 2, 1, 0)"),
-                         {"t": track_id.hex, "d": date(2026, 11, 1)})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, lossless_enabled, created_at) "
+                    "VALUES (:id, 'u', false, CURRENT_TIMESTAMP)"
+                ),
+                {"id": user_id.hex},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tracks (id, owner_user_id, title, created_at) "
+                    "VALUES (:id, :owner, 't', CURRENT_TIMESTAMP)"
+                ),
+                {"id": track_id.hex, "owner": user_id.hex},
+            )
+            conn.execute(
+                sa.text("INSERT INTO analytics_daily VALUES (:t, :d, 5, 4, 3, 2, 1, 0)"),
+                {"t": track_id.hex, "d": date(2026, 11, 1)},
+            )
         upgrade(url)
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT plays, uniques, completions, likes, reposts, downloads "
-                                        "FROM analytics_daily")).all()
+            rows = conn.execute(
+                sa.text("SELECT plays, uniques, completions, likes, reposts, downloads FROM analytics_daily")
+            ).all()
         engine.dispose()
         assert [tuple(r) for r in rows] == [(5, 4, 3, 2, 1, 0)]
         assert _diff(url) == []

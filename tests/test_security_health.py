@@ -1,11 +1,12 @@
 """The health server binds where it is configured and serves only GET /health and GET /metrics, over a real
 socket against a real Prefect server: any other path is 404, any other method 405 (with `Allow: GET`)."""
+
 from __future__ import annotations
 
 import http.client
 import json
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,8 +37,9 @@ def configured(monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> Iterator[Op
     reload_settings()
 
 
-def request(server: OpsServer, method: str, path: str, body: bytes | None = None,
-            host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    server: OpsServer, method: str, path: str, body: bytes | None = None, host: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(host or server.host, server.port, timeout=60)
     try:
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
@@ -68,8 +70,22 @@ def test_serves_get_health_and_metrics(configured):
     assert b"roadie_workers_online 0.0" in body
 
 
-@pytest.mark.parametrize("path", ["/", "/healthz", "/health/", "/metrics/x", "/api/health", "/HEALTH",
-                                  "/health/../metrics", "/%68ealth", "/admin", "/.env", "*"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/healthz",
+        "/health/",
+        "/metrics/x",
+        "/api/health",
+        "/HEALTH",
+        "/health/../metrics",
+        "/%68ealth",
+        "/admin",
+        "/.env",
+        "*",
+    ],
+)
 def test_every_other_path_is_404(configured, path):
     status, _, body = request(configured, "GET", path)
     assert status == 404, (path, body)

@@ -3,6 +3,7 @@ a comment does not count) and searched for `shell=` anything but False, `os.syst
 of subprocess and asyncio, and argument lists that start a shell with `-c`. The other files under docker/ are
 searched as text. The scan must also find the subprocess calls roadie is known to make, so it cannot pass by
 scanning nothing."""
+
 from __future__ import annotations
 
 import ast
@@ -15,8 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("roadie", "flows", "tasks", "deployments", "bench", "tests", "docker")
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "/bin/sh", "/bin/bash", "/usr/bin/sh", "/usr/bin/bash", "/usr/bin/env"}
 SPAWNERS = {"run", "Popen", "call", "check_call", "check_output"}
-SHELL_FUNCTIONS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"), ("subprocess", "getstatusoutput"),
-                   ("asyncio", "create_subprocess_shell")}
+SHELL_FUNCTIONS = {
+    ("os", "system"),
+    ("os", "popen"),
+    ("subprocess", "getoutput"),
+    ("subprocess", "getstatusoutput"),
+    ("asyncio", "create_subprocess_shell"),
+}
 TEXT_PATTERNS = ("shell=True", "os.system", "os.popen", "getstatusoutput", "create_subprocess_shell")
 
 
@@ -39,7 +45,8 @@ class Scanner(ast.NodeVisitor):
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             self.aliases[alias.asname or alias.name.split(".")[0]] = tuple(
-                (alias.name if alias.asname else alias.name.split(".")[0]).split("."))
+                (alias.name if alias.asname else alias.name.split(".")[0]).split(".")
+            )
         self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
@@ -69,12 +76,17 @@ class Scanner(ast.NodeVisitor):
             if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value in (False, None)):
                 self._flag(node, f"passes shell={ast.unparse(kw.value)}")
             if kw.arg is None and isinstance(kw.value, ast.Dict):  # **{"shell": True}
-                for key, value in zip(kw.value.keys, kw.value.values):
-                    if isinstance(key, ast.Constant) and key.value == "shell" and not (
-                            isinstance(value, ast.Constant) and value.value is False):
+                for key, value in zip(kw.value.keys, kw.value.values, strict=False):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "shell"
+                        and not (isinstance(value, ast.Constant) and value.value is False)
+                    ):
                         self._flag(node, "passes shell through **kwargs")
-        if name and ((name[0] == "subprocess" and name[-1] in SPAWNERS)
-                     or (name[0] in ("asyncio", "os") and name[-1] in ("create_subprocess_exec", "spawnv", "execv"))):
+        if name and (
+            (name[0] == "subprocess" and name[-1] in SPAWNERS)
+            or (name[0] in ("asyncio", "os") and name[-1] in ("create_subprocess_exec", "spawnv", "execv"))
+        ):
             self.spawns.append(Finding(f"{self.where}:{node.lineno}", ".".join(name)))
         if node.args and isinstance(node.args[0], (ast.List, ast.Tuple)):
             self._shell_argv(node, node.args[0])
@@ -137,36 +149,48 @@ def test_the_scan_sees_the_subprocesses_roadie_makes(scanned):
     assert {"roadie", "flows", "tasks", "deployments", "bench", "tests", "docker"} <= files
     assert len(scanners) >= 80
     spawning = {s.where for s in scanners if s.spawns}
-    for known in ("roadie/services.py", "roadie/ops/serve.py", "tasks/media/ffmpeg.py", "tasks/media/fingerprint.py",
-                  "tests/support.py", "docker/build.py"):
+    for known in (
+        "roadie/services.py",
+        "roadie/ops/serve.py",
+        "tasks/media/ffmpeg.py",
+        "tasks/media/fingerprint.py",
+        "tests/support.py",
+        "docker/build.py",
+    ):
         assert known in spawning, f"the scan found no subprocess call in {known}"
     assert sum(len(s.spawns) for s in scanners) >= 30
 
 
-@pytest.mark.parametrize("code", [
-    "import subprocess\nsubprocess.run('ls ' + name, shell=True)",
-    "import subprocess as sp\nsp.Popen(cmd, shell=flag)",
-    "from subprocess import check_output\ncheck_output(cmd, **{'shell': True})",
-    "import os\nos.system('ffmpeg -i ' + path)",
-    "import os\nos.popen('fpcalc ' + path).read()",
-    "from os import system as run_it\nrun_it(cmd)",
-    "from os import popen",
-    "import subprocess\nsubprocess.getoutput('ls')",
-    "import asyncio\nasyncio.create_subprocess_shell(cmd)",
-    "import subprocess\nsubprocess.run(['/bin/sh', '-c', cmd])",
-    "import subprocess\nsubprocess.run(['bash', '-lc', cmd])",
-    "import subprocess\nsubprocess.run(('/usr/bin/env', 'bash', '-c', cmd))",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import subprocess\nsubprocess.run('ls ' + name, shell=True)",
+        "import subprocess as sp\nsp.Popen(cmd, shell=flag)",
+        "from subprocess import check_output\ncheck_output(cmd, **{'shell': True})",
+        "import os\nos.system('ffmpeg -i ' + path)",
+        "import os\nos.popen('fpcalc ' + path).read()",
+        "from os import system as run_it\nrun_it(cmd)",
+        "from os import popen",
+        "import subprocess\nsubprocess.getoutput('ls')",
+        "import asyncio\nasyncio.create_subprocess_shell(cmd)",
+        "import subprocess\nsubprocess.run(['/bin/sh', '-c', cmd])",
+        "import subprocess\nsubprocess.run(['bash', '-lc', cmd])",
+        "import subprocess\nsubprocess.run(('/usr/bin/env', 'bash', '-c', cmd))",
+    ],
+)
 def test_the_scanner_catches_shell_use(code):
     assert scan_source(code, "example.py").violations
 
 
-@pytest.mark.parametrize("code", [
-    "import subprocess\nsubprocess.run(['ffmpeg', '-i', path], check=True)",
-    "import subprocess\nsubprocess.run(cmd, shell=False)",
-    "# os.system('rm -rf /') in a comment\nx = 1",
-    "doc = 'never call os.system or os.popen, nor shell=True'",
-    "import sys, subprocess\nsubprocess.run([sys.executable, '-c', 'print(1)'])",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import subprocess\nsubprocess.run(['ffmpeg', '-i', path], check=True)",
+        "import subprocess\nsubprocess.run(cmd, shell=False)",
+        "# os.system('rm -rf /') in a comment\nx = 1",
+        "doc = 'never call os.system or os.popen, nor shell=True'",
+        "import sys, subprocess\nsubprocess.run([sys.executable, '-c', 'print(1)'])",
+    ],
+)
 def test_the_scanner_ignores_argument_lists_and_mentions(code):
     assert scan_source(code, "example.py").violations == []

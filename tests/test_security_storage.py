@@ -4,33 +4,95 @@ Keys are built from the pieces of known attacks (`..`, absolute paths, NUL, back
 Unicode look-alike forms) mixed with ordinary names. Every key is either refused with StorageKeyError before
 any I/O, or the object it names lands exactly at prefix/key: nothing appears anywhere else in the bucket or on
 the disk, and no key that decodes or normalises into a traversal is ever accepted."""
+
 from __future__ import annotations
 
 import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from roadie.errors import StorageKeyError
 from roadie.settings import Settings
 from roadie.storage import LocalStorage, S3Storage, storage_from_url, validate_key
 
-ATTACKS = ["..", ".", "", "/", "//", "\\", "..\\", "\x00", "%00", "%2e%2e", "%2E%2E", "%2f", "%2F", "%5c", "%252e%252e",
-           "..%2f", "%2e%2e%2f", "C:", "c:\\", "．．", "／", "﹒﹒", "⁄", "\u202e", "\u200b", "~", "\n", "\r", "\t",
-           " ", "...", ".hidden", "a", "b.wav", "segment_000.m4s", "ünï", "cödé ok", "x:y", "?", "#", "*", "+", "&"]
+ATTACKS = [
+    "..",
+    ".",
+    "",
+    "/",
+    "//",
+    "\\",
+    "..\\",
+    "\x00",
+    "%00",
+    "%2e%2e",
+    "%2E%2E",
+    "%2f",
+    "%2F",
+    "%5c",
+    "%252e%252e",
+    "..%2f",
+    "%2e%2e%2f",
+    "C:",
+    "c:\\",
+    "．．",
+    "／",
+    "﹒﹒",
+    "⁄",
+    "\u202e",
+    "\u200b",
+    "~",
+    "\n",
+    "\r",
+    "\t",
+    " ",
+    "...",
+    ".hidden",
+    "a",
+    "b.wav",
+    "segment_000.m4s",
+    "ünï",
+    "cödé ok",
+    "x:y",
+    "?",
+    "#",
+    "*",
+    "+",
+    "&",
+]
 piece = st.one_of(st.sampled_from(ATTACKS), st.text(min_size=1, max_size=8))
 key_strategy = st.lists(piece, min_size=1, max_size=6).map("".join)
 # Paths with separators in the places where traversal happens.
 path_strategy = st.lists(st.one_of(st.sampled_from(ATTACKS), st.text(max_size=6)), min_size=1, max_size=5).map("/".join)
 any_key = st.one_of(key_strategy, path_strategy)
-NASTY = ["a/", "../etc/passwd", "a/../../b", "/abs", "%2e%2e/%2e%2e/x", "..%2fx", "a%2f..%2f..%2fb", "a\\..\\b", "nul\x00.wav",
-         "．．／x", "a/．．/b", "C:x", "\\\\server\\share", "%252e%252e/x", "a/./b", "a//b", "a/..", ".."]
+NASTY = [
+    "a/",
+    "../etc/passwd",
+    "a/../../b",
+    "/abs",
+    "%2e%2e/%2e%2e/x",
+    "..%2fx",
+    "a%2f..%2f..%2fb",
+    "a\\..\\b",
+    "nul\x00.wav",
+    "．．／x",
+    "a/．．/b",
+    "C:x",
+    "\\\\server\\share",
+    "%252e%252e/x",
+    "a/./b",
+    "a//b",
+    "a/..",
+    "..",
+]
 
 
 def dangerous(key: str) -> bool:
@@ -77,8 +139,9 @@ def local(tmp_path_factory) -> Iterator[tuple[Path, LocalStorage]]:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(Path(dirpath, name).relative_to(root).as_posix()) for dirpath, _, names in os.walk(root)
-                  for name in names)
+    return sorted(
+        str(Path(dirpath, name).relative_to(root).as_posix()) for dirpath, _, names in os.walk(root) for name in names
+    )
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -110,10 +173,18 @@ def assert_every_operation_refuses(store, key: str, tmp_path) -> None:
     """Every Storage operation that takes a key refuses `key` with StorageKeyError (before any I/O)."""
     src = tmp_path / "f"
     src.write_bytes(b"x")
-    for call in (lambda: store.put_bytes(key, b"x"), lambda: store.put_file(key, src), lambda: store.get_bytes(key),
-                 lambda: store.download(key, tmp_path / "out"), lambda: store.exists(key), lambda: store.size(key),
-                 lambda: store.delete([key]), lambda: store.move("a", key), lambda: store.url_for(key),
-                 lambda: store.list(key)):
+    for call in (
+        lambda: store.put_bytes(key, b"x"),
+        lambda: store.put_file(key, src),
+        lambda: store.get_bytes(key),
+        lambda: store.download(key, tmp_path / "out"),
+        lambda: store.exists(key),
+        lambda: store.size(key),
+        lambda: store.delete([key]),
+        lambda: store.move("a", key),
+        lambda: store.url_for(key),
+        lambda: store.list(key),
+    ):
         with pytest.raises(StorageKeyError):
             call()
 

@@ -1,4 +1,5 @@
 """One settings object from ROADIE_* variables, with documented defaults."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,10 @@ def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("ROADIE_DEFAULT_FORMATS", '["hls_aac"]')
     s = Settings()
     assert (s.database_url, s.storage_url, s.prefect_api_url) == (
-        "postgresql+psycopg2://u@h/db", "s3://bucket/prefix", "http://127.0.0.1:9/api")
+        "postgresql+psycopg2://u@h/db",
+        "s3://bucket/prefix",
+        "http://127.0.0.1:9/api",
+    )
     assert s.default_formats == ("hls_aac",)
 
 

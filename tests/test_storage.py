@@ -1,4 +1,5 @@
 """Storage on the local folder and on a real S3 server: key validation and staged publishing."""
+
 from __future__ import annotations
 
 import uuid
@@ -24,8 +25,24 @@ def storage(request, tmp_path, monkeypatch):
     reload_settings()
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "a/../../b", "/abs/key", "a//b", "a/./b", "tab\there", "nul\x00",
-                                 "new\nline", "", "..", "C:/x", "back\\slash", "x" * 1100])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../etc/passwd",
+        "a/../../b",
+        "/abs/key",
+        "a//b",
+        "a/./b",
+        "tab\there",
+        "nul\x00",
+        "new\nline",
+        "",
+        "..",
+        "C:/x",
+        "back\\slash",
+        "x" * 1100,
+    ],
+)
 def test_bad_keys_are_refused(key):
     with pytest.raises(StorageKeyError):
         validate_key(key)
@@ -36,10 +53,18 @@ def test_good_keys_pass(key):
     assert validate_key(key) == key
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("$(touch x).wav", "touch_x.wav"), ("../../etc/passwd", "passwd"), ("a;b c.MP3", "a_b_c.mp3"),
-    ("Sigur Rós.flac", "Sigur_R_s.flac"), ("...", "upload"), ("noext", "noext"), ("C:\\dir\\x.wav", "x.wav"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("$(touch x).wav", "touch_x.wav"),
+        ("../../etc/passwd", "passwd"),
+        ("a;b c.MP3", "a_b_c.mp3"),
+        ("Sigur Rós.flac", "Sigur_R_s.flac"),
+        ("...", "upload"),
+        ("noext", "noext"),
+        ("C:\\dir\\x.wav", "x.wav"),
+    ],
+)
 def test_safe_filename(name, expected):
     assert safe_filename(name) == expected
     validate_key(safe_filename(name))
@@ -71,10 +96,9 @@ def test_staged_publish_is_all_or_nothing(storage, tmp_path):
         assert stage.promote() == ["v1/hls_opus/init.mp4", "v1/hls_opus/playlist.m3u8", "v1/hls_opus/segment_000.m4s"]
     assert storage.list("_staging") == []
 
-    with pytest.raises(RuntimeError):
-        with staged(storage, "v2/hls_opus") as stage:
-            stage.put_dir(out)
-            raise RuntimeError("encoder died")
+    with pytest.raises(RuntimeError), staged(storage, "v2/hls_opus") as stage:
+        stage.put_dir(out)
+        raise RuntimeError("encoder died")
     assert storage.list("v2") == [] and storage.list("_staging") == []
 
 

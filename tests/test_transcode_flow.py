@@ -1,4 +1,5 @@
 """The transcode flow: reprocess renditions of an existing version."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,10 +26,22 @@ def test_transcode_adds_a_rendition_to_a_ready_version(roadie_env, prefect_api, 
     # Each rendition's progress artifact ends at 100 %, however few updates a 7 s encode gave it.
     import httpx
 
-    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [
-        f"ingest-{reg.version_id}", f"transcode-{reg.version_id}"]}}}).raise_for_status().json()
-    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {
-        "flow_run_id": {"any_": [r["id"] for r in runs]}, "type": {"any_": ["progress"]}}}).raise_for_status().json()
+    runs = (
+        httpx.post(
+            f"{prefect_api}/flow_runs/filter",
+            json={"flow_runs": {"name": {"any_": [f"ingest-{reg.version_id}", f"transcode-{reg.version_id}"]}}},
+        )
+        .raise_for_status()
+        .json()
+    )
+    artifacts = (
+        httpx.post(
+            f"{prefect_api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [r["id"] for r in runs]}, "type": {"any_": ["progress"]}}},
+        )
+        .raise_for_status()
+        .json()
+    )
     assert sorted(a["key"] for a in artifacts) == ["transcode-hls-aac", "transcode-hls-opus"]
     assert [a["data"] for a in artifacts] == [100.0, 100.0]
 

@@ -13,6 +13,7 @@ which API to call; if that answer is not the API of the server it was loaded fro
   `media-ingest`, and the loudness table artifact with its values.
 
 Set ROADIE_UI_SCREENSHOTS=DIR to keep the screenshots; DIR/ops-ui.png is docs/ops-ui.png."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -36,13 +37,22 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000",
-                  # The run graph is WebGL: software rendering, which Chromium asks to be opted into.
-                  "--enable-unsafe-swiftshader",
-                  # Nothing but the server under test: the UI's own analytics calls fail at once.
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+    # The run graph is WebGL: software rendering, which Chromium asks to be opted into.
+    "--enable-unsafe-swiftshader",
+    # Nothing but the server under test: the UI's own analytics calls fail at once.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
 # What the UI shows when it cannot reach its API (both UIs Prefect ships).
 BROKEN = ("Something went wrong", "Create a deployment to get started", "Unable to connect to Prefect server")
 # Prefect's default API port: a UI pointed there by mistake would find nothing (or another server's data).
@@ -50,8 +60,9 @@ PREFECT_DEFAULT_API = "http://127.0.0.1:4200/api"
 
 
 def roadie(*args: str, env: dict[str, str], cwd: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "roadie", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "roadie", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 def printed_ui(stderr: str) -> str:
@@ -68,8 +79,14 @@ def test_ui_settings_of_a_roadie_started_server_name_its_own_port(tmp_path):
     the caller's shell says."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "ROADIE_PREFECT_API_URL")}
-    env.update({"ROADIE_HOME": str(tmp_path / "home"), "ROADIE_PREFECT_LOCAL_PORT": str(port),
-                "PREFECT_UI_API_URL": PREFECT_DEFAULT_API, "PREFECT_SERVER_UI_API_URL": PREFECT_DEFAULT_API})
+    env.update(
+        {
+            "ROADIE_HOME": str(tmp_path / "home"),
+            "ROADIE_PREFECT_LOCAL_PORT": str(port),
+            "PREFECT_UI_API_URL": PREFECT_DEFAULT_API,
+            "PREFECT_SERVER_UI_API_URL": PREFECT_DEFAULT_API,
+        }
+    )
     env.pop("ROADIE_PREFECT_DATABASE_URL", None)  # SQLite under ROADIE_HOME: the quickest server to start
     started = roadie("server", "start", env=env, cwd=tmp_path, timeout_s=180)
     try:
@@ -92,8 +109,8 @@ def test_ui_settings_of_a_roadie_started_server_name_its_own_port(tmp_path):
 
 def test_a_reused_server_whose_ui_calls_another_port_is_reported(capsys):
     """A server left running from before the fix (or started by hand) answers /ui-settings with Prefect's default."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from roadie.prefect_local import warn_if_ui_elsewhere
 
@@ -132,21 +149,23 @@ def httpx_answers(url: str) -> bool:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator["Browser"]:
+def browser(tmp_path: Path) -> Iterator[Browser]:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
-        raise RuntimeError(f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver "
-                           "(`make test-system-packages`)")
+        raise RuntimeError(
+            f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver (`make test-system-packages`)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
+    driver = webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
     try:
         yield Browser(driver, tmp_path / "screenshots")
     finally:
@@ -170,8 +189,9 @@ class Browser:
     def open(self, url: str) -> None:
         self.driver.get(url)
 
-    def wait_for(self, texts: list[str], what: str, timeout_s: float = 90,
-                 also: Callable[[str], bool] = lambda _: True) -> str:
+    def wait_for(
+        self, texts: list[str], what: str, timeout_s: float = 90, also: Callable[[str], bool] = lambda _: True
+    ) -> str:
         """Until every text is rendered (visible in the DOM) and nothing says the UI is broken."""
         deadline = time.monotonic() + timeout_s
         body = ""
@@ -183,11 +203,14 @@ class Browser:
                 return body
             time.sleep(0.5)
         shot = self.shot(f"failed-{re.sub(r'[^a-z0-9]+', '-', what.lower())}")
-        console = "\n".join(f"{e['level']} {e['message']}" for e in self._console()
-                            if "ERR_NAME_NOT_RESOLVED" not in e["message"])  # the UI's analytics, blocked
+        console = "\n".join(
+            f"{e['level']} {e['message']}" for e in self._console() if "ERR_NAME_NOT_RESOLVED" not in e["message"]
+        )  # the UI's analytics, blocked
         missing = [t for t in texts if t not in body]
-        pytest.fail(f"{what}: {missing or 'a condition'} not rendered at {self.driver.current_url} "
-                    f"(screenshot {shot});\npage text:\n{body[:3000]}\nconsole:\n{console[-3000:]}")
+        pytest.fail(
+            f"{what}: {missing or 'a condition'} not rendered at {self.driver.current_url} "
+            f"(screenshot {shot});\npage text:\n{body[:3000]}\nconsole:\n{console[-3000:]}"
+        )
 
     def wait_for_element(self, css: str, what: str, timeout_s: float = 60) -> None:
         from selenium.webdriver.common.by import By
@@ -215,7 +238,7 @@ class Browser:
         """Click the element (a tab, a button) whose own text is `label`."""
         from selenium.webdriver.common.by import By
 
-        xpath = (f"//*[self::button or self::a or @role='tab'][normalize-space(.)='{label}']")
+        xpath = f"//*[self::button or self::a or @role='tab'][normalize-space(.)='{label}']"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for element in self.driver.find_elements(By.XPATH, xpath):
@@ -265,10 +288,14 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
     with httpx.Client(base_url=prefect_api, timeout=30) as api:
         runs = api.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": [f"ingest-{version_id}"]}}})
         (run,) = runs.raise_for_status().json()
-        (artifact,) = api.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [f"loudness-{version_id}"]}}}
-                               ).raise_for_status().json()
-        task_runs = api.post("/task_runs/filter",
-                             json={"flow_runs": {"id": {"any_": [run["id"]]}}}).raise_for_status().json()
+        (artifact,) = (
+            api.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [f"loudness-{version_id}"]}}})
+            .raise_for_status()
+            .json()
+        )
+        task_runs = (
+            api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).raise_for_status().json()
+        )
     assert run["state_type"] == "COMPLETED"
     table = artifact["data"] if isinstance(artifact["data"], list) else json.loads(artifact["data"])
     lufs = next(row for row in table if row["meter"] == "ffmpeg ebur128")["integrated (LUFS)"]
@@ -299,14 +326,17 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
     browser.wait_for([], "the Deployments page", also=lambda body: deployment_count(body) >= len(deployed))
     browser.shot("deployments")
     browser.type_into("input[placeholder='Search deployments']", "media-ingest", "the Deployments page")
-    browser.wait_for(["media-ingest"], "the Deployments page's search",
-                     also=lambda body: deployment_count(body) >= 1 and "analytics-rollup" not in body)
+    browser.wait_for(
+        ["media-ingest"],
+        "the Deployments page's search",
+        also=lambda body: deployment_count(body) >= 1 and "analytics-rollup" not in body,
+    )
 
     # The loudness artifact: its key's history, then the table with the values the run measured.
     browser.open(f"{base}/artifacts/key/loudness-{version_id}")
-    browser.wait_for([f"loudness-{version_id}", artifact["description"], f"ingest-{version_id}"],
-                     "the loudness artifact's key")
+    browser.wait_for(
+        [f"loudness-{version_id}", artifact["description"], f"ingest-{version_id}"], "the loudness artifact's key"
+    )
     browser.open(f"{base}/artifacts/artifact/{artifact['id']}")
-    browser.wait_for(["ffmpeg ebur128", "pyloudnorm + numpy", "integrated (LUFS)", str(lufs)],
-                     "the loudness table")
+    browser.wait_for(["ffmpeg ebur128", "pyloudnorm + numpy", "integrated (LUFS)", str(lufs)], "the loudness table")
     browser.shot("loudness-artifact")

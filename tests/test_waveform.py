@@ -5,6 +5,7 @@ arithmetic (int16 samples, the mono mix summed as integers and divided with trun
 as int16 / 256 truncated toward zero, the partial last pixel kept), and compared exactly with what roadie makes of
 real files decoded by ffmpeg.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from roadie.errors import InvalidInput
@@ -42,13 +44,10 @@ def reference_pixels(ints: np.ndarray, spp: int, split: bool) -> list[list[tuple
     """Per pixel, per output channel, (min, max) of the int16 samples, exactly as WaveformGenerator::process."""
     rows = [[int(v) for v in row] for row in ints]
     channels = len(rows[0])
-    if split or channels == 1:
-        signal = rows
-    else:
-        signal = [[c_div(sum(row), channels)] for row in rows]
+    signal = rows if split or channels == 1 else [[c_div(sum(row), channels)] for row in rows]
     pixels = []
     for start in range(0, len(signal), spp):  # the last, partial pixel too
-        block = signal[start:start + spp]
+        block = signal[start : start + spp]
         pixels.append([(min(r[c] for r in block), max(r[c] for r in block)) for c in range(len(block[0]))])
     return pixels
 
@@ -58,8 +57,15 @@ def reference_json(pixels, sample_rate: int, spp: int, bits: int) -> str:
     for pixel in pixels:
         for lo, hi in pixel:
             data += [c_div(lo, 256), c_div(hi, 256)] if bits == 8 else [lo, hi]
-    doc = {"version": 2, "channels": len(pixels[0]), "sample_rate": sample_rate, "samples_per_pixel": spp,
-           "bits": bits, "length": len(pixels), "data": data}
+    doc = {
+        "version": 2,
+        "channels": len(pixels[0]),
+        "sample_rate": sample_rate,
+        "samples_per_pixel": spp,
+        "bits": bits,
+        "length": len(pixels),
+        "data": data,
+    }
     return json.dumps(doc, separators=(",", ":")) + "\n"
 
 
@@ -108,8 +114,9 @@ def write_pcm(path: Path, ints: np.ndarray, sr: int, subtype: str) -> Path:
 
 def roadie_waveform(path: Path, spp: int, split: bool) -> wf.Waveform:
     decoded = decode(path)
-    return wf.compute(decoded.samples, decoded.sample_rate, spp, integer_pcm=decoded.stream.integer_pcm,
-                      split_channels=split)
+    return wf.compute(
+        decoded.samples, decoded.sample_rate, spp, integer_pcm=decoded.stream.integer_pcm, split_channels=split
+    )
 
 
 # ---------------------------------------------------------------- JSON and .dat against the reference
@@ -141,7 +148,7 @@ def test_json_matches_the_reference_arithmetic(tmp_path: Path, sr: int, channels
 def test_24_bit_flac_reads_as_its_top_16_bits(tmp_path: Path, sr: int):
     """libsndfile (audiowaveform's reader) gives 24-bit FLAC as sample >> 8: floor, not rounding."""
     rng = np.random.default_rng(7)
-    ints24 = (music_like(1.0, sr, 2, seed=3) * (2 ** 23 - 1)).astype(np.int64)
+    ints24 = (music_like(1.0, sr, 2, seed=3) * (2**23 - 1)).astype(np.int64)
     ints24[rng.integers(0, len(ints24), 300)] = rng.integers(-700, 700, (300, 2))  # low bits that must floor
     path = tmp_path / "in24.flac"
     sf.write(str(path), (ints24 * 256).astype(np.int32), sr, subtype="PCM_24")
@@ -178,7 +185,7 @@ def test_float_wav_is_scaled_by_32767_and_truncated(tmp_path: Path, channels: in
     channels=st.integers(1, 4),
     frames=st.integers(1, 700),
     spp=st.integers(2, 64),
-    seed=st.integers(0, 2 ** 32 - 1),
+    seed=st.integers(0, 2**32 - 1),
     split=st.booleans(),
     extreme=st.booleans(),
 )
@@ -198,16 +205,25 @@ def test_json_is_one_line_with_a_trailing_newline_and_keys_in_order():
     ints = np.array([[-3, 0], [1, 2], [100, -300], [7, 7], [-32768, 32767]], dtype=np.int16)
     text = wf.compute(ints / np.float32(32768), 8000, 2, integer_pcm=True).to_json(16)
     assert text.endswith("}\n") and text.count("\n") == 1 and " " not in text
-    assert list(json.loads(text)) == ["version", "channels", "sample_rate", "samples_per_pixel", "bits", "length",
-                                      "data"]
+    assert list(json.loads(text)) == [
+        "version",
+        "channels",
+        "sample_rate",
+        "samples_per_pixel",
+        "bits",
+        "length",
+        "data",
+    ]
     assert json.loads(text)["data"] == [-1, 1, -100, 7, 0, 0]  # mono mix: -3/2 -> -1; (-32768+32767)/2 -> 0
 
 
 def test_empty_audio_has_no_pixels():
     got = wf.compute(np.zeros((0, 2), dtype=np.float32), 48000, 256, integer_pcm=True)
     assert got.length == 0
-    assert got.to_json(8) == '{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,' \
-                             '"length":0,"data":[]}\n'
+    assert (
+        got.to_json(8) == '{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,'
+        '"length":0,"data":[]}\n'
+    )
     assert len(got.to_dat(8)) == 20
 
 
@@ -217,8 +233,13 @@ def test_scale_options():
     assert wf.samples_per_pixel(44100, pixels_per_second=7) == 6300  # integer division
     assert wf.samples_per_pixel(44100) == wf.DEFAULT_ZOOM == 256
     assert wf.samples_per_pixel(44100, zoom=2) == 2
-    for bad in ({"zoom": 1}, {"zoom": 0}, {"pixels_per_second": 30000}, {"pixels_per_second": 0},
-                {"zoom": 4, "pixels_per_second": 4}):
+    for bad in (
+        {"zoom": 1},
+        {"zoom": 0},
+        {"pixels_per_second": 30000},
+        {"pixels_per_second": 0},
+        {"zoom": 4, "pixels_per_second": 4},
+    ):
         with pytest.raises(InvalidInput):
             wf.samples_per_pixel(44100, **bad)
     assert wf.fit_samples_per_pixel(48000 * 240, 1800) == 6400
@@ -230,19 +251,23 @@ def test_scale_options():
 
 
 @pytest.mark.skipif(shutil.which("audiowaveform") is None, reason="audiowaveform is not installed (not in Debian)")
-@pytest.mark.parametrize("options", [["-b", "8", "--pixels-per-second", "20"], ["-b", "16", "-z", "300"],
-                                     ["-b", "8", "-z", "512", "--split-channels"]])
+@pytest.mark.parametrize(
+    "options",
+    [["-b", "8", "--pixels-per-second", "20"], ["-b", "16", "-z", "300"], ["-b", "8", "-z", "512", "--split-channels"]],
+)
 @pytest.mark.parametrize("container", ["wav", "flac"])
 def test_byte_for_byte_with_audiowaveform(tmp_path: Path, options: list[str], container: str):
     ints = edge_signal(2.0, 44100, 2, seed=5)
     path = write_pcm(tmp_path / f"in.{container}", ints, 44100, "PCM_16")
     for suffix in ("json", "dat"):
         theirs = tmp_path / f"theirs.{suffix}"
-        subprocess.run(["audiowaveform", "-i", str(path), "-o", str(theirs), *options], check=True,
-                       capture_output=True)
+        subprocess.run(["audiowaveform", "-i", str(path), "-o", str(theirs), *options], check=True, capture_output=True)
         ours = tmp_path / f"ours.{suffix}"
-        subprocess.run([shutil.which("roadie") or "roadie", "waveform", str(path), "-o", str(ours), *options],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [shutil.which("roadie") or "roadie", "waveform", str(path), "-o", str(ours), *options],
+            check=True,
+            capture_output=True,
+        )
         assert ours.read_bytes() == theirs.read_bytes()
 
 
@@ -265,7 +290,7 @@ def test_png_shows_the_whole_track():
     left, right = wave[:band].sum(axis=0), wave[band:].sum(axis=0)
     per_second = width // seconds
     assert right[-per_second:].min() > 0.85 * band  # the end of the track fills the right edge
-    assert right[:-per_second - 1].max() <= 2  # silence elsewhere: a hairline
+    assert right[: -per_second - 1].max() <= 2  # silence elsewhere: a hairline
     assert left[: per_second // 2 - 1].min() > 0.25 * band and left[per_second:].max() <= 2
 
 

@@ -1,15 +1,17 @@
 """The streaming waveform builder: byte-identical to the whole-array path for any chunking, a whole-track PNG made
 without knowing the length in advance, and memory that does not grow with the track (bar the output pixels)."""
+
 from __future__ import annotations
 
 import io
 import tracemalloc
-from functools import lru_cache
-from typing import Iterator
+from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from roadie.errors import InvalidInput
@@ -22,7 +24,7 @@ CHUNKS = [1, 4799, 48000]
 # ---------------------------------------------------------------- signals and chunkings
 
 
-@lru_cache(maxsize=None)
+@cache
 def signal(frames: int, channels: int, integer_pcm: bool, seed: int) -> np.ndarray:
     """Random audio with the values where the arithmetic differs planted in it: full scale, odd negative sums
     (-3 + 0 mixes to -1, not -2), small negatives; over full scale for float PCM (clipped, not wrapped)."""
@@ -51,15 +53,25 @@ def chunked(x: np.ndarray, sizes: list[int]) -> Iterator[np.ndarray]:
     start, i = 0, 0
     while start < len(x):
         size = sizes[i % len(sizes)]
-        yield x[start:start + size]
+        yield x[start : start + size]
         start += size
         i += 1
 
 
-def build(x: np.ndarray, sr: int, spp: int, sizes: list[int], *, integer_pcm: bool, split: bool = False,
-          png_width: int | None = 1800, mono_1d: bool = False) -> wf.WaveformBuilder:
-    builder = wf.WaveformBuilder(sr, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split,
-                                 png_width=png_width)
+def build(
+    x: np.ndarray,
+    sr: int,
+    spp: int,
+    sizes: list[int],
+    *,
+    integer_pcm: bool,
+    split: bool = False,
+    png_width: int | None = 1800,
+    mono_1d: bool = False,
+) -> wf.WaveformBuilder:
+    builder = wf.WaveformBuilder(
+        sr, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split, png_width=png_width
+    )
     for chunk in chunked(x, sizes):
         builder.feed(chunk[:, 0] if mono_1d else chunk)
     assert builder.frames == len(x)
@@ -118,8 +130,7 @@ def test_split_channels_any_chunking(channels: int, chunk: int):
     frames=st.integers(0, 12000),
     channels=st.integers(1, 4),
     spp=st.integers(2, 5000),
-    sizes=st.lists(st.one_of(st.integers(0, 3), st.integers(0, 100), st.integers(0, 7000)), min_size=1,
-                   max_size=40),
+    sizes=st.lists(st.one_of(st.integers(0, 3), st.integers(0, 100), st.integers(0, 7000)), min_size=1, max_size=40),
     integer_pcm=st.booleans(),
     split=st.booleans(),
     seed=st.integers(0, 1000),
@@ -146,8 +157,9 @@ def test_no_frames_and_empty_chunks():
     got = builder.finish()
     assert builder.frames == 0
     assert_same_waveform(got, wf.compute(np.zeros((0, 2), np.float32), 48000, 256, integer_pcm=True))
-    assert got.to_json(8) == ('{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,'
-                              '"length":0,"data":[]}\n')
+    assert got.to_json(8) == (
+        '{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,"length":0,"data":[]}\n'
+    )
     image = Image.open(io.BytesIO(builder.png(300, 50)))
     assert image.size == (300, 50) and not np.all(np.asarray(image) == wf.WAVE, axis=2).any()
 
@@ -199,7 +211,7 @@ def burst_track(sr: int, seconds: float, at: float, burst_s: float, channels: in
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((int(sr * seconds), channels)) * 0.01).astype(np.float32)
     start, length = int(at * len(x)), int(burst_s * sr)
-    x[start:start + length] = np.where(np.arange(length) % 2, 0.9, -0.9)[:, None]
+    x[start : start + length] = np.where(np.arange(length) % 2, 0.9, -0.9)[:, None]
     return x
 
 
@@ -254,7 +266,7 @@ def test_png_of_any_length_is_valid_and_filled_edge_to_edge(frames: int):
         assert columns.min() >= 1
         if frames > 1:
             last = (frames - 1) * width // frames if frames % 2 else width  # the column of the final sample
-            assert columns[:max(last, 1)].min() >= 0.45 * height  # +-0.5, from the left edge on
+            assert columns[: max(last, 1)].min() >= 0.45 * height  # +-0.5, from the left edge on
         if frames == 7 and width == 1800:  # frames 6..7 of 7, stretched over 1800 - 1542 columns: a dot
             assert last == 1542 and columns[last:].max() <= 2
 
@@ -266,12 +278,18 @@ def test_png_envelope_block_size_depends_on_the_length_only():
     for sizes in ([1], [3001], [len(x)]):
         builder = build(x[: sr * 2 if sizes == [1] else len(x)], sr, 400, sizes, integer_pcm=True, png_width=100)
         if sizes == [1]:  # then the rest in one go: the block size must coarsen past many doublings at once
-            builder.feed(x[sr * 2:])
+            builder.feed(x[sr * 2 :])
         builder.finish()
         envelope = builder._envelope
         assert envelope.length <= envelope.capacity == wf.PNG_CAPACITY * 100
-        envelopes.append((envelope.blocks.size, envelope.length, envelope.low[:envelope.length].tobytes(),
-                          envelope.high[:envelope.length].tobytes()))
+        envelopes.append(
+            (
+                envelope.blocks.size,
+                envelope.length,
+                envelope.low[: envelope.length].tobytes(),
+                envelope.high[: envelope.length].tobytes(),
+            )
+        )
     assert envelopes[0] == envelopes[1] == envelopes[2]
     size, length = envelopes[0][:2]
     assert size == 512 and length == len(x) // 512  # the smallest power of two that fits 160000 frames in 400

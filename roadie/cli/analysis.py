@@ -1,10 +1,11 @@
 """`roadie analyze` and `roadie waveform`: the audio analysis on local files, with no database and no storage."""
+
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
@@ -15,7 +16,7 @@ WAVEFORM_FORMATS = ("json", "dat", "png")
 
 @app.command()
 def analyze(
-    paths: List[Path] = typer.Argument(..., help="Audio files (WAV, FLAC, MP3, M4A, OGG …).", show_default=False),
+    paths: list[Path] = typer.Argument(..., help="Audio files (WAV, FLAC, MP3, M4A, OGG …).", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input on stdout."),
 ) -> None:
     """Loudness (ffmpeg ebur128 cross-checked by pyloudnorm), waveform and fingerprint of each file, from one
@@ -54,20 +55,24 @@ def _describe(obj: dict[str, Any]) -> str:
     """The human-readable form of one `analyze` result."""
     if "error" in obj:
         return f"{obj['input']}: error: {obj['error']}"
-    lines = [f"{obj['input']}: {obj['duration_s']:.2f} s, {obj['sample_rate']} Hz, {obj['channels']} ch "
-             f"({obj['codec']})"]
+    lines = [
+        f"{obj['input']}: {obj['duration_s']:.2f} s, {obj['sample_rate']} Hz, {obj['channels']} ch ({obj['codec']})"
+    ]
     loud = obj.get("loudness")
     if loud:
         reference = loud["pyloudnorm"]["integrated_lufs"]
         check = "meters agree" if loud["agrees"] else "METERS DISAGREE"
         delta = "" if loud["delta_lu"] is None else f", delta {loud['delta_lu']:+.2f} LU"
-        lines.append(f"  loudness     {_fmt(loud['integrated_lufs'], 'LUFS')} integrated, LRA "
-                     f"{_fmt(loud['loudness_range_lu'], 'LU')}, true peak {_fmt(loud['true_peak_dbtp'], 'dBTP')} "
-                     f"(pyloudnorm {_fmt(reference, 'LUFS', 2)}{delta}: {check})")
+        lines.append(
+            f"  loudness     {_fmt(loud['integrated_lufs'], 'LUFS')} integrated, LRA "
+            f"{_fmt(loud['loudness_range_lu'], 'LU')}, true peak {_fmt(loud['true_peak_dbtp'], 'dBTP')} "
+            f"(pyloudnorm {_fmt(reference, 'LUFS', 2)}{delta}: {check})"
+        )
     wave = obj.get("waveform")
     if wave:
-        lines.append(f"  waveform     {wave['length']} pixels at {wave['samples_per_pixel']} samples/pixel, "
-                     f"{wave['bits']}-bit")
+        lines.append(
+            f"  waveform     {wave['length']} pixels at {wave['samples_per_pixel']} samples/pixel, {wave['bits']}-bit"
+        )
     fp = obj.get("fingerprint")
     if fp:
         lines.append(f"  fingerprint  {fp['item_count']} items over {fp['duration_s']:.1f} s")
@@ -80,13 +85,18 @@ def waveform(
     src: Path = typer.Argument(..., help="An audio file.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="OUT.json, OUT.dat or OUT.png.", show_default=False),
     bits: int = typer.Option(16, "--bits", "-b", help="8 or 16 (JSON and .dat)."),
-    pixels_per_second: Optional[int] = typer.Option(None, "--pixels-per-second",
-                                                    help="Zoom as pixels per second: sample_rate // N samples "
-                                                         "per pixel."),
-    zoom: Optional[int] = typer.Option(None, "--zoom", "-z", help="Samples per pixel (minimum 2). Default 256 for "
-                                       "JSON/.dat; a PNG fits the whole track into its width."),
-    split_channels: bool = typer.Option(False, "--split-channels", help="One waveform per channel instead of a "
-                                        "mono mix."),
+    pixels_per_second: int | None = typer.Option(
+        None, "--pixels-per-second", help="Zoom as pixels per second: sample_rate // N samples per pixel."
+    ),
+    zoom: int | None = typer.Option(
+        None,
+        "--zoom",
+        "-z",
+        help="Samples per pixel (minimum 2). Default 256 for JSON/.dat; a PNG fits the whole track into its width.",
+    ),
+    split_channels: bool = typer.Option(
+        False, "--split-channels", help="One waveform per channel instead of a mono mix."
+    ),
     width: int = typer.Option(1800, "--width", "-w", help="PNG width in pixels."),
     height: int = typer.Option(280, "--height", "-h", help="PNG height in pixels."),
 ) -> None:
@@ -116,8 +126,14 @@ def waveform(
         info = probe(src)
         check_duration(info)
         spp = wf.samples_per_pixel(info.sample_rate, pixels_per_second=pixels_per_second, zoom=zoom)
-        builder = wf.WaveformBuilder(info.sample_rate, info.channels, spp, integer_pcm=info.integer_pcm,
-                                     split_channels=split_channels, png_width=width if fit else None)
+        builder = wf.WaveformBuilder(
+            info.sample_rate,
+            info.channels,
+            spp,
+            integer_pcm=info.integer_pcm,
+            split_channels=split_channels,
+            png_width=width if fit else None,
+        )
         decode_stream(src, info, builder.feed)
         data = builder.finish()
         if kind == "json":
@@ -127,11 +143,11 @@ def waveform(
         else:
             body = builder.png(width, height) if fit else data.to_png(width, height)
     except UnreadableMedia as exc:
-        raise fail(f"{src}: {exc}", 1)
+        raise fail(f"{src}: {exc}", 1) from None
     except InvalidInput as exc:  # the options do not fit this file (e.g. too many pixels per second)
-        raise fail(str(exc), 2)
+        raise fail(str(exc), 2) from None
     except RoadieError as exc:
-        raise fail(f"{src}: {exc}", 1)
+        raise fail(f"{src}: {exc}", 1) from None
     _write_atomically(output, body)
     detail = f"{width}x{height}" if kind == "png" else f"{bits}-bit"
     scale = "the whole track" if fit else f"{data.length} pixels at {data.samples_per_pixel} samples/pixel"
@@ -148,6 +164,6 @@ def _write_atomically(path: Path, body: bytes) -> None:
         tmp.write_bytes(body)
         os.replace(tmp, path)
     except OSError as exc:
-        raise fail(f"could not write {path}: {exc.strerror or exc}", 1)
+        raise fail(f"could not write {path}: {exc.strerror or exc}", 1) from None
     finally:
         tmp.unlink(missing_ok=True)

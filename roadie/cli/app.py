@@ -25,6 +25,6 @@ def say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def fail(message: str, code: int = 2) -> "typer.Exit":
+def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)

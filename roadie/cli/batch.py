@@ -3,10 +3,10 @@
 They call the set-based SQL directly (no Prefect import, so they start fast); the flows in flows/rollup.py and
 flows/distribution.py run the same functions on a schedule or from the UI.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import typer
 
@@ -32,9 +32,9 @@ def _workers() -> int:
 
 @app.command()
 def rollup(
-    day: Optional[str] = typer.Option(None, "--day", help="One UTC day, YYYY-MM-DD (default: yesterday)."),
-    start: Optional[str] = typer.Option(None, "--from", help="First day of a backfill, YYYY-MM-DD."),
-    end: Optional[str] = typer.Option(None, "--to", help="Last day of a backfill, YYYY-MM-DD (inclusive)."),
+    day: str | None = typer.Option(None, "--day", help="One UTC day, YYYY-MM-DD (default: yesterday)."),
+    start: str | None = typer.Option(None, "--from", help="First day of a backfill, YYYY-MM-DD."),
+    end: str | None = typer.Option(None, "--to", help="Last day of a backfill, YYYY-MM-DD (inclusive)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"days": [{"day", "tracks", "plays"}], "seconds"}.'),
 ) -> None:
     """Recompute analytics_daily for a UTC day or a range of days. Safe to rerun: results are replaced."""
@@ -48,31 +48,37 @@ def rollup(
     try:
         days = resolve_days(day, start, end)
     except InvalidInput as exc:
-        raise fail(str(exc), 2)
+        raise fail(str(exc), 2) from None
     started = time.perf_counter()
     _prepare_database()
     try:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
             results = list(pool.map(rollup_day, days))
     except (RoadieError, SQLAlchemyError) as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
     seconds = round(time.perf_counter() - started, 3)
     if as_json:
         emit_json({"days": [r.as_json() for r in results], "seconds": seconds})
         return
-    typer.echo(f"{'day':<10}  {'tracks':>8}  {'plays':>10}  {'uniques':>9}  {'likes':>7}  {'reposts':>7}  "
-               f"{'downloads':>9}")
+    typer.echo(
+        f"{'day':<10}  {'tracks':>8}  {'plays':>10}  {'uniques':>9}  {'likes':>7}  {'reposts':>7}  {'downloads':>9}"
+    )
     for r in results:
-        typer.echo(f"{r.day.isoformat():<10}  {r.tracks:>8}  {r.plays:>10}  {r.uniques:>9}  {r.likes:>7}  "
-                   f"{r.reposts:>7}  {r.downloads:>9}")
+        typer.echo(
+            f"{r.day.isoformat():<10}  {r.tracks:>8}  {r.plays:>10}  {r.uniques:>9}  {r.likes:>7}  "
+            f"{r.reposts:>7}  {r.downloads:>9}"
+        )
     typer.echo(f"{len(results)} day(s) in {seconds:.2f} s")
 
 
 @app.command()
 def distribute(
-    month: Optional[str] = typer.Option(None, "--month", help="YYYY-MM (default: last month, UTC)."),
-    mark_paid: bool = typer.Option(False, "--mark-paid", help="Freeze the computed month once its money is out; "
-                                   "a paid month refuses recomputation."),
+    month: str | None = typer.Option(None, "--month", help="YYYY-MM (default: last month, UTC)."),
+    mark_paid: bool = typer.Option(
+        False,
+        "--mark-paid",
+        help="Freeze the computed month once its money is out; a paid month refuses recomputation.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the totals as one JSON object."),
 ) -> None:
     """Split the month's contributions over the artists each user listened to (user-centric, exact to the
@@ -85,22 +91,29 @@ def distribute(
     try:
         period = dist.Period.of(month) if month is not None else dist.last_month()
     except InvalidInput as exc:
-        raise fail(str(exc), 2)
+        raise fail(str(exc), 2) from None
     _prepare_database()
     try:
         result = dist.mark_paid(period) if mark_paid else dist.distribute_month(period)
     except (RoadieError, SQLAlchemyError) as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
     if as_json:
         emit_json({**result.as_json(), "status": result.status} if mark_paid else result.as_json())
         return
     typer.echo(f"distribution {result.period} ({result.status})")
-    for label, cents in (("contributions", result.amount_cents), ("user pools", result.pool_cents),
-                         ("paid to artists", result.paid_cents), ("unallocated", result.unallocated_cents),
-                         ("charities", result.charity_cents), ("platform", result.platform_cents)):
+    for label, cents in (
+        ("contributions", result.amount_cents),
+        ("user pools", result.pool_cents),
+        ("paid to artists", result.paid_cents),
+        ("unallocated", result.unallocated_cents),
+        ("charities", result.charity_cents),
+        ("platform", result.platform_cents),
+    ):
         typer.echo(f"  {label:<16} {cents // 100:>12,}.{cents % 100:02d}")
-    typer.echo(f"  {result.artists} artists, {result.listeners} listeners, "
-               f"{result.unallocated_users} paying users without qualified listening")
+    typer.echo(
+        f"  {result.artists} artists, {result.listeners} listeners, "
+        f"{result.unallocated_users} paying users without qualified listening"
+    )
     for check in result.checks:
         typer.echo(f"  {'ok' if check.ok else 'FAILED':<6} {check.name}")
     typer.echo(f"  {result.seconds:.2f} s")

@@ -1,4 +1,5 @@
 """`roadie db …`: the schema."""
+
 from __future__ import annotations
 
 import typer

@@ -1,10 +1,10 @@
 """`roadie ingest`: register uploads and run the media pipeline on them, on whatever backends are configured."""
+
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -51,12 +51,17 @@ class ProgressPrinter:
 
 @app.command()
 def ingest(
-    paths: List[Path] = typer.Argument(..., help="Audio files to ingest (WAV, FLAC, MP3, M4A, OGG …)."),
-    formats: Optional[str] = typer.Option(None, help="Comma-separated renditions, primary first: "
-                                          "hls_opus,hls_aac,hls_alac. Default: ROADIE_DEFAULT_FORMATS."),
-    title: Optional[str] = typer.Option(None, help="Track title (default: the file name)."),
-    owner: str = typer.Option("demo-artist", help="Username of the owning artist (created if new). Asking for "
-                              "hls_alac here whitelists the owner for lossless."),
+    paths: list[Path] = typer.Argument(..., help="Audio files to ingest (WAV, FLAC, MP3, M4A, OGG …)."),
+    formats: str | None = typer.Option(
+        None,
+        help="Comma-separated renditions, primary first: hls_opus,hls_aac,hls_alac. Default: ROADIE_DEFAULT_FORMATS.",
+    ),
+    title: str | None = typer.Option(None, help="Track title (default: the file name)."),
+    owner: str = typer.Option(
+        "demo-artist",
+        help="Username of the owning artist (created if new). Asking for "
+        "hls_alac here whitelists the owner for lossless.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
@@ -68,16 +73,16 @@ def ingest(
         wanted = list(parse_formats(formats))
     except InvalidInput as exc:
         say(f"error: {exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     prepare_database()
     api = prepare_prefect(verbose)
     if not as_json:
         say(f"Prefect UI: {api.removesuffix('/api')}")
+    from flows.ingest import media_ingest
     from roadie import progress
     from roadie.settings import get_settings
     from tasks.catalog import describe_version, register_upload
     from tasks.versions import failure_message
-    from flows.ingest import media_ingest
 
     printer = ProgressPrinter()
     progress.add_listener(printer)
@@ -89,8 +94,15 @@ def ingest(
         except Exception as exc:
             _reraise_bugs(exc)
             any_failed = True
-            result.update(version_id=None, status="failed", error=failure_message(exc),
-                          storage_url=get_settings().storage_url, master_key=None, transcodes={}, warnings=[])
+            result.update(
+                version_id=None,
+                status="failed",
+                error=failure_message(exc),
+                storage_url=get_settings().storage_url,
+                master_key=None,
+                transcodes={},
+                warnings=[],
+            )
             _show(result, as_json, exc)
             continue
         say(f"ingesting {path} as version {reg.version_id}")
@@ -103,8 +115,13 @@ def ingest(
                 result.update(describe_version(reg.version_id))
             except Exception as unreadable:  # the database went away too: say so rather than crash
                 _reraise_bugs(unreadable)
-                result.update(version_id=reg.version_id, status="failed", error=failure_message(unreadable),
-                              transcodes={}, warnings=[])
+                result.update(
+                    version_id=reg.version_id,
+                    status="failed",
+                    error=failure_message(unreadable),
+                    transcodes={},
+                    warnings=[],
+                )
         any_failed |= result["status"] != "ready"
         _show(result, as_json, failure)
         if failure is not None and not _expected(failure):
@@ -152,8 +169,14 @@ def _show(result: dict, as_json: bool, exc: BaseException | None = None) -> None
         say(f"ready: {result['input']}")
         say(f"  master playlist: {result['storage_url']}/{result['master_key']}")
         for fmt, t in result["transcodes"].items():
-            say(f"  {fmt}: {t['status']}" + (f", {len(t.get('segment_keys', []))} segments, "
-                                             f"{t.get('duration_s')} s" if t["status"] == "ready" else ""))
+            say(
+                f"  {fmt}: {t['status']}"
+                + (
+                    f", {len(t.get('segment_keys', []))} segments, {t.get('duration_s')} s"
+                    if t["status"] == "ready"
+                    else ""
+                )
+            )
     else:
         say(f"failed: {result['input']}: {result['error']} ({_advice(exc)})")
     for warning in result.get("warnings", []):

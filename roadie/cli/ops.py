@@ -1,20 +1,21 @@
 """Operating roadie on Prefect: setup, serve, health, failed, trigger, register."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from roadie.cli.app import app, emit_json, fail, say
 
-trigger_app = typer.Typer(help="Start a deployed job over Prefect's REST API (what the platform's API does).",
-                          no_args_is_help=True)
+trigger_app = typer.Typer(
+    help="Start a deployed job over Prefect's REST API (what the platform's API does).", no_args_is_help=True
+)
 app.add_typer(trigger_app, name="trigger")
 
 
-def _client(api_url: Optional[str] = None):
+def _client(api_url: str | None = None):
     from roadie.ops.client import PrefectREST
 
     return PrefectREST.from_settings(api_url)
@@ -24,10 +25,13 @@ def _client(api_url: Optional[str] = None):
 def setup(
     docker: bool = typer.Option(True, help="Also create the roadie-docker pool (production)."),
     deploy: bool = typer.Option(False, "--deploy", help="Then deploy prefect.yaml (every flow that exists)."),
-    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", help="Deploy this file instead, e.g. "
-                                                "deployments/prefect.docker.yaml (relative to the project)."),
+    prefect_file: Path | None = typer.Option(
+        None,
+        "--prefect-file",
+        help="Deploy this file instead, e.g. deployments/prefect.docker.yaml (relative to the project).",
+    ),
     db: bool = typer.Option(True, help="Also migrate ROADIE_DATABASE_URL (failed_jobs lives there)."),
-    api_url: Optional[str] = typer.Option(None, help="Prefect API (default: configured, else the local server)."),
+    api_url: str | None = typer.Option(None, help="Prefect API (default: configured, else the local server)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create pools, prioritised work queues, global limits and crash detection. Safe to run again."""
@@ -43,7 +47,6 @@ def setup(
         done = ensure_topology(client, docker=docker)
     if deploy:
         from roadie.ops.serve import deploy as run_deploy
-
         from roadie.ops.serve import project_root
 
         root = project_root()
@@ -63,8 +66,8 @@ def setup(
 @app.command()
 def serve(
     workers: int = typer.Option(2, "--workers", "-w", min=1, help="Process workers to start."),
-    limit: Optional[int] = typer.Option(None, help="Flow runs at once per worker (default: no limit)."),
-    port: Optional[int] = typer.Option(None, help="Health/metrics port (default ROADIE_HEALTH_PORT, 3001)."),
+    limit: int | None = typer.Option(None, help="Flow runs at once per worker (default: no limit)."),
+    port: int | None = typer.Option(None, help="Health/metrics port (default ROADIE_HEALTH_PORT, 3001)."),
     health: bool = typer.Option(True, help="Serve /health and /metrics."),
     grace: float = typer.Option(60.0, help="Seconds runs in flight get to finish after Ctrl-C."),
     as_json: bool = typer.Option(False, "--json", help="Print the URLs as one JSON line once ready."),
@@ -74,16 +77,23 @@ def serve(
     from roadie.ops.serve import serve as run_serve
     from roadie.settings import get_settings
 
-    run_serve(workers=workers, port=port if port is not None else get_settings().health_port, limit=limit,
-              grace_s=grace, health=health, say=say, ready=emit_json if as_json else None)
+    run_serve(
+        workers=workers,
+        port=port if port is not None else get_settings().health_port,
+        limit=limit,
+        grace_s=grace,
+        health=health,
+        say=say,
+        ready=emit_json if as_json else None,
+    )
 
 
 @app.command()
 def health(
     serve_http: bool = typer.Option(False, "--serve", help="Serve GET /health and /metrics until interrupted."),
-    port: Optional[int] = typer.Option(None, help="Port for --serve (default ROADIE_HEALTH_PORT, 3001)."),
-    host: Optional[str] = typer.Option(None, help="Address for --serve (default ROADIE_HEALTH_HOST)."),
-    api_url: Optional[str] = typer.Option(None),
+    port: int | None = typer.Option(None, help="Port for --serve (default ROADIE_HEALTH_PORT, 3001)."),
+    host: str | None = typer.Option(None, help="Address for --serve (default ROADIE_HEALTH_HOST)."),
+    api_url: str | None = typer.Option(None),
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
     from roadie.ops.health import OpsServer, check_health
@@ -94,8 +104,9 @@ def health(
     with _client(api_url) as client:
         if serve_http:
             server = OpsServer(client, host or settings.health_host, port if port is not None else settings.health_port)
-            say(f"serving http://{host or settings.health_host}:{server.port}/health and /metrics "
-                f"from {client.api_url}")
+            say(
+                f"serving http://{host or settings.health_host}:{server.port}/health and /metrics from {client.api_url}"
+            )
             try:
                 with stop_on_signals():  # Ctrl-C or `docker stop`, also when started in the background
                     server.serve_forever()
@@ -111,10 +122,14 @@ def health(
 
 @app.command()
 def failed(
-    retry: Optional[str] = typer.Option(None, "--retry", help="Re-queue this failed job (id, flow run id, or a "
-                                        "unique prefix of either) with its original parameters."),
-    sync: bool = typer.Option(False, "--sync", help="First file failed/crashed runs of the last day that the "
-                              "automation missed."),
+    retry: str | None = typer.Option(
+        None,
+        "--retry",
+        help="Re-queue this failed job (id, flow run id, or a unique prefix of either) with its original parameters.",
+    ),
+    sync: bool = typer.Option(
+        False, "--sync", help="First file failed/crashed runs of the last day that the automation missed."
+    ),
     limit: int = typer.Option(50, help="How many to list."),
     pending: bool = typer.Option(False, "--pending", help="Only jobs not retried yet."),
     as_json: bool = typer.Option(False, "--json"),
@@ -131,38 +146,57 @@ def failed(
                 try:
                     job, run_id, created = dead_letter.retry(client, retry)
                 except (LookupError, ValueError) as exc:
-                    raise fail(str(exc))
-                out = {"failed_job_id": str(job.id), "deployment": job.deployment_name, "flow_run_id": run_id,
-                       "created": created, "parameters": job.parameters}
+                    raise fail(str(exc)) from None
+                out = {
+                    "failed_job_id": str(job.id),
+                    "deployment": job.deployment_name,
+                    "flow_run_id": run_id,
+                    "created": created,
+                    "parameters": job.parameters,
+                }
                 if as_json:
                     emit_json(out)
                 else:
-                    say(f"{'re-queued' if created else 'already re-queued'} {job.deployment_name} "
-                        f"{json.dumps(job.parameters)} as flow run {run_id}")
+                    say(
+                        f"{'re-queued' if created else 'already re-queued'} {job.deployment_name} "
+                        f"{json.dumps(job.parameters)} as flow run {run_id}"
+                    )
                 return
     rows = dead_letter.list_failed(limit=limit, include_retried=not pending)
     if as_json:
         for row in rows:
-            emit_json({"id": str(row.id), "flow": row.flow_name, "deployment": row.deployment_name,
-                       "flow_run_id": str(row.flow_run_id), "flow_run_name": row.flow_run_name,
-                       "parameters": row.parameters, "state": row.state, "error": row.error,
-                       "attempts": row.attempts, "failed_at": row.failed_at.isoformat(),
-                       "retried_at": row.retried_at.isoformat() if row.retried_at else None,
-                       "retry_flow_run_id": str(row.retry_flow_run_id) if row.retry_flow_run_id else None})
+            emit_json(
+                {
+                    "id": str(row.id),
+                    "flow": row.flow_name,
+                    "deployment": row.deployment_name,
+                    "flow_run_id": str(row.flow_run_id),
+                    "flow_run_name": row.flow_run_name,
+                    "parameters": row.parameters,
+                    "state": row.state,
+                    "error": row.error,
+                    "attempts": row.attempts,
+                    "failed_at": row.failed_at.isoformat(),
+                    "retried_at": row.retried_at.isoformat() if row.retried_at else None,
+                    "retry_flow_run_id": str(row.retry_flow_run_id) if row.retry_flow_run_id else None,
+                }
+            )
         return
     if not rows:
         say("no failed jobs")
     for row in rows:
         retried = f"  retried -> {row.retry_flow_run_id}" if row.retried_at else ""
-        say(f"{str(row.id)[:8]}  {row.failed_at:%Y-%m-%d %H:%M}  {row.deployment_name or row.flow_name:<17} "
-            f"{row.state:<8} x{row.attempts}  {row.flow_run_name}{retried}")
+        say(
+            f"{str(row.id)[:8]}  {row.failed_at:%Y-%m-%d %H:%M}  {row.deployment_name or row.flow_name:<17} "
+            f"{row.state:<8} x{row.attempts}  {row.flow_run_name}{retried}"
+        )
         say(f"          {row.error[:200]}")
 
 
 @trigger_app.command("ingest")
 def trigger_ingest(
     version_id: str = typer.Option(..., "--version-id", help="A version registered by the API or `roadie register`."),
-    formats: Optional[str] = typer.Option(None, help="Comma-separated renditions, primary first."),
+    formats: str | None = typer.Option(None, help="Comma-separated renditions, primary first."),
     wait: bool = typer.Option(False, "--wait", help="Poll until the run is final; exit 1 unless Completed."),
     timeout: float = typer.Option(900.0, help="Seconds --wait waits."),
 ) -> None:
@@ -174,14 +208,22 @@ def trigger_ingest(
         try:
             triggered = client.trigger_ingest(version_id, wanted)
         except (LookupError, PrefectAPIError) as exc:
-            raise fail(str(exc))
+            raise fail(str(exc)) from None
         run = triggered.flow_run
-        emit_json({"flow_run_id": run.id, "created": triggered.created, "state": run.state_name,
-                   "idempotency_key": triggered.idempotency_key, "ui": f"{client.ui_url}/runs/flow-run/{run.id}"})
+        emit_json(
+            {
+                "flow_run_id": run.id,
+                "created": triggered.created,
+                "state": run.state_name,
+                "idempotency_key": triggered.idempotency_key,
+                "ui": f"{client.ui_url}/runs/flow-run/{run.id}",
+            }
+        )
         if wait:
             final = client.wait_for_flow_run(run.id, timeout_s=timeout)
-            emit_json({"flow_run_id": final.id, "name": final.name, "state": final.state_name,
-                       "message": final.state_message})
+            emit_json(
+                {"flow_run_id": final.id, "name": final.name, "state": final.state_name, "message": final.state_message}
+            )
             raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
 
 
@@ -189,8 +231,12 @@ def trigger_ingest(
 def trigger_job(
     deployment: str = typer.Argument(..., help="Deployment name (e.g. waveform, analytics-rollup) or flow/name."),
     params: str = typer.Option("{}", "--params", help='Parameters as JSON, e.g. \'{"version_id": "…"}\'.'),
-    key: Optional[str] = typer.Option(None, "--key", help="Idempotency key; it should start with the deployment "
-                                      "name (keys are unique per flow, not per deployment)."),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        help="Idempotency key; it should start with the deployment "
+        "name (keys are unique per flow, not per deployment).",
+    ),
     wait: bool = typer.Option(False, "--wait"),
     timeout: float = typer.Option(900.0),
 ) -> None:
@@ -200,27 +246,34 @@ def trigger_job(
     try:
         parameters = json.loads(params)
     except json.JSONDecodeError as exc:
-        raise fail(f"--params is not JSON: {exc}")
+        raise fail(f"--params is not JSON: {exc}") from None
     with _client() as client:
         try:
             triggered = client.create_flow_run(deployment, parameters, idempotency_key=key)
         except (LookupError, PrefectAPIError) as exc:
-            raise fail(str(exc))
+            raise fail(str(exc)) from None
         run = triggered.flow_run
-        emit_json({"flow_run_id": run.id, "created": triggered.created, "state": run.state_name,
-                   "ui": f"{client.ui_url}/runs/flow-run/{run.id}"})
+        emit_json(
+            {
+                "flow_run_id": run.id,
+                "created": triggered.created,
+                "state": run.state_name,
+                "ui": f"{client.ui_url}/runs/flow-run/{run.id}",
+            }
+        )
         if wait:
             final = client.wait_for_flow_run(run.id, timeout_s=timeout)
-            emit_json({"flow_run_id": final.id, "name": final.name, "state": final.state_name,
-                       "message": final.state_message})
+            emit_json(
+                {"flow_run_id": final.id, "name": final.name, "state": final.state_name, "message": final.state_message}
+            )
             raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
 
 
 @app.command()
 def register(
     path: Path = typer.Argument(..., help="The uploaded audio file."),
-    owner: Optional[str] = typer.Option(None, help="Username of the owning artist (created if new)."),
-    title: Optional[str] = typer.Option(None, help="Track title (default: the file name)."),
+    owner: str | None = typer.Option(None, help="Username of the owning artist (created if new)."),
+    title: str | None = typer.Option(None, help="Track title (default: the file name)."),
     lossless: bool = typer.Option(False, help="Whitelist the owner for hls_alac."),
     as_json: bool = typer.Option(False, "--json", help='Print {"version_id", "asset_key"}.'),
 ) -> None:
@@ -234,9 +287,11 @@ def register(
     try:
         reg = register_upload(path, title=title, owner=owner, lossless=lossless)
     except InvalidInput as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     if as_json:
         emit_json({"version_id": reg.version_id, "asset_key": reg.asset_key})
     else:
-        say(f"registered version {reg.version_id} ({reg.asset_key}); start it with "
-            f"`roadie trigger ingest --version-id {reg.version_id}`")
+        say(
+            f"registered version {reg.version_id} ({reg.asset_key}); start it with "
+            f"`roadie trigger ingest --version-id {reg.version_id}`"
+        )

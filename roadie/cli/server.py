@@ -1,12 +1,14 @@
 """`roadie server …`: the local Prefect server that the CLI starts under ROADIE_HOME and reuses."""
+
 from __future__ import annotations
 
 import typer
 
 from roadie.cli.app import app, say
 
-server_app = typer.Typer(help="The local Prefect server the CLI reuses (under ROADIE_HOME/prefect).",
-                         no_args_is_help=True)
+server_app = typer.Typer(
+    help="The local Prefect server the CLI reuses (under ROADIE_HOME/prefect).", no_args_is_help=True
+)
 app.add_typer(server_app, name="server")
 
 

@@ -1,9 +1,10 @@
 """The schema roadie shares with the platform's API. Table and column names are the original platform's."""
+
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -42,7 +43,7 @@ TRANSCODE_STATUSES = ("pending", "processing", "ready", "failed")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> uuid.UUID:
@@ -58,7 +59,7 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     username: Mapped[str] = mapped_column(String(64), unique=True)
-    email: Mapped[Optional[str]] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(255))
     # Lossless (ALAC) renditions are a whitelisted feature.
     lossless_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -69,9 +70,9 @@ class Asset(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     bucket: Mapped[str] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(String(1024))
-    content_type: Mapped[Optional[str]] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (UniqueConstraint("bucket", "key"),)
 
@@ -81,8 +82,8 @@ class Track(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     owner_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
     title: Mapped[str] = mapped_column(String(500))
-    artwork_asset_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("assets.id"))
-    artwork_thumb_asset_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("assets.id"))
+    artwork_asset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("assets.id"))
+    artwork_thumb_asset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("assets.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -92,26 +93,24 @@ class TrackVersion(Base):
     track_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tracks.id"), index=True)
     original_asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    error: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
     # Non-fatal problems (a failed waveform, a loudness disagreement), shown in the UI.
     warnings: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    duration_ms: Mapped[Optional[int]] = mapped_column(BigInteger)
-    sample_rate: Mapped[Optional[int]] = mapped_column(Integer)
-    channels: Mapped[Optional[int]] = mapped_column(Integer)
-    loudness_lufs: Mapped[Optional[float]] = mapped_column(Float)
-    loudness_range: Mapped[Optional[float]] = mapped_column(Float)
-    true_peak: Mapped[Optional[float]] = mapped_column(Float)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    channels: Mapped[int | None] = mapped_column(Integer)
+    loudness_lufs: Mapped[float | None] = mapped_column(Float)
+    loudness_range: Mapped[float | None] = mapped_column(Float)
+    true_peak: Mapped[float | None] = mapped_column(Float)
     # The late-result guard: every ingest run that starts processing the version takes the next attempt and
     # writes its flow run id here; each later write of that run is conditional on the id still being its own, so a
     # superseded run (a slow original overtaken by its retry) can no longer change the version, its transcodes,
     # its analysis or the objects under its prefix (tasks.catalog).
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    attempt_run_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid)
+    attempt_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    __table_args__ = (
-        CheckConstraint("status IN ('pending','processing','ready','failed')", name="status"),
-    )
+    __table_args__ = (CheckConstraint("status IN ('pending','processing','ready','failed')", name="status"),)
 
 
 class Transcode(Base):
@@ -119,13 +118,13 @@ class Transcode(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     track_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("track_versions.id", ondelete="CASCADE"))
     format: Mapped[str] = mapped_column(String(16))
-    playlist_asset_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("assets.id"))
-    segment_prefix_key: Mapped[Optional[str]] = mapped_column(String(1024))
+    playlist_asset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("assets.id"))
+    segment_prefix_key: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    error: Mapped[Optional[str]] = mapped_column(Text)
-    bandwidth: Mapped[Optional[int]] = mapped_column(Integer)
-    segment_count: Mapped[Optional[int]] = mapped_column(Integer)
-    duration_ms: Mapped[Optional[int]] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    bandwidth: Mapped[int | None] = mapped_column(Integer)
+    segment_count: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     __table_args__ = (
@@ -142,7 +141,7 @@ class Waveform(Base):
         ForeignKey("track_versions.id", ondelete="CASCADE"), unique=True
     )
     json_asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"))
-    png_asset_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("assets.id"))
+    png_asset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("assets.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -177,7 +176,7 @@ class Report(Base):
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     reason: Mapped[str] = mapped_column(String(64))
-    description: Mapped[Optional[str]] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -186,8 +185,8 @@ class AnalyticsPlay(Base):
     __tablename__ = "analytics_play"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     track_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tracks.id"))
-    user_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("users.id"))
-    ip_hash: Mapped[Optional[str]] = mapped_column(String(64))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    ip_hash: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     watch_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -251,7 +250,7 @@ class Contribution(Base):
     amount_cents: Mapped[int] = mapped_column(BigInteger)
     artist_percent: Mapped[int] = mapped_column(Integer)
     charity_percent: Mapped[int] = mapped_column(Integer, default=0)
-    charity_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("charities.id"))
+    charity_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("charities.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (Index("ix_contributions_created_at", "created_at"),)
@@ -267,5 +266,9 @@ class ArtistPayout(Base):
     contribution_count: Mapped[int] = mapped_column(Integer)
     listener_count: Mapped[int] = mapped_column(Integer)
     __table_args__ = (UniqueConstraint("artist_id", "period_start"),)
-from roadie.db import models_payouts  # noqa: E402,F401  (distribution ledger tables)
-from roadie.db import models_ops  # noqa: E402,F401  (failed_jobs, the dead-letter table)
+
+
+from roadie.db import (
+    models_ops,  # noqa: F401  (failed_jobs, the dead-letter table)
+    models_payouts,  # noqa: F401  (distribution ledger tables)
+)

@@ -1,10 +1,11 @@
 """Engines and sessions. One engine per URL per process; SQLite gets WAL and foreign keys."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -75,8 +76,12 @@ def script_heads() -> frozenset[str]:
     for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
         values = {}
         for node in ast.parse(script.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                    and node.targets[0].id in ("revision", "down_revision"):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in ("revision", "down_revision")
+            ):
                 values[node.targets[0].id] = ast.literal_eval(node.value)
         if "revision" not in values:
             continue

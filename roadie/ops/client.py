@@ -8,14 +8,16 @@ Idempotency keys are unique per *flow*, not per deployment, so every key roadie 
 deployment name (`media-ingest:{version_id}`). A repeat POST with a known key answers 200 with the run
 that already exists (201 when it creates one); the caller reads that run's state instead of starting another.
 """
+
 from __future__ import annotations
 
 import base64
 import random
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -28,10 +30,10 @@ RETRIES = 5
 
 
 def backoff_s(attempt: int) -> float:
-    return min(10.0, 0.5 * 2 ** attempt) * (0.8 + 0.4 * random.random())
+    return min(10.0, 0.5 * 2**attempt) * (0.8 + 0.4 * random.random())  # noqa: S311 - jitter, not a secret
 
 
-def retry_after_s(response: httpx.Response) -> Optional[float]:
+def retry_after_s(response: httpx.Response) -> float | None:
     try:
         return min(30.0, float(response.headers.get("Retry-After", "")))
     except ValueError:
@@ -44,15 +46,15 @@ class PrefectAPIError(RuntimeError):
         self.status = status
 
 
-def parse_time(value: Optional[str]) -> Optional[datetime]:
+def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat()
+    return moment.astimezone(UTC).isoformat()
 
 
 def ingest_idempotency_key(version_id: str) -> str:
@@ -70,18 +72,22 @@ class Deployment:
     name: str
     flow_id: str
     tags: tuple[str, ...]
-    work_pool_name: Optional[str]
-    work_queue_name: Optional[str]
+    work_pool_name: str | None
+    work_queue_name: str | None
     parameters: Mapping[str, Any]
     schedules: tuple[Mapping[str, Any], ...]
-    concurrency_limit: Optional[int]
+    concurrency_limit: int | None
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> "Deployment":
+    def from_api(cls, data: Mapping[str, Any]) -> Deployment:
         limit = data.get("global_concurrency_limit") or {}
         return cls(
-            id=data["id"], name=data["name"], flow_id=data["flow_id"], tags=tuple(data.get("tags") or ()),
-            work_pool_name=data.get("work_pool_name"), work_queue_name=data.get("work_queue_name"),
+            id=data["id"],
+            name=data["name"],
+            flow_id=data["flow_id"],
+            tags=tuple(data.get("tags") or ()),
+            work_pool_name=data.get("work_pool_name"),
+            work_queue_name=data.get("work_queue_name"),
             parameters=data.get("parameters") or {},
             schedules=tuple(s.get("schedule") or {} for s in data.get("schedules") or ()),
             concurrency_limit=limit.get("limit") if limit else data.get("concurrency_limit"),
@@ -93,31 +99,39 @@ class FlowRun:
     id: str
     name: str
     flow_id: str
-    deployment_id: Optional[str]
+    deployment_id: str | None
     parameters: Mapping[str, Any]
     tags: tuple[str, ...]
-    state_type: Optional[str]
-    state_name: Optional[str]
-    state_message: Optional[str]
+    state_type: str | None
+    state_name: str | None
+    state_message: str | None
     run_count: int
-    start_time: Optional[datetime]
-    end_time: Optional[datetime]
-    expected_start_time: Optional[datetime]
+    start_time: datetime | None
+    end_time: datetime | None
+    expected_start_time: datetime | None
     total_run_time: float
-    work_queue_name: Optional[str]
-    idempotency_key: Optional[str]
+    work_queue_name: str | None
+    idempotency_key: str | None
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> "FlowRun":
+    def from_api(cls, data: Mapping[str, Any]) -> FlowRun:
         state = data.get("state") or {}
         return cls(
-            id=data["id"], name=data["name"], flow_id=data["flow_id"], deployment_id=data.get("deployment_id"),
-            parameters=data.get("parameters") or {}, tags=tuple(data.get("tags") or ()),
-            state_type=state.get("type") or data.get("state_type"), state_name=state.get("name") or data.get("state_name"),
-            state_message=state.get("message"), run_count=int(data.get("run_count") or 0),
-            start_time=parse_time(data.get("start_time")), end_time=parse_time(data.get("end_time")),
+            id=data["id"],
+            name=data["name"],
+            flow_id=data["flow_id"],
+            deployment_id=data.get("deployment_id"),
+            parameters=data.get("parameters") or {},
+            tags=tuple(data.get("tags") or ()),
+            state_type=state.get("type") or data.get("state_type"),
+            state_name=state.get("name") or data.get("state_name"),
+            state_message=state.get("message"),
+            run_count=int(data.get("run_count") or 0),
+            start_time=parse_time(data.get("start_time")),
+            end_time=parse_time(data.get("end_time")),
             expected_start_time=parse_time(data.get("expected_start_time")),
-            total_run_time=float(data.get("total_run_time") or 0.0), work_queue_name=data.get("work_queue_name"),
+            total_run_time=float(data.get("total_run_time") or 0.0),
+            work_queue_name=data.get("work_queue_name"),
             idempotency_key=data.get("idempotency_key"),
         )
 
@@ -132,7 +146,7 @@ class TriggeredRun:
 
     flow_run: FlowRun
     created: bool
-    idempotency_key: Optional[str]
+    idempotency_key: str | None
 
 
 @dataclass(frozen=True)
@@ -140,22 +154,28 @@ class TaskRun:
     id: str
     name: str
     task_key: str
-    flow_run_id: Optional[str]
-    state_type: Optional[str]
-    state_name: Optional[str]
+    flow_run_id: str | None
+    state_type: str | None
+    state_name: str | None
     run_count: int
-    start_time: Optional[datetime]
-    end_time: Optional[datetime]
+    start_time: datetime | None
+    end_time: datetime | None
     tags: tuple[str, ...]
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> "TaskRun":
+    def from_api(cls, data: Mapping[str, Any]) -> TaskRun:
         state = data.get("state") or {}
         return cls(
-            id=data["id"], name=data["name"], task_key=data.get("task_key", ""), flow_run_id=data.get("flow_run_id"),
-            state_type=state.get("type") or data.get("state_type"), state_name=state.get("name") or data.get("state_name"),
-            run_count=int(data.get("run_count") or 0), start_time=parse_time(data.get("start_time")),
-            end_time=parse_time(data.get("end_time")), tags=tuple(data.get("tags") or ()),
+            id=data["id"],
+            name=data["name"],
+            task_key=data.get("task_key", ""),
+            flow_run_id=data.get("flow_run_id"),
+            state_type=state.get("type") or data.get("state_type"),
+            state_name=state.get("name") or data.get("state_name"),
+            run_count=int(data.get("run_count") or 0),
+            start_time=parse_time(data.get("start_time")),
+            end_time=parse_time(data.get("end_time")),
+            tags=tuple(data.get("tags") or ()),
         )
 
 
@@ -163,7 +183,7 @@ class TaskRun:
 class Worker:
     name: str
     status: str
-    last_heartbeat_time: Optional[datetime]
+    last_heartbeat_time: datetime | None
 
 
 @dataclass(frozen=True)
@@ -174,9 +194,9 @@ class Event:
     resource: Mapping[str, str]
     related: tuple[Mapping[str, str], ...]
     payload: Mapping[str, Any] = field(default_factory=dict)
-    follows: Optional[str] = None
+    follows: str | None = None
 
-    def related_id(self, role: str) -> Optional[str]:
+    def related_id(self, role: str) -> str | None:
         for item in self.related:
             if item.get("prefect.resource.role") == role:
                 return item.get("prefect.resource.id")
@@ -186,8 +206,15 @@ class Event:
 class PrefectREST:
     """Synchronous, thread-safe (one httpx.Client) access to one Prefect API, e.g. http://host:4200/api."""
 
-    def __init__(self, api_url: str, *, auth_string: Optional[str] = None, timeout: float = 30.0,
-                 retries: int = RETRIES, transport: Optional[httpx.BaseTransport] = None):
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        auth_string: str | None = None,
+        timeout: float = 30.0,
+        retries: int = RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ):
         headers = {"Accept": "application/json"}
         if auth_string:
             headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
@@ -197,7 +224,7 @@ class PrefectREST:
         self.retries = retries
 
     @classmethod
-    def from_settings(cls, api_url: Optional[str] = None, **kwargs: Any) -> "PrefectREST":
+    def from_settings(cls, api_url: str | None = None, **kwargs: Any) -> PrefectREST:
         """The configured API (ROADIE_PREFECT_API_URL / PREFECT_API_URL), else the local server's URL."""
         from roadie.settings import get_settings
 
@@ -208,7 +235,7 @@ class PrefectREST:
             url = local_api_url()
         return cls(url, auth_string=get_settings().prefect_api_auth_string, **kwargs)
 
-    def __enter__(self) -> "PrefectREST":
+    def __enter__(self) -> PrefectREST:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -223,8 +250,14 @@ class PrefectREST:
 
     # ------------------------------------------------------------------ plumbing
 
-    def request(self, method: str, path: str, json: Any = None, params: Optional[Mapping[str, Any]] = None,
-                ok: Sequence[int] = (200, 201, 204)) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: Sequence[int] = (200, 201, 204),
+    ) -> httpx.Response:
         """One call; a busy server (429/502/503/504) or a refused connection is retried with backoff."""
         for attempt in range(self.retries + 1):
             try:
@@ -268,8 +301,9 @@ class PrefectREST:
             self._deployment_ids[name] = self.read_deployment(name).id
         return self._deployment_ids[name]
 
-    def filter_deployments(self, names: Optional[Sequence[str]] = None,
-                           tags_all: Optional[Sequence[str]] = None) -> list[Deployment]:
+    def filter_deployments(
+        self, names: Sequence[str] | None = None, tags_all: Sequence[str] | None = None
+    ) -> list[Deployment]:
         criteria: dict[str, Any] = {}
         if names:
             criteria["name"] = {"any_": list(names)}
@@ -282,9 +316,15 @@ class PrefectREST:
 
     # ------------------------------------------------------------------ flow runs
 
-    def create_flow_run(self, deployment: str, parameters: Optional[Mapping[str, Any]] = None, *,
-                        idempotency_key: Optional[str] = None, tags: Optional[Sequence[str]] = None,
-                        work_queue_name: Optional[str] = None) -> TriggeredRun:
+    def create_flow_run(
+        self,
+        deployment: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        tags: Sequence[str] | None = None,
+        work_queue_name: str | None = None,
+    ) -> TriggeredRun:
         """POST /deployments/{id}/create_flow_run. A known idempotency key returns the existing run."""
         body: dict[str, Any] = {"parameters": dict(parameters or {})}
         if idempotency_key:
@@ -296,7 +336,7 @@ class PrefectREST:
         response = self.request("POST", f"/deployments/{self.deployment_id(deployment)}/create_flow_run", json=body)
         return TriggeredRun(FlowRun.from_api(response.json()), response.status_code == 201, idempotency_key)
 
-    def trigger_ingest(self, version_id: str, formats: Optional[Sequence[str]] = None) -> TriggeredRun:
+    def trigger_ingest(self, version_id: str, formats: Sequence[str] | None = None) -> TriggeredRun:
         """Start media-ingest for a registered version, at most once per version."""
         parameters: dict[str, Any] = {"version_id": version_id}
         if formats:
@@ -317,9 +357,14 @@ class PrefectREST:
                 raise TimeoutError(f"flow run {run.name} ({run.id}) still {run.state_name} after {timeout_s:.0f} s")
             time.sleep(poll_s)
 
-    def filter_flow_runs(self, flow_runs: Optional[Mapping[str, Any]] = None, *,
-                         deployments: Optional[Mapping[str, Any]] = None, sort: str = "ID_DESC",
-                         limit: Optional[int] = None) -> list[FlowRun]:
+    def filter_flow_runs(
+        self,
+        flow_runs: Mapping[str, Any] | None = None,
+        *,
+        deployments: Mapping[str, Any] | None = None,
+        sort: str = "ID_DESC",
+        limit: int | None = None,
+    ) -> list[FlowRun]:
         body: dict[str, Any] = {"sort": sort}
         if flow_runs:
             body["flow_runs"] = dict(flow_runs)
@@ -330,8 +375,9 @@ class PrefectREST:
             out.extend(FlowRun.from_api(r) for r in page)
         return out[:limit] if limit else out
 
-    def count_flow_runs(self, flow_runs: Optional[Mapping[str, Any]] = None, *,
-                        deployments: Optional[Mapping[str, Any]] = None) -> int:
+    def count_flow_runs(
+        self, flow_runs: Mapping[str, Any] | None = None, *, deployments: Mapping[str, Any] | None = None
+    ) -> int:
         body: dict[str, Any] = {}
         if flow_runs:
             body["flow_runs"] = dict(flow_runs)
@@ -356,15 +402,26 @@ class PrefectREST:
         response = self.request("POST", f"/work_pools/{pool}/workers/filter", json={"limit": PAGE}, ok=(200, 404))
         if response.status_code == 404:
             return []
-        return [Worker(w["name"], w.get("status") or "OFFLINE", parse_time(w.get("last_heartbeat_time")))
-                for w in response.json()]
+        return [
+            Worker(w["name"], w.get("status") or "OFFLINE", parse_time(w.get("last_heartbeat_time")))
+            for w in response.json()
+        ]
 
-    def events(self, names: Sequence[str], *, since: datetime, resource_prefix: Optional[str] = None,
-               resource_ids: Optional[Sequence[str]] = None, limit: int = 1000) -> list[Event]:
+    def events(
+        self,
+        names: Sequence[str],
+        *,
+        since: datetime,
+        resource_prefix: str | None = None,
+        resource_ids: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
         """Events by name since a time, oldest first (follows the API's next_page links)."""
-        flt: dict[str, Any] = {"occurred": {"since": iso(since), "until": iso(datetime.now(timezone.utc)
-                                                                              + timedelta(minutes=1))},
-                               "event": {"name": list(names)}, "order": "ASC"}
+        flt: dict[str, Any] = {
+            "occurred": {"since": iso(since), "until": iso(datetime.now(UTC) + timedelta(minutes=1))},
+            "event": {"name": list(names)},
+            "order": "ASC",
+        }
         if resource_prefix or resource_ids:
             resource: dict[str, Any] = {}
             if resource_prefix:
@@ -379,7 +436,7 @@ class PrefectREST:
             out.extend(_event(e) for e in data.get("events", []))
         return out
 
-    def _pages(self, path: str, body: Mapping[str, Any], limit: Optional[int] = None) -> Iterator[list[Any]]:
+    def _pages(self, path: str, body: Mapping[str, Any], limit: int | None = None) -> Iterator[list[Any]]:
         offset = 0
         while True:
             size = min(PAGE, limit - offset) if limit else PAGE
@@ -391,6 +448,12 @@ class PrefectREST:
 
 
 def _event(data: Mapping[str, Any]) -> Event:
-    return Event(id=data["id"], event=data["event"], occurred=parse_time(data["occurred"]),  # type: ignore[arg-type]
-                 resource=data.get("resource") or {}, related=tuple(data.get("related") or ()),
-                 payload=data.get("payload") or {}, follows=data.get("follows"))
+    return Event(
+        id=data["id"],
+        event=data["event"],
+        occurred=parse_time(data["occurred"]),  # type: ignore[arg-type]
+        resource=data.get("resource") or {},
+        related=tuple(data.get("related") or ()),
+        payload=data.get("payload") or {},
+        follows=data.get("follows"),
+    )

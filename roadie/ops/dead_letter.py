@@ -5,12 +5,13 @@ Nothing here runs inside the dying run. An automation on the server reacts to `p
 on any live worker; a second automation turns runs whose heartbeats stopped (the worker was killed) into
 `Crashed`, which then lands here the same way. `sweep()` catches up on anything the automations missed.
 """
+
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
@@ -34,7 +35,7 @@ class FailedRun:
     flow_run_id: str
     flow_run_name: str
     flow_name: str
-    deployment_name: Optional[str]
+    deployment_name: str | None
     parameters: dict[str, Any]
     state: str
     error: str
@@ -58,21 +59,31 @@ def describe_failed_run(client: PrefectREST, flow_run_id: str) -> FailedRun:
     # Attempts: a retried step counts each try, so "4" says the retries ran out, "1" that nothing was retried.
     task_attempts = [t.run_count for t in client.task_runs_of([run.id]) if t.state_type in DEAD_STATE_TYPES]
     return FailedRun(
-        flow_run_id=run.id, flow_run_name=run.name, flow_name=flow["name"],
-        deployment_name=deployment["name"] if deployment else None, parameters=dict(run.parameters),
+        flow_run_id=run.id,
+        flow_run_name=run.name,
+        flow_name=flow["name"],
+        deployment_name=deployment["name"] if deployment else None,
+        parameters=dict(run.parameters),
         state=run.state_name or run.state_type or "Failed",
         error=redact(run.state_message or f"{run.state_name} without a message")[:10_000],
         attempts=max([run.run_count, 1, *task_attempts]),
-        failed_at=run.end_time or datetime.now(timezone.utc),
+        failed_at=run.end_time or datetime.now(UTC),
     )
 
 
 def record(failed: FailedRun) -> DeadLetter:
     """Insert or refresh the failed_jobs row of this run (one row per run: a rerun of the hook is harmless)."""
     run_id = uuid.UUID(failed.flow_run_id)
-    values = dict(flow_name=failed.flow_name, deployment_name=failed.deployment_name,
-                  flow_run_name=failed.flow_run_name, parameters=failed.parameters, state=failed.state,
-                  error=failed.error, attempts=failed.attempts, failed_at=failed.failed_at)
+    values = {
+        "flow_name": failed.flow_name,
+        "deployment_name": failed.deployment_name,
+        "flow_run_name": failed.flow_run_name,
+        "parameters": failed.parameters,
+        "state": failed.state,
+        "error": failed.error,
+        "attempts": failed.attempts,
+        "failed_at": failed.failed_at,
+    }
     with session_scope() as session:
         row = session.scalar(select(FailedJob).where(FailedJob.flow_run_id == run_id).with_for_update())
         first_time = row is None
@@ -95,33 +106,51 @@ def fail_stranded_version(failed: FailedRun) -> bool:
         version_id = uuid.UUID(str(failed.parameters.get("version_id")))
     except ValueError:
         return False
-    message = (f"the {failed.deployment_name} run {failed.flow_run_name} ended {failed.state}: {failed.error}; "
-               f"retry it with `roadie failed --retry`")
+    message = (
+        f"the {failed.deployment_name} run {failed.flow_run_name} ended {failed.state}: {failed.error}; "
+        f"retry it with `roadie failed --retry`"
+    )
     # Only while the dead run still owns the version: a retry may have claimed it since (the zombie automation
     # fires a minute or more after the death), and its state is not the dead run's to overwrite.
     run_id = uuid.UUID(failed.flow_run_id)
     with session_scope() as session:
-        done = session.execute(update(TrackVersion).where(
-            TrackVersion.id == version_id, TrackVersion.status.in_(("pending", "processing")),
-            or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == run_id))
-            .values(status="failed", error=message[:2000]))
+        done = session.execute(
+            update(TrackVersion)
+            .where(
+                TrackVersion.id == version_id,
+                TrackVersion.status.in_(("pending", "processing")),
+                or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == run_id),
+            )
+            .values(status="failed", error=message[:2000])
+        )
         return bool(done.rowcount)
 
 
 def notification_text(letter: DeadLetter) -> tuple[str, str]:
     f = letter.failed
     subject = f"roadie: {f.deployment_name or f.flow_name} run {f.flow_run_name} {f.state.lower()}"
-    body = (f"{subject} after {f.attempts} attempt(s) at {f.failed_at.isoformat()}.\n"
-            f"error: {f.error}\nparameters: {f.parameters}\n"
-            f"failed job {letter.id}; re-queue with `roadie failed --retry {letter.id}`")
+    body = (
+        f"{subject} after {f.attempts} attempt(s) at {f.failed_at.isoformat()}.\n"
+        f"error: {f.error}\nparameters: {f.parameters}\n"
+        f"failed job {letter.id}; re-queue with `roadie failed --retry {letter.id}`"
+    )
     return subject, body
 
 
 def payload(letter: DeadLetter) -> dict[str, Any]:
     f = letter.failed
-    return {"failed_job_id": letter.id, "flow": f.flow_name, "deployment": f.deployment_name,
-            "flow_run_id": f.flow_run_id, "flow_run_name": f.flow_run_name, "parameters": f.parameters,
-            "state": f.state, "error": f.error, "attempts": f.attempts, "failed_at": f.failed_at.isoformat()}
+    return {
+        "failed_job_id": letter.id,
+        "flow": f.flow_name,
+        "deployment": f.deployment_name,
+        "flow_run_id": f.flow_run_id,
+        "flow_run_name": f.flow_run_name,
+        "parameters": f.parameters,
+        "state": f.state,
+        "error": f.error,
+        "attempts": f.attempts,
+        "failed_at": f.failed_at.isoformat(),
+    }
 
 
 def emit(letter: DeadLetter) -> None:
@@ -129,12 +158,22 @@ def emit(letter: DeadLetter) -> None:
     from prefect.events import emit_event
 
     f = letter.failed
-    related = [{"prefect.resource.id": f"prefect.flow-run.{f.flow_run_id}", "prefect.resource.role": "flow-run",
-                "prefect.resource.name": f.flow_run_name}]
-    emit_event(event=EVENT_NAME, resource={"prefect.resource.id": f"roadie.failed-job.{letter.id}",
-                                           "prefect.resource.name": f"{f.deployment_name or f.flow_name} "
-                                                                    f"{f.flow_run_name}"},
-               related=related, payload=payload(letter))
+    related = [
+        {
+            "prefect.resource.id": f"prefect.flow-run.{f.flow_run_id}",
+            "prefect.resource.role": "flow-run",
+            "prefect.resource.name": f.flow_run_name,
+        }
+    ]
+    emit_event(
+        event=EVENT_NAME,
+        resource={
+            "prefect.resource.id": f"roadie.failed-job.{letter.id}",
+            "prefect.resource.name": f"{f.deployment_name or f.flow_name} {f.flow_run_name}",
+        },
+        related=related,
+        payload=payload(letter),
+    )
 
 
 def notify_webhook(letter: DeadLetter, url: str, timeout_s: float = 10.0) -> int:
@@ -150,8 +189,11 @@ def notify_webhook(letter: DeadLetter, url: str, timeout_s: float = 10.0) -> int
     except httpx.HTTPError as exc:
         # httpx names the whole URL, and a webhook's query is its key: say which hook without it (and `from None`,
         # so the log's traceback does not carry httpx's own message either).
-        status = f"answered {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else \
-            f"failed ({type(exc).__name__})"
+        status = (
+            f"answered {exc.response.status_code}"
+            if isinstance(exc, httpx.HTTPStatusError)
+            else f"failed ({type(exc).__name__})"
+        )
         raise WebhookError(f"dead-letter webhook {mask_url(url)} {status}") from None
     return response.status_code
 
@@ -170,12 +212,25 @@ def notify_block(letter: DeadLetter, block: str) -> None:
 
 def sweep(client: PrefectREST, since: timedelta = timedelta(days=1)) -> list[DeadLetter]:
     """Record failed or crashed job runs that have no failed_jobs row yet (e.g. no worker ran the hook)."""
-    started = datetime.now(timezone.utc) - since
-    runs = client.filter_flow_runs({"state": {"type": {"any_": list(DEAD_STATE_TYPES)}},
-                                    "tags": {"all_": [JOB_TAG]}, "end_time": {"after_": started.isoformat()}})
+    started = datetime.now(UTC) - since
+    runs = client.filter_flow_runs(
+        {
+            "state": {"type": {"any_": list(DEAD_STATE_TYPES)}},
+            "tags": {"all_": [JOB_TAG]},
+            "end_time": {"after_": started.isoformat()},
+        }
+    )
     with session_scope() as session:
-        known = {str(r) for r in session.scalars(select(FailedJob.flow_run_id).where(
-            FailedJob.flow_run_id.in_([uuid.UUID(r.id) for r in runs])))} if runs else set()
+        known = (
+            {
+                str(r)
+                for r in session.scalars(
+                    select(FailedJob.flow_run_id).where(FailedJob.flow_run_id.in_([uuid.UUID(r.id) for r in runs]))
+                )
+            }
+            if runs
+            else set()
+        )
     return [record(describe_failed_run(client, r.id)) for r in runs if r.id not in known]
 
 
@@ -193,8 +248,9 @@ def find_failed(job_id: str) -> FailedJob:
     with session_scope() as session:
         try:
             exact = uuid.UUID(job_id)
-            rows = list(session.scalars(select(FailedJob).where(
-                (FailedJob.id == exact) | (FailedJob.flow_run_id == exact))))
+            rows = list(
+                session.scalars(select(FailedJob).where((FailedJob.id == exact) | (FailedJob.flow_run_id == exact)))
+            )
         except ValueError:
             recent = session.scalars(select(FailedJob).order_by(FailedJob.failed_at.desc()).limit(5000))
             rows = [row for row in recent if str(row.id).startswith(job_id) or str(row.flow_run_id).startswith(job_id)]
@@ -209,12 +265,13 @@ def retry(client: PrefectREST, job_id: str) -> tuple[FailedJob, str, bool]:
     if not job.deployment_name:
         raise ValueError(f"failed job {job.id} was not started from a deployment; run it again by hand")
     flow_slug = job.flow_name
-    triggered = client.create_flow_run(f"{flow_slug}/{job.deployment_name}", job.parameters,
-                                       idempotency_key=f"{job.deployment_name}:retry:{job.id}")
+    triggered = client.create_flow_run(
+        f"{flow_slug}/{job.deployment_name}", job.parameters, idempotency_key=f"{job.deployment_name}:retry:{job.id}"
+    )
     with session_scope() as session:
         row = session.get(FailedJob, job.id)
         assert row is not None
-        row.retried_at = row.retried_at or datetime.now(timezone.utc)
+        row.retried_at = row.retried_at or datetime.now(UTC)
         row.retry_flow_run_id = uuid.UUID(triggered.flow_run.id)
         session.flush()
         session.refresh(row)

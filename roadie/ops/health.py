@@ -6,15 +6,17 @@ original design's one queue per job. Figures:
 - active: Running (or Cancelling) runs;
 - failed: runs that ended Failed or Crashed within the health window.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from roadie.ops.client import Deployment, FlowRun, PrefectREST, iso
 from roadie.settings import Settings, get_settings
@@ -48,8 +50,9 @@ class HealthReport:
     def as_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
-            "queues": {name: {"waiting": q.waiting, "active": q.active, "failed": q.failed}
-                       for name, q in self.queues.items()},
+            "queues": {
+                name: {"waiting": q.waiting, "active": q.active, "failed": q.failed} for name, q in self.queues.items()
+            },
             "workers_online": self.workers_online,
             "failed_in_window": self.failed_in_window,
             "window_minutes": self.window_minutes,
@@ -71,11 +74,15 @@ def _by_name(deployments: Iterable[Deployment]) -> dict[str, list[str]]:
 
 def queue_figures(client: PrefectREST, deployment_ids: list[str], now: datetime, window: timedelta) -> QueueFigures:
     scope = {"id": {"any_": deployment_ids}}
-    waiting = client.count_flow_runs({"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
-                                      "expected_start_time": {"before_": iso(now)}}, deployments=scope)
+    waiting = client.count_flow_runs(
+        {"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}, "expected_start_time": {"before_": iso(now)}},
+        deployments=scope,
+    )
     active = client.count_flow_runs({"state": {"type": {"any_": ["RUNNING", "CANCELLING"]}}}, deployments=scope)
-    failed = client.count_flow_runs({"state": {"type": {"any_": ["FAILED", "CRASHED"]}},
-                                     "end_time": {"after_": iso(now - window)}}, deployments=scope)
+    failed = client.count_flow_runs(
+        {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}, "end_time": {"after_": iso(now - window)}},
+        deployments=scope,
+    )
     return QueueFigures(waiting, active, failed)
 
 
@@ -83,22 +90,24 @@ def workers_online(client: PrefectREST, pool: str) -> int:
     return sum(1 for w in client.workers(pool) if w.status == "ONLINE")
 
 
-def check_health(client: PrefectREST, settings: Optional[Settings] = None) -> HealthReport:
+def check_health(client: PrefectREST, settings: Settings | None = None) -> HealthReport:
     settings = settings or get_settings()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     window = timedelta(minutes=settings.health_window_minutes)
-    queues = {name: queue_figures(client, ids, now, window)
-              for name, ids in _by_name(job_deployments(client)).items()}
+    queues = {name: queue_figures(client, ids, now, window) for name, ids in _by_name(job_deployments(client)).items()}
     online = workers_online(client, settings.work_pool)
     failed = sum(q.failed for q in queues.values())
     reasons = []
     if failed > settings.health_max_failed:
-        reasons.append(f"{failed} runs failed in the last {settings.health_window_minutes} min "
-                       f"(more than {settings.health_max_failed})")
+        reasons.append(
+            f"{failed} runs failed in the last {settings.health_window_minutes} min "
+            f"(more than {settings.health_max_failed})"
+        )
     if online == 0:
         reasons.append(f"no worker online in pool {settings.work_pool}")
-    return HealthReport("unhealthy" if reasons else "healthy", queues, online, failed,
-                        settings.health_window_minutes, tuple(reasons))
+    return HealthReport(
+        "unhealthy" if reasons else "healthy", queues, online, failed, settings.health_window_minutes, tuple(reasons)
+    )
 
 
 class HealthSnapshots:
@@ -110,12 +119,12 @@ class HealthSnapshots:
 
     def __init__(self, client: PrefectREST, settings: Settings, every_s: float = 2.0, stale_after_s: float = 60.0):
         self.client, self.settings, self.every_s, self.stale_after_s = client, settings, every_s, stale_after_s
-        self._latest: Optional[tuple[float, Optional[HealthReport], Optional[str]]] = None
+        self._latest: tuple[float, HealthReport | None, str | None] | None = None
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="roadie-health-checks", daemon=True)
 
-    def start(self) -> "HealthSnapshots":
+    def start(self) -> HealthSnapshots:
         self._thread.start()
         return self
 
@@ -129,8 +138,11 @@ class HealthSnapshots:
             try:
                 self._latest = (time.monotonic(), check_health(self.client, self.settings), None)
             except Exception as exc:  # the API is down: say so, with the cause (no URL password, no secret)
-                self._latest = (time.monotonic(), None,
-                                redact(f"Prefect API: {type(exc).__name__}: {exc}", self.settings))
+                self._latest = (
+                    time.monotonic(),
+                    None,
+                    redact(f"Prefect API: {type(exc).__name__}: {exc}", self.settings),
+                )
             self._first.set()
             self._stop.wait(self.every_s)
 
@@ -146,8 +158,10 @@ class HealthSnapshots:
         body = {**report.as_json(), "age_s": age}
         if age > self.stale_after_s:
             body["status"] = "unhealthy"
-            body["reasons"] = [*body.get("reasons", []),
-                               f"the last health check finished {age:.0f} s ago: the Prefect API is not answering"]
+            body["reasons"] = [
+                *body.get("reasons", []),
+                f"the last health check finished {age:.0f} s ago: the Prefect API is not answering",
+            ]
             return 503, body
         return (200 if report.healthy else 503), body
 
@@ -171,7 +185,7 @@ class _Durations:
 
     def cumulative(self) -> list[tuple[str, int]]:
         out, running = [], 0
-        for bound, count in zip([*(str(b) for b in DURATION_BUCKETS), "+Inf"], self.counts):
+        for bound, count in zip([*(str(b) for b in DURATION_BUCKETS), "+Inf"], self.counts, strict=False):
             running += count
             out.append((bound, running))
         return out
@@ -188,25 +202,30 @@ class JobMetrics:
     # Runs are visible a moment after their end_time is set; re-read this much behind the watermark.
     OVERLAP = timedelta(minutes=2)
 
-    def __init__(self, client: PrefectREST, settings: Optional[Settings] = None):
+    def __init__(self, client: PrefectREST, settings: Settings | None = None):
         self.client = client
         self.settings = settings or get_settings()
         self._lock = threading.Lock()
-        self._watermark: Optional[datetime] = None
+        self._watermark: datetime | None = None
         self._recent: dict[str, datetime] = {}  # run id -> end time, for runs inside the overlap
         self.processed: dict[tuple[str, str], int] = {}
         self.durations: dict[str, _Durations] = {}
 
     def refresh(self) -> dict[str, Deployment]:
         deployments = {d.id: d for d in job_deployments(self.client)}
-        now = datetime.now(timezone.utc)
-        since = (self._watermark - self.OVERLAP) if self._watermark else now - timedelta(
-            hours=self.settings.metrics_backfill_hours)
+        now = datetime.now(UTC)
+        since = (
+            (self._watermark - self.OVERLAP)
+            if self._watermark
+            else now - timedelta(hours=self.settings.metrics_backfill_hours)
+        )
         runs: list[FlowRun] = []
         if deployments:
             runs = self.client.filter_flow_runs(
                 {"state": {"type": {"any_": list(STATUS_LABELS)}}, "end_time": {"after_": iso(since)}},
-                deployments={"id": {"any_": list(deployments)}}, sort="END_TIME_DESC")
+                deployments={"id": {"any_": list(deployments)}},
+                sort="END_TIME_DESC",
+            )
         for run in runs:
             if run.id in self._recent or run.end_time is None or run.deployment_id not in deployments:
                 continue
@@ -230,38 +249,46 @@ class JobMetrics:
         with self._lock:
             deployments = self.refresh()
             names = sorted({d.name for d in deployments.values()})
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             depth = {}
             for name, ids in _by_name(deployments.values()).items():
                 depth[name] = self.client.count_flow_runs(
-                    {"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}, "expected_start_time": {"before_": iso(now)}},
-                    deployments={"id": {"any_": ids}})
+                    {
+                        "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
+                        "expected_start_time": {"before_": iso(now)},
+                    },
+                    deployments={"id": {"any_": ids}},
+                )
             online = workers_online(self.client, self.settings.work_pool)
 
-            processed = CounterMetricFamily("roadie_jobs_processed", "Job runs that finished, by final state",
-                                            labels=["queue", "status"])
+            processed = CounterMetricFamily(
+                "roadie_jobs_processed", "Job runs that finished, by final state", labels=["queue", "status"]
+            )
             for name in names:
                 for status in STATUS_LABELS.values():
                     processed.add_metric([name, status], self.processed.get((name, status), 0))
             yield processed
 
-            duration = HistogramMetricFamily("roadie_job_duration_seconds",
-                                             "Running time of completed job runs", labels=["queue"])
+            duration = HistogramMetricFamily(
+                "roadie_job_duration_seconds", "Running time of completed job runs", labels=["queue"]
+            )
             for name in names:
                 d = self.durations.get(name, _Durations())
                 duration.add_metric([name], d.cumulative(), sum_value=d.total)
             yield duration
 
-            gauge = GaugeMetricFamily("roadie_queue_depth", "Job runs due to start and not started yet",
-                                      labels=["queue"])
+            gauge = GaugeMetricFamily(
+                "roadie_queue_depth", "Job runs due to start and not started yet", labels=["queue"]
+            )
             for name in names:
                 gauge.add_metric([name], depth.get(name, 0))
             yield gauge
-            yield GaugeMetricFamily("roadie_workers_online", f"Workers online in pool {self.settings.work_pool}",
-                                    value=online)
+            yield GaugeMetricFamily(
+                "roadie_workers_online", f"Workers online in pool {self.settings.work_pool}", value=online
+            )
 
 
-def metrics_registry(client: PrefectREST, settings: Optional[Settings] = None):
+def metrics_registry(client: PrefectREST, settings: Settings | None = None):
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -279,8 +306,9 @@ class OpsServer:
     404 and any other method (HEAD, POST, PUT, DELETE, OPTIONS, TRACE, …) 405 with `Allow: GET`; /health answers
     from the latest HealthSnapshots check, /metrics asks the API per scrape; no answer carries a secret."""
 
-    def __init__(self, client: PrefectREST, host: Optional[str] = None, port: Optional[int] = None,
-                 settings: Optional[Settings] = None):
+    def __init__(
+        self, client: PrefectREST, host: str | None = None, port: int | None = None, settings: Settings | None = None
+    ):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         from roadie.errors import redact
@@ -293,7 +321,7 @@ class OpsServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 try:
                     if path == "/health":
@@ -318,7 +346,7 @@ class OpsServer:
                     return self._not_allowed
                 raise AttributeError(name)
 
-            def _send(self, code: int, content_type: str, body: bytes, headers: Optional[dict] = None) -> None:
+            def _send(self, code: int, content_type: str, body: bytes, headers: dict | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -333,9 +361,9 @@ class OpsServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "OpsServer":
+    def start(self) -> OpsServer:
         self.snapshots.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="roadie-ops-http", daemon=True)
         self._thread.start()

@@ -3,6 +3,7 @@ container) whether the Prefect API answers. Exit 0 healthy, 1 not.
 
     python -m roadie.ops.probe [--worker-url http://127.0.0.1:$PREFECT_WORKER_WEBSERVER_PORT/health]
 """
+
 from __future__ import annotations
 
 import argparse

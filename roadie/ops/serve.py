@@ -2,17 +2,19 @@
 
 Every process is started from an argument list in a session of its own, and stopped by this module only.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from roadie.ops.signals import stop_on_signals
 
@@ -58,8 +60,13 @@ class DeployResult:
     output: str
 
 
-def deploy(api_url: str, prefect_file: Optional[Path] = None, root: Optional[Path] = None,
-           env: Optional[dict[str, str]] = None, timeout_s: float = 600) -> DeployResult:
+def deploy(
+    api_url: str,
+    prefect_file: Path | None = None,
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 600,
+) -> DeployResult:
     """`prefect --no-prompt deploy` every deployment of the file whose flow module exists."""
     root = root or project_root()
     prefect_file = (prefect_file or root / "prefect.yaml").resolve()
@@ -77,8 +84,9 @@ def deploy(api_url: str, prefect_file: Optional[Path] = None, root: Optional[Pat
     from roadie.settings import get_settings
 
     # An unknown parameter is refused by the server (409), not crashed on by the engine (roadie.params).
-    forbid_unknown_parameters(api_url, present, run_env.get("PREFECT_API_AUTH_STRING")
-                              or get_settings().prefect_api_auth_string)
+    forbid_unknown_parameters(
+        api_url, present, run_env.get("PREFECT_API_AUTH_STRING") or get_settings().prefect_api_auth_string
+    )
     return DeployResult(tuple(present), tuple(missing), output)
 
 
@@ -112,10 +120,8 @@ def kill_tree(pid: int) -> None:
         try:
             os.killpg(os.getpgid(target), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -124,14 +130,20 @@ class WorkerProcess:
     cmd: list[str]
     env: dict[str, str]
     log: Path
-    proc: Optional[subprocess.Popen] = None
+    proc: subprocess.Popen | None = None
     restarts: int = 0
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
 
     @property
     def alive(self) -> bool:
@@ -158,7 +170,7 @@ def warm_workers() -> bool:
     return get_settings().worker_warm
 
 
-def worker_command(pool: str, name: str, limit: Optional[int], warm: Optional[bool] = None) -> list[str]:
+def worker_command(pool: str, name: str, limit: int | None, warm: bool | None = None) -> list[str]:
     warm = warm_workers() if warm is None else warm
     start = [sys.executable, "-m", "roadie.ops.warm_worker"] if warm else [prefect_cli(), "worker", "start"]
     cmd = [*start, "--pool", pool, "--type", "process", "--name", name]
@@ -172,7 +184,7 @@ def worker_command(pool: str, name: str, limit: Optional[int], warm: Optional[bo
 WORKER_ENV_DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "0.5"}
 
 
-def worker_env(api_url: str, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+def worker_env(api_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
     env = {**WORKER_ENV_DEFAULTS, **(os.environ if base is None else base), "PREFECT_API_URL": api_url}
     return env
 
@@ -194,8 +206,10 @@ class Serving:
             say("second interrupt: stopping workers now")
         left = [w.name for w in self.workers if w.alive]
         if left:
-            say(f"{', '.join(left)} still busy after {grace_s:.0f} s; killing them with their runs (those runs "
-                "will be marked Crashed and filed as failed jobs)")
+            say(
+                f"{', '.join(left)} still busy after {grace_s:.0f} s; killing them with their runs (those runs "
+                "will be marked Crashed and filed as failed jobs)"
+            )
         for worker in self.workers:
             worker.kill()
         for callback in reversed(self.stop_callbacks):
@@ -212,15 +226,27 @@ def warn_about_sqlite(started_server: bool, say: Callable[[str], None]) -> None:
         return
     settings = get_settings()
     if not started_server and (settings.prefect_database_url or settings.database_url.startswith("postgresql")):
-        say("warning: the local Prefect server already running keeps its state in SQLite, not PostgreSQL; "
-            "restart it to move: roadie server stop, then roadie serve")
+        say(
+            "warning: the local Prefect server already running keeps its state in SQLite, not PostgreSQL; "
+            "restart it to move: roadie server stop, then roadie serve"
+        )
     else:
-        say("warning: Prefect's state is in SQLite, which refuses simultaneous writes: bursts of triggers will "
-            "wait or be refused. Set ROADIE_DATABASE_URL (or ROADIE_PREFECT_DATABASE_URL) to PostgreSQL.")
+        say(
+            "warning: Prefect's state is in SQLite, which refuses simultaneous writes: bursts of triggers will "
+            "wait or be refused. Set ROADIE_DATABASE_URL (or ROADIE_PREFECT_DATABASE_URL) to PostgreSQL."
+        )
 
 
-def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, health: bool,
-          say: Callable[[str], None], ready: Optional[Callable[[dict], None]] = None) -> None:
+def serve(
+    *,
+    workers: int,
+    port: int,
+    limit: int | None,
+    grace_s: float,
+    health: bool,
+    say: Callable[[str], None],
+    ready: Callable[[dict], None] | None = None,
+) -> None:
     """Run until interrupted (SIGINT/SIGTERM); everything started here is stopped on the way out."""
     from roadie import services
     from roadie.db.session import upgrade
@@ -272,9 +298,14 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
                 ops = OpsServer(client, get_settings().health_host, port).start()
                 serving.stop_callbacks.append(ops.stop)
                 health_url = f"http://127.0.0.1:{ops.port}"
-            info = {"ui": client.ui_url, "api": api_url, "workers": [w.name for w in serving.workers],
-                    "logs": str(logs), "health": f"{health_url}/health" if health_url else None,
-                    "metrics": f"{health_url}/metrics" if health_url else None}
+            info = {
+                "ui": client.ui_url,
+                "api": api_url,
+                "workers": [w.name for w in serving.workers],
+                "logs": str(logs),
+                "health": f"{health_url}/health" if health_url else None,
+                "metrics": f"{health_url}/metrics" if health_url else None,
+            }
             say(f"Prefect UI: {client.ui_url}")
             say(f"{workers} worker(s) on pool {PROCESS_POOL}, logs in {logs}")
             if health_url:
@@ -289,7 +320,7 @@ def serve(*, workers: int, port: int, limit: Optional[int], grace_s: float, heal
                         assert worker.proc is not None
                         worker.restarts += 1
                         say(f"worker {worker.name} exited with {worker.proc.returncode}; restart #{worker.restarts}")
-                        time.sleep(min(30, 2 ** worker.restarts))
+                        time.sleep(min(30, 2**worker.restarts))
                         worker.start()
         except KeyboardInterrupt:
             say(f"stopping: letting runs in flight finish (up to {grace_s:.0f} s; Ctrl-C again to kill) …")

@@ -1,9 +1,10 @@
 """Ctrl-C and `docker stop` for roadie's long-running commands (serve, health --serve)."""
+
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 def _interrupt(signum: int, frame: object) -> None:

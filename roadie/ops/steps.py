@@ -1,4 +1,5 @@
 """Custom `prefect deploy` steps (referenced from prefect.yaml by their dotted path)."""
+
 from __future__ import annotations
 
 from pathlib import Path

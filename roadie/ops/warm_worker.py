@@ -15,6 +15,7 @@ flow-run processes), its exit code reaches the worker through the zygote, and a 
 exits non-zero, so the run is proposed Crashed exactly as before. Whenever the zygote is not there (starting,
 died, refused because the code on disk changed), the run starts the ordinary way, and the zygote is restarted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,11 +27,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
@@ -63,9 +63,13 @@ with warnings.catch_warnings():  # same dispatch key as Prefect's class: this on
                 if zygote is not None:
                     zygote.stop()
 
-        async def run(self, flow_run: "FlowRun", configuration: ProcessJobConfiguration,
-                      task_status: Optional[anyio.abc.TaskStatus[int]] = None) -> ProcessWorkerResult:
-            zygote: Optional[Zygote] = getattr(self, "_zygote", None)
+        async def run(
+            self,
+            flow_run: FlowRun,
+            configuration: ProcessJobConfiguration,
+            task_status: anyio.abc.TaskStatus[int] | None = None,
+        ) -> ProcessWorkerResult:
+            zygote: Zygote | None = getattr(self, "_zygote", None)
             if zygote is None or configuration._command_configured or not zygote.ensure():
                 return await super().run(flow_run, configuration, task_status)
             if task_status is None:
@@ -75,22 +79,35 @@ with warnings.catch_warnings():  # same dispatch key as Prefect's class: this on
                 warnings.simplefilter("ignore", DeprecationWarning)
                 working_dir = Path(configuration.working_dir or tmp).resolve()
                 async with FlowRunExecutorContext() as ctx:
-                    self._logger.debug("flow run %s: executor context ready in %.3f s", flow_run.id,
-                                       time.monotonic() - entered)
+                    self._logger.debug(
+                        "flow run %s: executor context ready in %.3f s", flow_run.id, time.monotonic() - entered
+                    )
                     cold = WorkspaceResolvingEngineCommandStarter(
-                        workspace_root=working_dir, command=None, stream_output=configuration.stream_output,
-                        control_channel=ctx.control_channel, source_cwd=working_dir,
-                        environment=configuration.env)
+                        workspace_root=working_dir,
+                        command=None,
+                        stream_output=configuration.stream_output,
+                        control_channel=ctx.control_channel,
+                        source_cwd=working_dir,
+                        environment=configuration.env,
+                    )
                     ctx.call_after_exit(cold.close)
-                    starter = ZygoteStarter(zygote, cold, cwd=working_dir, env=configuration.env,
-                                            control_channel=ctx.control_channel, logger=self._logger,
-                                            stream_output=configuration.stream_output)
-                    executor = ctx.create_executor(flow_run, starter, resolve_flow=load_flow_from_flow_run,
-                                                   propose_submitting=False)
-                    execution: Optional[FlowRunExecutionResult] = None
+                    starter = ZygoteStarter(
+                        zygote,
+                        cold,
+                        cwd=working_dir,
+                        env=configuration.env,
+                        control_channel=ctx.control_channel,
+                        logger=self._logger,
+                        stream_output=configuration.stream_output,
+                    )
+                    executor = ctx.create_executor(
+                        flow_run, starter, resolve_flow=load_flow_from_flow_run, propose_submitting=False
+                    )
+                    execution: FlowRunExecutionResult | None = None
 
-                    async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
-                                      ) -> None:
+                    async def execute(
+                        *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
                         nonlocal execution
                         execution = await executor.submit(task_status=task_status)
 
@@ -133,8 +150,8 @@ class Zygote:
     def __init__(self, root: Path, modules: list[str]):
         self.root = root
         self.modules = modules
-        self.proc: Optional[subprocess.Popen] = None
-        self.tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.proc: subprocess.Popen | None = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
         self.path = ""
         self.seen_ready = False
         self.failures = 0
@@ -143,7 +160,7 @@ class Zygote:
         self.retired: list[tuple[subprocess.Popen, tempfile.TemporaryDirectory]] = []
 
     @classmethod
-    def from_project(cls) -> "Zygote":
+    def from_project(cls) -> Zygote:
         root = Path(__file__).resolve().parents[2]
         return cls(root, flow_modules(root))
 
@@ -152,8 +169,12 @@ class Zygote:
         self.path = os.path.join(self.tmp.name, "zygote.sock")
         self.seen_ready = False
         # Its stdout/stderr are the worker's, so flow-run output lands in the worker's log as before.
-        self.proc = subprocess.Popen([sys.executable, "-m", "roadie.ops.zygote", self.path, *self.modules],
-                                     stdin=subprocess.PIPE, cwd=self.root, env=os.environ.copy())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roadie.ops.zygote", self.path, *self.modules],
+            stdin=subprocess.PIPE,
+            cwd=self.root,
+            env=os.environ.copy(),
+        )
 
     @property
     def ready(self) -> bool:
@@ -176,7 +197,7 @@ class Zygote:
                 self.tmp = None
                 if not self.seen_ready:
                     self.failures += 1
-                    self.not_before = time.monotonic() + min(60.0, 2.0 ** self.failures)
+                    self.not_before = time.monotonic() + min(60.0, 2.0**self.failures)
             if time.monotonic() >= self.not_before:
                 self.start()
         elif self.seen_ready:  # alive, socket gone: retired, draining its children
@@ -212,15 +233,24 @@ class ForkedProcess:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.returncode: Optional[int] = None
+        self.returncode: int | None = None
 
 
 class ZygoteStarter:
     """A ProcessStarter (see prefect.runner._flow_run_executor) that forks the flow-run process from the zygote,
     with the environment EngineCommandStarter would give `python -m prefect.engine`; `cold` when it cannot."""
 
-    def __init__(self, zygote: Zygote, cold: Any, *, cwd: Path, env: dict[str, Optional[str]],
-                 control_channel: "Optional[ControlChannel]", logger: Any, stream_output: bool = True):
+    def __init__(
+        self,
+        zygote: Zygote,
+        cold: Any,
+        *,
+        cwd: Path,
+        env: dict[str, str | None],
+        control_channel: ControlChannel | None,
+        logger: Any,
+        stream_output: bool = True,
+    ):
         self.stream_output = stream_output
         self.zygote = zygote
         self.cold = cold
@@ -229,19 +259,26 @@ class ZygoteStarter:
         self.control_channel = control_channel
         self.logger = logger
 
-    def environment(self, flow_run: "FlowRun", control_env: dict[str, str]) -> dict[str, str]:
+    def environment(self, flow_run: FlowRun, control_env: dict[str, str]) -> dict[str, str]:
         # As Prefect's process worker builds it for `python -m prefect.engine` (EngineCommandStarter with
         # env_overrides_settings=True, then the workspace supervisor's runner-owned keys): the worker's settings,
         # the job's env over them, the worker's API settings and the run's identity over everything.
         settings = get_current_settings().to_environment_variables(exclude_unset=True)
-        env: dict[str, Optional[str]] = {**os.environ, **settings, **self.env}
+        env: dict[str, str | None] = {**os.environ, **settings, **self.env}
         env.update({k: v for k, v in settings.items() if k.startswith("PREFECT_API_")})
-        env.update({"PREFECT__FLOW_RUN_ID": str(flow_run.id), "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
-                    **control_env, "PREFECT__DEPLOYMENT_NAME": self.env.get("PREFECT__DEPLOYMENT_NAME")})
+        env.update(
+            {
+                "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+                "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+                **control_env,
+                "PREFECT__DEPLOYMENT_NAME": self.env.get("PREFECT__DEPLOYMENT_NAME"),
+            }
+        )
         return sanitize_subprocess_env(env)
 
-    async def start(self, flow_run: "FlowRun",
-                    task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def start(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         control_env: dict[str, str] = {}
         registered = False
         if self.control_channel is not None:
@@ -260,17 +297,26 @@ class ZygoteStarter:
         try:
             if stream is not None:
                 async with stream:
-                    request = {"env": self.environment(flow_run, control_env), "cwd": str(self.cwd),
-                               "quiet": not self.stream_output}
+                    request = {
+                        "env": self.environment(flow_run, control_env),
+                        "cwd": str(self.cwd),
+                        "quiet": not self.stream_output,
+                    }
                     await stream.send(json.dumps(request).encode() + b"\n")
                     lines = _Lines(stream)
                     first = await lines.next()
                     if first and "pid" in first:
                         process = ForkedProcess(int(first["pid"]))
-                        handle = ProcessHandle(process, termination_scope=create_isolated_termination_scope(process.pid))
+                        handle = ProcessHandle(
+                            process, termination_scope=create_isolated_termination_scope(process.pid)
+                        )
                         handed_off = True
-                        self.logger.info("Flow run %s forked from the warm interpreter as process %s "
-                                         "(%.3f s)", flow_run.id, process.pid, time.monotonic() - asked)
+                        self.logger.info(
+                            "Flow run %s forked from the warm interpreter as process %s (%.3f s)",
+                            flow_run.id,
+                            process.pid,
+                            time.monotonic() - asked,
+                        )
                         task_status.started(handle)
                         last = await lines.next()
                         process.returncode = await _exit_code(process.pid, last, self.logger)
@@ -292,7 +338,7 @@ class _Lines:
         self.stream = stream
         self.buffer = b""
 
-    async def next(self) -> Optional[dict]:
+    async def next(self) -> dict | None:
         while b"\n" not in self.buffer:
             try:
                 chunk = await self.stream.receive(1 << 16)
@@ -303,7 +349,7 @@ class _Lines:
         return json.loads(line)
 
 
-async def _exit_code(pid: int, message: Optional[dict], logger: Any) -> int:
+async def _exit_code(pid: int, message: dict | None, logger: Any) -> int:
     if message is not None and "exit" in message:
         return int(message["exit"])
     # The zygote died before its child: wait for the child, whose status only its (new) parent can read.

@@ -15,8 +15,10 @@ since it imported it (checked every 2 s and before every fork), or when its stdi
 closes, it retires: it removes its socket, so the worker starts a fresh zygote with the new code, takes no more
 runs, and exits once its last child has exited and its exit code has been passed on.
 """
+
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -27,14 +29,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 CHECK_EVERY_S = 2.0  # how often the project's source files are checked for changes
 
 # What `python -m prefect.engine` imports before it runs a flow, and what loading a deployment's flow imports.
-ENGINE_MODULES = ("prefect", "prefect.engine", "prefect.flow_engine", "prefect.task_engine", "prefect.flows",
-                  "prefect._internal.metrics", "prefect.deployments.steps", "prefect.deployments.steps.core",
-                  "prefect.logging.handlers", "prefect.client.orchestration", "prefect.filesystems")
+ENGINE_MODULES = (
+    "prefect",
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.flows",
+    "prefect._internal.metrics",
+    "prefect.deployments.steps",
+    "prefect.deployments.steps.core",
+    "prefect.logging.handlers",
+    "prefect.client.orchestration",
+    "prefect.filesystems",
+)
 
 # What the tasks import only when they first need it (so `roadie --help` and the CLI stay quick), but every ingest
 # needs: without them here each run paid ~0.7 s on the way to `ready` (scipy.signal alone ~0.6 s).
@@ -81,7 +92,7 @@ def project_files(root: Path) -> dict[str, float]:
     return out
 
 
-def changed_since(files: dict[str, float]) -> Optional[str]:
+def changed_since(files: dict[str, float]) -> str | None:
     for path, mtime in files.items():
         try:
             if os.stat(path).st_mtime != mtime:
@@ -107,7 +118,7 @@ class Zygote:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
 
-    def serve(self) -> Optional[dict]:
+    def serve(self) -> dict | None:
         """Loop until retired with no child left (returns None) or, in a forked child, return its request."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker drains on SIGINT; the zygote just follows it
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -158,16 +169,14 @@ class Zygote:
         self.say({"retiring": why, "children": len(self.children)})
         self.selector.unregister(self.listener)
         self.listener.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.socket_path)
-        except OSError:
-            pass
         for conn in list(self.buffers):
             self.selector.unregister(conn)
             self.answer(conn, {"error": f"retiring: {why}"})
         self.buffers.clear()
 
-    def read_request(self, conn: socket.socket) -> Optional[dict]:
+    def read_request(self, conn: socket.socket) -> dict | None:
         data = conn.recv(1 << 16)
         if not data:
             self.selector.unregister(conn)
@@ -181,7 +190,7 @@ class Zygote:
         self.selector.unregister(conn)
         return json.loads(line)
 
-    def fork(self, conn: socket.socket, request: dict) -> Optional[dict]:
+    def fork(self, conn: socket.socket, request: dict) -> dict | None:
         if native_threads() != 1:
             self.answer(conn, {"error": f"the zygote has {native_threads()} threads; not forking"})
             return None
@@ -228,10 +237,8 @@ class Zygote:
 
     @staticmethod
     def answer(conn: socket.socket, message: dict) -> None:
-        try:
+        with contextlib.suppress(OSError):
             conn.sendall(json.dumps(message).encode() + b"\n")
-        except OSError:
-            pass
         conn.close()
 
     @staticmethod
@@ -260,7 +267,7 @@ def run_child(request: dict) -> None:
         from roadie.settings import reload_settings
 
         reload_settings()
-    except Exception:
+    except Exception:  # noqa: S110 - a bad environment fails the run itself, with its own message
         pass
     sys.argv = [sys.argv[0]]
     import warnings
@@ -271,15 +278,20 @@ def run_child(request: dict) -> None:
     raise SystemExit(0)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     socket_path, modules = args[0], args[1:]
     started = time.monotonic()
     failed = preload(modules)
     root = Path(__file__).resolve().parents[2]
     zygote = Zygote(socket_path, root)
-    Zygote.say({"preloaded": len(modules) - len([f for f in failed if f.split(":")[0] in modules]),
-                "failed": failed, "seconds": round(time.monotonic() - started, 2)})
+    Zygote.say(
+        {
+            "preloaded": len(modules) - len([f for f in failed if f.split(":")[0] in modules]),
+            "failed": failed,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+    )
     request = zygote.serve()
     if request is not None:  # in the forked child, outside every frame of the zygote's loop
         run_child(request)

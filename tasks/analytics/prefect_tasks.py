@@ -1,5 +1,6 @@
 """Thin Prefect tasks over tasks.analytics.rollup (kept apart so the CLI can run the SQL without importing
 Prefect). Retries only for transient database trouble; a bad day is invalid input and fails at once."""
+
 from __future__ import annotations
 
 from datetime import date

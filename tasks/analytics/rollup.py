@@ -5,13 +5,13 @@ INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE per kind. Each statemen
 with a count of 0, so a rerun sets every column to exactly what the data says now (0 where the activity is gone);
 rows left all zero are then deleted. Unchanged rows are not rewritten: a rerun over unchanged data writes nothing.
 """
+
 from __future__ import annotations
 
 import re
 import time as clock
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Optional
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -53,7 +53,9 @@ _PLAYS = sql(
     ON CONFLICT (day, track_id) DO UPDATE
     SET plays = excluded.plays, uniques = excluded.uniques, completions = excluded.completions
     """,
-    day=DAY, lo=TIMESTAMP, hi=TIMESTAMP,
+    day=DAY,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
 )
 
 
@@ -63,7 +65,7 @@ def _engagement(table: str) -> sa.TextClause:
     return sql(
         f"""
         INSERT INTO analytics_daily ({_COLUMNS})
-        SELECT track_id, :day, 0, 0, 0, {counts['likes']}, {counts['reposts']}, {counts['downloads']}
+        SELECT track_id, :day, 0, 0, 0, {counts["likes"]}, {counts["reposts"]}, {counts["downloads"]}
         FROM (
             SELECT track_id, 1 AS n, NULL AS stored FROM {table} WHERE created_at >= :lo AND created_at < :hi
             UNION ALL
@@ -74,7 +76,9 @@ def _engagement(table: str) -> sa.TextClause:
         HAVING MAX(stored) IS NULL OR MAX(stored) <> SUM(n)
         ON CONFLICT (day, track_id) DO UPDATE SET {table} = excluded.{table}
         """,
-        day=DAY, lo=TIMESTAMP, hi=TIMESTAMP,
+        day=DAY,
+        lo=TIMESTAMP,
+        hi=TIMESTAMP,
     )
 
 
@@ -110,7 +114,7 @@ class DayRollup:
         return {"day": self.day.isoformat(), "tracks": self.tracks, "plays": self.plays}
 
 
-def rollup_day(day: date, session: Optional[Session] = None) -> DayRollup:
+def rollup_day(day: date, session: Session | None = None) -> DayRollup:
     """Recompute analytics_daily for one UTC day, in one transaction. Safe to rerun at any time."""
     started = clock.perf_counter()
     lo, hi = day_window(day)
@@ -127,11 +131,12 @@ def rollup_day(day: date, session: Optional[Session] = None) -> DayRollup:
             s.execute(_ENGAGEMENT_SQL[table], params)
         s.execute(_DROP_EMPTY, params)
         totals = one_row(s, _DAY_TOTALS, params)
-    return DayRollup(day=day, **{k: int(v) for k, v in totals.items()},
-                     seconds=round(clock.perf_counter() - started, 4))
+    return DayRollup(
+        day=day, **{k: int(v) for k, v in totals.items()}, seconds=round(clock.perf_counter() - started, 4)
+    )
 
 
-def yesterday_utc(now: Optional[datetime] = None) -> date:
+def yesterday_utc(now: datetime | None = None) -> date:
     return ((now or datetime.now(UTC)).astimezone(UTC) - timedelta(days=1)).date()
 
 
@@ -155,8 +160,9 @@ def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def resolve_days(day: Optional[str] = None, start: Optional[str] = None, end: Optional[str] = None,
-                 now: Optional[datetime] = None) -> list[date]:
+def resolve_days(
+    day: str | None = None, start: str | None = None, end: str | None = None, now: datetime | None = None
+) -> list[date]:
     """The days a run covers: one day, an inclusive range, or (nothing given) yesterday UTC."""
     if day is not None and (start is not None or end is not None):
         raise InvalidInput("give either a day, or a range (from and to), not both")

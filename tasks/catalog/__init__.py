@@ -1,14 +1,16 @@
 """The catalogue rows an upload moves through: assets, tracks, track_versions and transcodes."""
+
 from __future__ import annotations
 
 import hashlib
 import sys
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -104,12 +106,17 @@ def hold(session: Session, vid: uuid.UUID) -> None:
     mine = claimant(vid)
     if mine is None:
         return
-    owner = session.execute(select(TrackVersion.attempt_run_id, TrackVersion.attempt)
-                            .where(TrackVersion.id == vid).with_for_update(read=True)).one_or_none()
+    owner = session.execute(
+        select(TrackVersion.attempt_run_id, TrackVersion.attempt)
+        .where(TrackVersion.id == vid)
+        .with_for_update(read=True)
+    ).one_or_none()
     if owner is None or owner.attempt_run_id != mine:
-        raise Superseded(f"track version {vid} was claimed by a newer run (attempt "
-                         f"{owner.attempt if owner else '?'}, run {owner.attempt_run_id if owner else '?'}); "
-                         f"the results of run {mine} are dropped")
+        raise Superseded(
+            f"track version {vid} was claimed by a newer run (attempt "
+            f"{owner.attempt if owner else '?'}, run {owner.attempt_run_id if owner else '?'}); "
+            f"the results of run {mine} are dropped"
+        )
 
 
 @contextmanager
@@ -133,8 +140,7 @@ def _owned(vid: uuid.UUID):
 
 
 def _superseded(vid: uuid.UUID, what: str) -> Superseded:
-    return Superseded(f"track version {vid} was claimed by a newer run; not applying {what} of run "
-                      f"{claimant(vid)}")
+    return Superseded(f"track version {vid} was claimed by a newer run; not applying {what} of run {claimant(vid)}")
 
 
 def parse_formats(formats: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -177,8 +183,14 @@ def ensure_user(session: Session, username: str, lossless: bool = False) -> User
     return user
 
 
-def register_upload(path: Path, *, title: str | None = None, owner: str | None = None,
-                    lossless: bool = False, storage: Storage | None = None) -> Registration:
+def register_upload(
+    path: Path,
+    *,
+    title: str | None = None,
+    owner: str | None = None,
+    lossless: bool = False,
+    storage: Storage | None = None,
+) -> Registration:
     """What the API does before it triggers an ingest: store the original, create its rows (`pending`)."""
     path = Path(path)
     if not path.is_file():
@@ -191,8 +203,14 @@ def register_upload(path: Path, *, title: str | None = None, owner: str | None =
     try:
         with session_scope() as session:
             user = ensure_user(session, owner or DEFAULT_OWNER, lossless=lossless)
-            asset = Asset(id=asset_id, bucket=storage.bucket, key=key, content_type=content_type_for(path.name),
-                          size_bytes=size, sha256=sha256)
+            asset = Asset(
+                id=asset_id,
+                bucket=storage.bucket,
+                key=key,
+                content_type=content_type_for(path.name),
+                size_bytes=size,
+                sha256=sha256,
+            )
             track = Track(owner_user_id=user.id, title=(title or path.stem)[:500])
             session.add_all([asset, track])
             session.flush()
@@ -234,8 +252,15 @@ def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJ
         session.flush()
         if run is not None:
             _CLAIMS.add((vid, run))
-        return VersionJob(str(version.id), str(version.track_id), asset.key, Path(asset.key).name, wanted,
-                          tuple(warnings), version.attempt)
+        return VersionJob(
+            str(version.id),
+            str(version.track_id),
+            asset.key,
+            Path(asset.key).name,
+            wanted,
+            tuple(warnings),
+            version.attempt,
+        )
 
 
 def add_warning(version_id: str, *messages: str) -> None:
@@ -256,8 +281,11 @@ def append_warnings(session: Session, version_id: str, messages: Iterable[str]) 
 def set_media_info(version_id: str, duration_s: float, sample_rate: int, channels: int) -> None:
     vid = parse_uuid(version_id)
     with session_scope() as session:
-        done = session.execute(update(TrackVersion).where(_owned(vid)).values(
-            duration_ms=int(round(duration_s * 1000)), sample_rate=sample_rate, channels=channels))
+        done = session.execute(
+            update(TrackVersion)
+            .where(_owned(vid))
+            .values(duration_ms=round(duration_s * 1000), sample_rate=sample_rate, channels=channels)
+        )
         if not done.rowcount and claimant(vid) is not None:
             raise _superseded(vid, "the media info")
 
@@ -269,8 +297,11 @@ def mark_failed(version_id: str, message: str) -> bool:
         done = session.execute(update(TrackVersion).where(_owned(vid)).values(status="failed", error=message))
         if not done.rowcount:
             return False
-        session.execute(update(Transcode).where(Transcode.track_version_id == vid, Transcode.status != "ready")
-                        .values(status="failed"))
+        session.execute(
+            update(Transcode)
+            .where(Transcode.track_version_id == vid, Transcode.status != "ready")
+            .values(status="failed")
+        )
         return True
 
 
@@ -308,8 +339,9 @@ def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None
 def upsert_asset(session: Session, storage: Storage, key: str, size_bytes: int, sha256: str | None = None) -> Asset:
     asset = session.scalar(select(Asset).where(Asset.bucket == storage.bucket, Asset.key == key))
     if asset is None:
-        asset = Asset(bucket=storage.bucket, key=key, size_bytes=size_bytes, sha256=sha256,
-                      content_type=content_type_for(key))
+        asset = Asset(
+            bucket=storage.bucket, key=key, size_bytes=size_bytes, sha256=sha256, content_type=content_type_for(key)
+        )
         session.add(asset)
     else:
         asset.size_bytes, asset.sha256 = size_bytes, sha256
@@ -317,17 +349,28 @@ def upsert_asset(session: Session, storage: Storage, key: str, size_bytes: int, 
     return asset
 
 
-def record_transcode(version_id: str, fmt: str, *, status: str, storage: Storage | None = None,
-                     playlist_key: str | None = None, playlist_size: int = 0, prefix: str | None = None,
-                     bandwidth: int | None = None, segment_count: int | None = None,
-                     duration_s: float | None = None, error: str | None = None) -> None:
+def record_transcode(
+    version_id: str,
+    fmt: str,
+    *,
+    status: str,
+    storage: Storage | None = None,
+    playlist_key: str | None = None,
+    playlist_size: int = 0,
+    prefix: str | None = None,
+    bandwidth: int | None = None,
+    segment_count: int | None = None,
+    duration_s: float | None = None,
+    error: str | None = None,
+) -> None:
     """One row per (version, format); a rerun updates it in place, never adds a second."""
     storage = storage or get_storage()
     vid = parse_uuid(version_id)
     with session_scope() as session:
         hold(session, vid)
-        row = session.scalar(select(Transcode).where(Transcode.track_version_id == vid, Transcode.format == fmt)
-                             .with_for_update())
+        row = session.scalar(
+            select(Transcode).where(Transcode.track_version_id == vid, Transcode.format == fmt).with_for_update()
+        )
         if row is None:
             row = Transcode(track_version_id=vid, format=fmt)
             session.add(row)
@@ -335,16 +378,25 @@ def record_transcode(version_id: str, fmt: str, *, status: str, storage: Storage
         if playlist_key is not None:
             values["playlist_asset_id"] = upsert_asset(session, storage, playlist_key, playlist_size).id
         if prefix is not None:
-            values.update(segment_prefix_key=prefix, bandwidth=bandwidth, segment_count=segment_count,
-                          duration_ms=int(round(duration_s * 1000)) if duration_s is not None else None)
+            values.update(
+                segment_prefix_key=prefix,
+                bandwidth=bandwidth,
+                segment_count=segment_count,
+                duration_ms=round(duration_s * 1000) if duration_s is not None else None,
+            )
         for name, value in values.items():
             setattr(row, name, value)
 
 
 def ready_transcodes(version_id: str) -> list[Transcode]:
     with session_scope() as session:
-        return list(session.scalars(select(Transcode).where(
-            Transcode.track_version_id == parse_uuid(version_id), Transcode.status == "ready")))
+        return list(
+            session.scalars(
+                select(Transcode).where(
+                    Transcode.track_version_id == parse_uuid(version_id), Transcode.status == "ready"
+                )
+            )
+        )
 
 
 def describe_version(version_id: str, storage: Storage | None = None) -> dict[str, Any]:
@@ -383,8 +435,11 @@ def describe_version(version_id: str, storage: Storage | None = None) -> dict[st
             "duration_s": (version.duration_ms or 0) / 1000 if version.duration_ms else None,
             "sample_rate": version.sample_rate,
             "channels": version.channels,
-            "loudness": {"integrated_lufs": version.loudness_lufs, "loudness_range_lu": version.loudness_range,
-                         "true_peak_dbtp": version.true_peak},
+            "loudness": {
+                "integrated_lufs": version.loudness_lufs,
+                "loudness_range_lu": version.loudness_range,
+                "true_peak_dbtp": version.true_peak,
+            },
             "transcodes": transcodes,
             "waveform": _waveform_keys(session, vid),
             "artwork": _artwork_keys(session, version.track_id),
@@ -408,22 +463,31 @@ def _artwork_keys(session: Session, track_id: uuid.UUID) -> dict[str, str | None
     track = session.get(Track, track_id)
     if track is None or track.artwork_asset_id is None:
         return None
-    return {"full_key": _asset_key(session, track.artwork_asset_id),
-            "thumbnail_key": _asset_key(session, track.artwork_thumb_asset_id)}
+    return {
+        "full_key": _asset_key(session, track.artwork_asset_id),
+        "thumbnail_key": _asset_key(session, track.artwork_thumb_asset_id),
+    }
 
 
 def _duplicate_reports(session: Session, vid: uuid.UUID) -> list[str]:
-    return list(session.scalars(select(Report.description).where(
-        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
-        .order_by(Report.created_at)))
+    return list(
+        session.scalars(
+            select(Report.description)
+            .where(Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
+            .order_by(Report.created_at)
+        )
+    )
 
 
 def load_job(version_id: str) -> VersionJob:
     """The version and its original, without changing its status (for reprocessing flows)."""
     vid = parse_uuid(version_id)
     with session_scope() as session:
-        row = session.execute(select(TrackVersion, Asset).join(Asset, Asset.id == TrackVersion.original_asset_id)
-                              .where(TrackVersion.id == vid)).one_or_none()
+        row = session.execute(
+            select(TrackVersion, Asset)
+            .join(Asset, Asset.id == TrackVersion.original_asset_id)
+            .where(TrackVersion.id == vid)
+        ).one_or_none()
         if row is None:
             raise InvalidInput(f"track version {version_id} does not exist")
         version, asset = row

@@ -2,12 +2,13 @@
 stored here. Each function takes a session and the caller's transaction decides when it lands; a rerun replaces
 rows and objects, never adds to them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select
@@ -20,8 +21,15 @@ from roadie.storage import Storage, join_key, staged
 from tasks.catalog import hold, parse_uuid, upsert_asset
 from tasks.media.analysis import Analysis
 from tasks.media.artwork import Artwork, ArtworkKeys
-from tasks.media.fingerprint import (DUPLICATE_THRESHOLD, MAX_CANDIDATES, MIN_INDEX_HITS, DuplicateMatch, Fingerprint,
-                                     index_keys, match_score)
+from tasks.media.fingerprint import (
+    DUPLICATE_THRESHOLD,
+    MAX_CANDIDATES,
+    MIN_INDEX_HITS,
+    DuplicateMatch,
+    Fingerprint,
+    index_keys,
+    match_score,
+)
 from tasks.media.loudness import LoudnessResult
 
 # ---------------------------------------------------------------- waveform
@@ -143,21 +151,29 @@ def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerp
     session.flush()
 
 
-def find_candidates(session: Session, version_id: str | uuid.UUID, keys: Iterable[int], *,
-                    min_hits: int = MIN_INDEX_HITS, limit: int = MAX_CANDIDATES) -> list[tuple[str, str, int]]:
+def find_candidates(
+    session: Session,
+    version_id: str | uuid.UUID,
+    keys: Iterable[int],
+    *,
+    min_hits: int = MIN_INDEX_HITS,
+    limit: int = MAX_CANDIDATES,
+) -> list[tuple[str, str, int]]:
     """Versions of other tracks sharing the most index keys: (version_id, track_id, hits), most hits first.
     One grouped query over the posting lists; nothing is scanned per track."""
     version = _version(session, version_id)
-    key_list = sorted(set(int(k) for k in keys))
+    key_list = sorted({int(k) for k in keys})
     if not key_list:
         return []
     hits = func.count().label("hits")
     query = (
         select(FingerprintIndex.track_version_id, TrackVersion.track_id, hits)
         .join(TrackVersion, TrackVersion.id == FingerprintIndex.track_version_id)
-        .where(FingerprintIndex.key.in_(bindparam("keys", expanding=True)),
-               FingerprintIndex.track_version_id != version.id,
-               TrackVersion.track_id != version.track_id)
+        .where(
+            FingerprintIndex.key.in_(bindparam("keys", expanding=True)),
+            FingerprintIndex.track_version_id != version.id,
+            TrackVersion.track_id != version.track_id,
+        )
         .group_by(FingerprintIndex.track_version_id, TrackVersion.track_id)
         .having(func.count() >= min_hits)
         .order_by(hits.desc(), FingerprintIndex.track_version_id)
@@ -167,16 +183,27 @@ def find_candidates(session: Session, version_id: str | uuid.UUID, keys: Iterabl
     return [(str(v), str(t), int(h)) for v, t, h in rows]
 
 
-def find_duplicates(session: Session, version_id: str | uuid.UUID, fp: Fingerprint,
-                    threshold: float = DUPLICATE_THRESHOLD, *, limit: int = MAX_CANDIDATES) -> list[DuplicateMatch]:
+def find_duplicates(
+    session: Session,
+    version_id: str | uuid.UUID,
+    fp: Fingerprint,
+    threshold: float = DUPLICATE_THRESHOLD,
+    *,
+    limit: int = MAX_CANDIDATES,
+) -> list[DuplicateMatch]:
     """Versions of other tracks whose audio matches `fp` with a score of at least `threshold`, best first."""
     candidates = find_candidates(session, version_id, index_keys(fp), limit=limit)
     if not candidates:
         return []
-    stored = dict(session.execute(
-        select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data)
-        .where(AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v, _, _ in candidates]))
-    ).tuples().all())
+    stored = dict(
+        session.execute(
+            select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data).where(
+                AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v, _, _ in candidates])
+            )
+        )
+        .tuples()
+        .all()
+    )
     mine = fp.array()
     matches = []
     for candidate_id, track_id, _hits in candidates:
@@ -185,14 +212,17 @@ def find_duplicates(session: Session, version_id: str | uuid.UUID, fp: Fingerpri
             continue
         match = match_score(mine, np.asarray(items, dtype=np.uint32))
         if match.score >= threshold:
-            matches.append(DuplicateMatch(candidate_id, track_id, round(match.score, 4), round(match.ber, 4),
-                                          match.offset))
+            matches.append(
+                DuplicateMatch(candidate_id, track_id, round(match.score, 4), round(match.ber, 4), match.offset)
+            )
     return sorted(matches, key=lambda m: (-m.score, m.version_id))
 
 
 def describe_duplicate(match: DuplicateMatch) -> str:
-    return (f"track version {match.version_id} (track {match.track_id}): score {match.score:.2f}, "
-            f"bit error rate {match.ber:.3f}, offset {match.offset_s:+.1f} s")
+    return (
+        f"track version {match.version_id} (track {match.track_id}): score {match.score:.2f}, "
+        f"bit error rate {match.ber:.3f}, offset {match.offset_s:+.1f} s"
+    )
 
 
 def describe_duplicates(matches: Sequence[DuplicateMatch]) -> str:
@@ -202,15 +232,18 @@ def describe_duplicates(matches: Sequence[DuplicateMatch]) -> str:
     return "\n".join(lines)
 
 
-def report_duplicates(session: Session, version_id: str | uuid.UUID, matches: Sequence[DuplicateMatch]
-                      ) -> str | None:
+def report_duplicates(session: Session, version_id: str | uuid.UUID, matches: Sequence[DuplicateMatch]) -> str | None:
     """One `reports` row per flagged upload, listing every version it matches, for moderators. Idempotent: a later
     run updates that report (keeping its status) instead of adding one, and removes it while still pending when
     the matches are gone. Returns the report's id, or None when there is none."""
     vid = _version(session, version_id, for_update=True).id  # one run at a time decides about this report
-    existing = list(session.scalars(select(Report).where(
-        Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
-        .order_by(Report.created_at)))
+    existing = list(
+        session.scalars(
+            select(Report)
+            .where(Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
+            .order_by(Report.created_at)
+        )
+    )
     report, extra = (existing[0], existing[1:]) if existing else (None, [])
     for older in extra:  # reports filed per matched pair by earlier versions of roadie: fold them into one
         if older.status == "pending":

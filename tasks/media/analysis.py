@@ -9,12 +9,14 @@ Each step degrades on its own: a failing step becomes a warning and a None field
 without, say, a fingerprint when fpcalc is missing. Only an unreadable upload raises. This module computes; the
 catalogue (tasks.catalog.results) stores what it returns.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -61,13 +63,20 @@ class Analysis:
         """The `roadie analyze --json` object."""
         waveform = None
         if self.waveform is not None:
-            waveform = {"samples_per_pixel": self.waveform.samples_per_pixel, "length": self.waveform.length,
-                        "bits": self.waveform_bits, "channels": self.waveform.channels,
-                        "pixels_per_second": round(self.waveform.pixels_per_second, 3)}
+            waveform = {
+                "samples_per_pixel": self.waveform.samples_per_pixel,
+                "length": self.waveform.length,
+                "bits": self.waveform_bits,
+                "channels": self.waveform.channels,
+                "pixels_per_second": round(self.waveform.pixels_per_second, 3),
+            }
         fingerprint = None
         if self.fingerprint is not None:
-            fingerprint = {"items": list(self.fingerprint.items), "item_count": len(self.fingerprint.items),
-                           "duration_s": round(self.fingerprint.duration_s, 3)}
+            fingerprint = {
+                "items": list(self.fingerprint.items),
+                "item_count": len(self.fingerprint.items),
+                "duration_s": round(self.fingerprint.duration_s, 3),
+            }
         return {
             "input": self.input,
             "duration_s": round(self.duration_s, 3),
@@ -98,13 +107,19 @@ class WaveformOutput:
     png: bytes | None
 
 
-def _waveform_step(info: MediaInfo, pps: int, png_size: tuple[int, int] | None
-                   ) -> Callable[[Iterator[np.ndarray]], WaveformOutput]:
+def _waveform_step(
+    info: MediaInfo, pps: int, png_size: tuple[int, int] | None
+) -> Callable[[Iterator[np.ndarray]], WaveformOutput]:
     spp = wf.samples_per_pixel(info.sample_rate, pixels_per_second=pps)
 
     def consume(chunks: Iterator[np.ndarray]) -> WaveformOutput:
-        builder = wf.WaveformBuilder(info.sample_rate, info.channels, spp, integer_pcm=info.integer_pcm,
-                                     png_width=png_size[0] if png_size else None)
+        builder = wf.WaveformBuilder(
+            info.sample_rate,
+            info.channels,
+            spp,
+            integer_pcm=info.integer_pcm,
+            png_width=png_size[0] if png_size else None,
+        )
         for chunk in chunks:
             builder.feed(chunk)
         data = builder.finish()
@@ -131,9 +146,16 @@ def _loudness(results: dict[str, StepResult], duration_s: float) -> LoudnessResu
         raise LoudnessUnavailable(f"ffmpeg ebur128 failed: {measured.error}")
     if reference.error:
         m = measured.value
-        return LoudnessResult(m.integrated_lufs, m.loudness_range_lu, m.true_peak_dbtp, m,
-                              LoudnessReading(None, None, None), None, False,
-                              (f"loudness cross-check unavailable ({reference.error})",))
+        return LoudnessResult(
+            m.integrated_lufs,
+            m.loudness_range_lu,
+            m.true_peak_dbtp,
+            m,
+            LoudnessReading(None, None, None),
+            None,
+            False,
+            (f"loudness cross-check unavailable ({reference.error})",),
+        )
     return loudness_mod.compare_loudness(measured.value, reference.value, duration_s)
 
 
@@ -144,9 +166,15 @@ def _check_steps(steps: Iterable[str]) -> frozenset[str]:
     return chosen
 
 
-def analyze_file(path: Path, *, info: MediaInfo | None = None, waveform_pps: int = WAVEFORM_PPS,
-                 png_size: tuple[int, int] | None = PNG_SIZE, steps: Iterable[str] = STEPS,
-                 max_seconds: float | None = None) -> Analysis:
+def analyze_file(
+    path: Path,
+    *,
+    info: MediaInfo | None = None,
+    waveform_pps: int = WAVEFORM_PPS,
+    png_size: tuple[int, int] | None = PNG_SIZE,
+    steps: Iterable[str] = STEPS,
+    max_seconds: float | None = None,
+) -> Analysis:
     """Decode `path` once and analyse it as it streams. `info` is the ingest's one probe (probed here when not
     given). Raises InvalidInput for an upload over the length limit (ROADIE_MAX_DURATION_S unless `max_seconds`)
     and UnreadableMedia for an unreadable one; every step degrades to a warning."""
@@ -162,8 +190,9 @@ def analyze_file(path: Path, *, info: MediaInfo | None = None, waveform_pps: int
         consumers["waveform"] = _waveform_step(info, waveform_pps, png_size)
     if "fingerprint" in chosen:
         consumers["fingerprint"] = lambda chunks: fp_mod.fingerprint_chunks(chunks, info.sample_rate)
-    fanout = PcmFanout(consumers, niced=set(consumers) - {"ebur128"}, nice=HELPER_NICE,
-                       depth=queue_depth(info.channels))
+    fanout = PcmFanout(
+        consumers, niced=set(consumers) - {"ebur128"}, nice=HELPER_NICE, depth=queue_depth(info.channels)
+    )
     try:
         stats = decode_stream(path, info, fanout.put, max_seconds=max_seconds)
     finally:
@@ -190,6 +219,17 @@ def analyze_file(path: Path, *, info: MediaInfo | None = None, waveform_pps: int
         else:
             warnings.extend(f"fingerprint: {w}" for w in fingerprint.warnings)
     timings["total_s"] = round(time.perf_counter() - started, 3)
-    return Analysis(str(path), info.codec, info.sample_rate, info.channels, duration_s,
-                    wave.data if wave else None, WAVEFORM_BITS, wave.png if wave else None, loudness, fingerprint,
-                    tuple(dict.fromkeys(warnings)), tuple(timings.items()))
+    return Analysis(
+        str(path),
+        info.codec,
+        info.sample_rate,
+        info.channels,
+        duration_s,
+        wave.data if wave else None,
+        WAVEFORM_BITS,
+        wave.png if wave else None,
+        loudness,
+        fingerprint,
+        tuple(dict.fromkeys(warnings)),
+        tuple(timings.items()),
+    )

@@ -3,6 +3,7 @@
 Making things (decode, cover extraction) never retries: a bad upload stays bad. Publishing (storage, database)
 retries on transient errors only.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,7 +28,6 @@ from tasks.media.analysis import Analysis
 from tasks.media.artwork import Artwork, ArtworkKeys
 from tasks.media.ffmpeg import MediaInfo
 from tasks.media.loudness_tasks import loudness_artifact
-
 
 # The primary encode is the playable path's longest step: the analysis (done sooner) yields it a little CPU.
 # bench/ingest-style runs, 240 s on 2 cores: time to playable 5.45-5.5 s at nice 0, 4.78-4.8 s at nice 3,
@@ -86,13 +86,18 @@ def waveform_artifact(version_id: str, result: Analysis, keys: WaveformKeys) -> 
     """The whole-track PNG inline (a data URI: the UI cannot read s3:// or file:// links)."""
     if not in_prefect_run():
         return
-    lines = [f"# Waveform of track version {version_id}", "",
-             f"{result.duration_s:.1f} s, {result.sample_rate} Hz, {result.channels} channel(s)", ""]
+    lines = [
+        f"# Waveform of track version {version_id}",
+        "",
+        f"{result.duration_s:.1f} s, {result.sample_rate} Hz, {result.channels} channel(s)",
+        "",
+    ]
     if result.png:
         lines += [f"![waveform](data:image/png;base64,{base64.b64encode(result.png).decode('ascii')})", ""]
     lines += [f"- JSON: `{keys.json_key}`"] + ([f"- PNG: `{keys.png_key}`"] if keys.png_key else [])
-    create_markdown_artifact("\n".join(lines), key=f"waveform-{version_id}",
-                             description=f"Waveform of track version {version_id}")
+    create_markdown_artifact(
+        "\n".join(lines), key=f"waveform-{version_id}", description=f"Waveform of track version {version_id}"
+    )
 
 
 @task(name="extract-artwork", cache_policy=NO_CACHE)

@@ -4,6 +4,7 @@ thumbnail, and a bundled default when the upload has none.
 ffmpeg copies the attached picture out as it is (an argument list, never a shell); Pillow checks it is a real
 image and makes the thumbnail. No ImageMagick anywhere.
 """
+
 from __future__ import annotations
 
 import io
@@ -111,8 +112,9 @@ def _open_checked(data: bytes):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
-                raise BrokenArtwork(f"the cover art is {image.width}x{image.height} pixels, over the "
-                                    f"{MAX_PIXELS // 1_000_000} MP limit")
+                raise BrokenArtwork(
+                    f"the cover art is {image.width}x{image.height} pixels, over the {MAX_PIXELS // 1_000_000} MP limit"
+                )
             image.load()
     except BrokenArtwork:
         raise
@@ -174,8 +176,11 @@ def draw_default_artwork(size: int = DEFAULT_ARTWORK_SIZE) -> bytes:
     draw = ImageDraw.Draw(image, "RGBA")
     centre = size / 2
     for radius in np.linspace(0.44, 0.16, 9) * size:  # grooves
-        draw.ellipse([centre - radius, centre - radius, centre + radius, centre + radius],
-                     outline=(255, 255, 255, 38), width=max(1, size // 200))
+        draw.ellipse(
+            [centre - radius, centre - radius, centre + radius, centre + radius],
+            outline=(255, 255, 255, 38),
+            width=max(1, size // 200),
+        )
     label = 0.12 * size
     draw.ellipse([centre - label, centre - label, centre + label, centre + label], fill=(255, 255, 255, 230))
     heights = [0.25, 0.5, 0.8, 0.55, 1.0, 0.6, 0.85, 0.45, 0.3]
@@ -184,8 +189,9 @@ def draw_default_artwork(size: int = DEFAULT_ARTWORK_SIZE) -> bytes:
     for i, h in enumerate(heights):
         left = centre - span / 2 + i * bar_w * 1.6
         half = h * label * 0.55
-        draw.rounded_rectangle([left, centre - half, left + bar_w, centre + half], radius=bar_w / 2,
-                               fill=(38, 32, 84, 255))
+        draw.rounded_rectangle(
+            [left, centre - half, left + bar_w, centre + half], radius=bar_w / 2, fill=(38, 32, 84, 255)
+        )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
@@ -212,8 +218,15 @@ def artwork_or_default(src: Path, workdir: Path, *, has_cover: bool | None = Non
         return load_artwork(src, workdir, has_cover=has_cover)
     except ArtworkError as exc:
         fallback = default_artwork()
-        return Artwork(fallback.full, fallback.full_extension, fallback.width, fallback.height, fallback.thumbnail,
-                       False, (f"cover art ignored, default used: {exc}",))
+        return Artwork(
+            fallback.full,
+            fallback.full_extension,
+            fallback.width,
+            fallback.height,
+            fallback.thumbnail,
+            False,
+            (f"cover art ignored, default used: {exc}",),
+        )
 
 
 if __name__ == "__main__":  # python -m tasks.media.artwork: (re)draw the bundled default

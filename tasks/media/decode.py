@@ -8,14 +8,17 @@ in a thread of its own behind a queue of at most `QUEUE_BYTES` of PCM. A slow co
 
 Truncated or corrupt input fails (-xerror), and the decode stops at the length limit whatever the header says.
 """
+
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -86,9 +89,15 @@ class _TooLong(Exception):
     pass
 
 
-def decode_stream(src: Path, info: MediaInfo, on_chunk: Callable[[np.ndarray], None], *,
-                  max_seconds: float | None = None, chunk_frames: int = CHUNK_FRAMES,
-                  timeout_s: float | None = None) -> DecodeStats:
+def decode_stream(
+    src: Path,
+    info: MediaInfo,
+    on_chunk: Callable[[np.ndarray], None],
+    *,
+    max_seconds: float | None = None,
+    chunk_frames: int = CHUNK_FRAMES,
+    timeout_s: float | None = None,
+) -> DecodeStats:
     """Decode `src` once, calling `on_chunk` with each `chunk_frames` x channels float32 array (the last one
     shorter). Raises UnreadableMedia for a decode error anywhere in the file (truncated or corrupt data), for a
     file with no audio samples, and for audio longer than `max_seconds` (ROADIE_MAX_DURATION_S by default) however
@@ -99,8 +108,9 @@ def decode_stream(src: Path, info: MediaInfo, on_chunk: Callable[[np.ndarray], N
     limit_frames = int(limit_s * info.sample_rate)
     chunker = _Chunker(info.channels, chunk_frames, limit_frames, on_chunk)
     # Reading a little past the limit tells "exactly max_seconds long" from "cut off at the limit".
-    cmd = ffmpeg.build_decode_pcm_cmd(src, sample_rate=info.sample_rate,
-                                      max_seconds=limit_frames / info.sample_rate + 0.05)
+    cmd = ffmpeg.build_decode_pcm_cmd(
+        src, sample_rate=info.sample_rate, max_seconds=limit_frames / info.sample_rate + 0.05
+    )
     started = time.perf_counter()
     try:
         ffmpeg.run(cmd, on_stdout=chunker.write, timeout_s=timeout_s)
@@ -108,12 +118,14 @@ def decode_stream(src: Path, info: MediaInfo, on_chunk: Callable[[np.ndarray], N
     except _TooLong:
         raise UnreadableMedia(
             f"the audio is longer than {limit_s / 60:g} minutes, the most roadie accepts (ROADIE_MAX_DURATION_S="
-            f"{limit_s:g}), although its header says {info.duration_s / 60:.1f} minutes") from None
+            f"{limit_s:g}), although its header says {info.duration_s / 60:.1f} minutes"
+        ) from None
     except FFmpegError as exc:
         if exc.returncode == 127:
             raise
-        raise UnreadableMedia(f"could not decode the audio ({ffmpeg.readable_reason(exc)}); the file is truncated or corrupt") \
-            from None
+        raise UnreadableMedia(
+            f"could not decode the audio ({ffmpeg.readable_reason(exc)}); the file is truncated or corrupt"
+        ) from None
     if chunker.frames == 0:
         raise UnreadableMedia("the file contains no audio samples")
     return DecodeStats(chunker.frames, time.perf_counter() - started)
@@ -142,19 +154,27 @@ def describe(exc: BaseException) -> str:
 
 class PcmFanout:
     """Every chunk to every consumer. A consumer is a function of an iterator of chunks that returns its result;
-    it runs in its own thread behind a queue of at most `depth` chunks. A consumer that fails (or returns early, like fpcalc after
-    its 120 s) keeps draining its queue, so it never blocks the decoder or the others; its error becomes data.
+    it runs in its own thread behind a queue of at most `depth` chunks. A consumer that fails (or returns early, like
+    fpcalc after its 120 s) keeps draining its queue, so it never blocks the decoder or the others; its error becomes
+    data.
 
     `niced` consumers run at a lower CPU priority (their subprocesses inherit it): they yield to the others."""
 
-    def __init__(self, consumers: Mapping[str, Callable[[Iterator[np.ndarray]], Any]], *,
-                 niced: Iterable[str] = (), nice: int = 0, depth: int = MIN_QUEUE_CHUNKS) -> None:
+    def __init__(
+        self,
+        consumers: Mapping[str, Callable[[Iterator[np.ndarray]], Any]],
+        *,
+        niced: Iterable[str] = (),
+        nice: int = 0,
+        depth: int = MIN_QUEUE_CHUNKS,
+    ) -> None:
         self._queues: dict[str, queue.Queue] = {name: queue.Queue(maxsize=depth) for name in consumers}
         self._results: dict[str, StepResult] = {}
         low = set(niced)
         self._threads = [
-            threading.Thread(target=self._run, args=(name, fn, nice if name in low else 0),
-                             name=f"pcm-{name}", daemon=True)
+            threading.Thread(
+                target=self._run, args=(name, fn, nice if name in low else 0), name=f"pcm-{name}", daemon=True
+            )
             for name, fn in consumers.items()
         ]
         for thread in self._threads:
@@ -193,10 +213,8 @@ class PcmFanout:
         A consumer still stuck after STALL_TIMEOUT_S (a hung subprocess) is left behind as a failed step."""
         deadline = time.monotonic() + STALL_TIMEOUT_S
         for chunks in self._queues.values():
-            try:
+            with contextlib.suppress(queue.Full):
                 chunks.put(_END, timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                pass
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         stalled = StepResult(None, f"took no audio for {STALL_TIMEOUT_S:g} s", STALL_TIMEOUT_S)
@@ -206,12 +224,12 @@ class PcmFanout:
 # ---------------------------------------------------------------- consumers that run ffmpeg
 
 
-def measure_ebur128(chunks: Iterable[np.ndarray], info: MediaInfo, timeout_s: float | None = None
-                    ) -> LoudnessReading:
+def measure_ebur128(chunks: Iterable[np.ndarray], info: MediaInfo, timeout_s: float | None = None) -> LoudnessReading:
     """ffmpeg's ebur128 (true peak on; dual mono for mono) over decoded PCM fed through its stdin as it comes:
     the same samples the numpy meter reads, so the cross-check compares the meters and nothing else."""
-    cmd = ffmpeg.build_measure_pcm_cmd(info.sample_rate, info.channels, loudness_mod.ebur128_filter(info.channels),
-                                       info.channel_layout)
+    cmd = ffmpeg.build_measure_pcm_cmd(
+        info.sample_rate, info.channels, loudness_mod.ebur128_filter(info.channels), info.channel_layout
+    )
     feed = (memoryview(np.ascontiguousarray(chunk, dtype="<f4")).cast("B") for chunk in chunks)
     result = ffmpeg.run(cmd, stdin_data=feed, timeout_s=timeout_s)
     return loudness_mod.parse_ebur128_summary(result.stderr)

@@ -3,8 +3,10 @@
 Builders return argument lists (never a shell string); `run` executes one and raises `FFmpegError`
 with the tail of stderr; parsers quote the line they could not read.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,10 +14,10 @@ import shutil
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 import ffmpeg as ffmpeg_python
 
@@ -52,7 +54,9 @@ class ParseError(RoadieError):
     """An ffmpeg output line was not in the expected form; the message quotes it."""
 
 
-_NOISE = re.compile(r"^(\s*$|ffmpeg version|  built with|  configuration:|  lib|Input #|Output #|Stream mapping|Press \[q\])")
+_NOISE = re.compile(
+    r"^(\s*$|ffmpeg version|  built with|  configuration:|  lib|Input #|Output #|Stream mapping|Press \[q\])"
+)
 
 
 def _reason_from(stderr_tail: str) -> str:
@@ -94,7 +98,7 @@ def ffmpeg_binary() -> str:
 
 
 @lru_cache(maxsize=1)
-def ffprobe_binary() -> Optional[str]:
+def ffprobe_binary() -> str | None:
     candidate = Path(ffmpeg_binary()).with_name("ffprobe")
     return str(candidate) if candidate.exists() else shutil.which("ffprobe")
 
@@ -128,8 +132,14 @@ def build_hls_cmd(src: Path, out_dir: Path, fmt: str, segment_seconds: int = 6) 
     return _finish(stream.compile(cmd=ffmpeg_binary()))
 
 
-def build_decode_cmd(src: Path, *, sample_rate: int | None = None, channels: int | None = None,
-                     sample_fmt: str = "f32le", start_s: float | None = None) -> list[str]:
+def build_decode_cmd(
+    src: Path,
+    *,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    sample_fmt: str = "f32le",
+    start_s: float | None = None,
+) -> list[str]:
     """Decode the first audio stream to raw interleaved PCM on stdout."""
     input_opts = {"ss": str(start_s)} if start_s else {}
     out_opts: dict[str, str] = {"map": "0:a:0", "f": sample_fmt, "c:a": f"pcm_{sample_fmt}"}
@@ -168,10 +178,18 @@ class FFmpegRun:
 ProgressCallback = Callable[[float], None]
 
 
-def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: ProgressCallback | None = None,
-        stdout_path: Path | None = None, nice: int = 0, timeout_s: float | None = None,
-        capture_stdout: bool = False, on_stdout: Callable[[bytes], None] | None = None,
-        stdin_data: bytes | memoryview | Iterable[bytes] | None = None) -> FFmpegRun:
+def run(
+    cmd: Sequence[str],
+    *,
+    duration_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    stdout_path: Path | None = None,
+    nice: int = 0,
+    timeout_s: float | None = None,
+    capture_stdout: bool = False,
+    on_stdout: Callable[[bytes], None] | None = None,
+    stdin_data: bytes | memoryview | Iterable[bytes] | None = None,
+) -> FFmpegRun:
     """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
 
     With `stdout_path`, stdout goes to that file instead. With `capture_stdout`, stdout is read into memory whole
@@ -190,13 +208,15 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         raise ValueError("on_stdout streams stdout: it excludes capture_stdout and stdout_path")
     started = time.monotonic()
     stderr_lines: deque[str] = deque(maxlen=4000)
-    stdout_file = open(stdout_path, "wb") if stdout_path else None
+    stdout_file = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115 - closed in the finally below
     preexec = (lambda: os.nice(nice)) if nice else None
     try:
         proc = subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+            list(cmd),
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
             stdout=stdout_file or subprocess.PIPE,
-            stderr=subprocess.PIPE, preexec_fn=preexec,
+            stderr=subprocess.PIPE,
+            preexec_fn=preexec,
         )
     except FileNotFoundError as exc:
         if stdout_file:
@@ -219,10 +239,8 @@ def run(cmd: Sequence[str], *, duration_s: float | None = None, on_progress: Pro
         except (BrokenPipeError, OSError):
             pass  # ffmpeg stopped reading (it failed): its exit code and stderr say why
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
 
     reader = threading.Thread(target=drain_stderr, daemon=True)
     reader.start()
@@ -303,8 +321,17 @@ def probe(src: Path) -> MediaInfo:
         raise UnreadableMedia("the file is empty")
     probe_bin = ffprobe_binary()
     if probe_bin:
-        cmd = [probe_bin, "-hide_banner", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-               as_input(src)]
+        cmd = [
+            probe_bin,
+            "-hide_banner",
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+            as_input(src),
+        ]
         try:
             out = run(cmd, capture_stdout=True, timeout_s=120)
         except FFmpegError as exc:
@@ -325,11 +352,12 @@ def check_duration(info: MediaInfo, max_seconds: float | None = None) -> None:
     if info.duration_s > limit:
         raise InvalidInput(
             f"the audio is {_clock(info.duration_s)} long, over roadie's limit of {_clock(limit)} "
-            f"(ROADIE_MAX_DURATION_S={limit:g}); split the upload, or raise ROADIE_MAX_DURATION_S on the workers")
+            f"(ROADIE_MAX_DURATION_S={limit:g}); split the upload, or raise ROADIE_MAX_DURATION_S on the workers"
+        )
 
 
 def _clock(seconds: float) -> str:
-    whole = int(round(seconds))
+    whole = round(seconds)
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
@@ -391,7 +419,9 @@ def parse_ffmpeg_banner(stderr: str) -> MediaInfo:
             raise ParseError(f"could not read the channel layout in: {audio_line.strip()!r}")
         channels = int(digits.group(1))
     return MediaInfo(
-        codec=match.group(1), sample_rate=int(match.group(2)), channels=channels,
+        codec=match.group(1),
+        sample_rate=int(match.group(2)),
+        channels=channels,
         duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
         has_cover="(attached pic)" in stderr,
         sample_format=match.group(4) or "",
@@ -411,17 +441,45 @@ def build_decode_pcm_cmd(src: Path, *, sample_rate: int, max_seconds: float | No
     failure instead of silently concealed audio. `max_seconds` stops reading there (-t on the input), whatever
     the header says."""
     limit = ["-t", f"{max_seconds:.6f}"] if max_seconds else []
-    cmd = [ffmpeg_binary(), "-xerror", *limit, "-i", as_input(src), "-map", "0:a:0",
-           "-c:a", "pcm_f32le", "-ar", str(int(sample_rate)), "-f", "f32le", "pipe:1"]
+    cmd = [
+        ffmpeg_binary(),
+        "-xerror",
+        *limit,
+        "-i",
+        as_input(src),
+        "-map",
+        "0:a:0",
+        "-c:a",
+        "pcm_f32le",
+        "-ar",
+        str(int(sample_rate)),
+        "-f",
+        "f32le",
+        "pipe:1",
+    ]
     return _finish(cmd, progress=False)
 
 
-def build_measure_pcm_cmd(sample_rate: int, channels: int, filter_spec: str,
-                          channel_layout: str | None = None) -> list[str]:
+def build_measure_pcm_cmd(
+    sample_rate: int, channels: int, filter_spec: str, channel_layout: str | None = None
+) -> list[str]:
     """Run a measuring filter (ebur128) over float32 interleaved PCM read from stdin: audio roadie has already
     decoded, so the original is not decoded a second time. The source's channel layout, when known, keeps
     ebur128's channel weights right (raw PCM alone would be guessed as the default layout, 3 channels as 2.1)."""
     layout = ["-ch_layout", channel_layout] if channel_layout else ["-ac", str(int(channels))]
-    cmd = [ffmpeg_binary(), "-f", "f32le", "-ar", str(int(sample_rate)), *layout, "-i", "pipe:0",
-           "-af", filter_spec, "-f", "null", "-"]
+    cmd = [
+        ffmpeg_binary(),
+        "-f",
+        "f32le",
+        "-ar",
+        str(int(sample_rate)),
+        *layout,
+        "-i",
+        "pipe:0",
+        "-af",
+        filter_spec,
+        "-f",
+        "null",
+        "-",
+    ]
     return _finish(cmd, progress=False)

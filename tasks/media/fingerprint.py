@@ -6,17 +6,20 @@ index of item values (`fingerprint_index`), so a new upload is never scored agai
 Storing fingerprints and reporting duplicates is the catalogue's (tasks.catalog.results); Prefect tasks live in
 `tasks.media.fingerprint_tasks`.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -142,14 +145,20 @@ def parse_fpcalc_json(stdout: str, returncode: int, stderr: str) -> Fingerprint:
 
 def _run_fpcalc(cmd: list[str], stdin: bytes | None = None) -> Fingerprint:
     try:
-        out = subprocess.run(cmd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                             capture_output=True, timeout=FPCALC_TIMEOUT_S)
+        out = subprocess.run(
+            cmd,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=FPCALC_TIMEOUT_S,
+        )
     except FileNotFoundError as exc:
         raise FpcalcNotFound(f"fpcalc not found ({cmd[0]!r})") from exc
     except subprocess.TimeoutExpired as exc:
         raise FpcalcFailed(f"fpcalc took longer than {FPCALC_TIMEOUT_S} s", -1, "") from exc
-    return parse_fpcalc_json(out.stdout.decode("utf-8", "replace"), out.returncode,
-                             out.stderr.decode("utf-8", "replace"))
+    return parse_fpcalc_json(
+        out.stdout.decode("utf-8", "replace"), out.returncode, out.stderr.decode("utf-8", "replace")
+    )
 
 
 def fingerprint_file(path: Path, fpcalc: str | None = None) -> Fingerprint:
@@ -181,8 +190,20 @@ def fingerprint_chunks(chunks: Iterable[np.ndarray], sample_rate: int, fpcalc: s
     """Fingerprint decoded PCM (chunks of frames x channels, floats in [-1, 1]) by piping its first
     FINGERPRINT_SECONDS to fpcalc's stdin as it arrives: no second decode of the original, no temp file of audio,
     and memory bounded by one chunk. The rest of the stream is only counted: the duration is the signal's own."""
-    cmd = [fpcalc_binary(fpcalc), "-raw", "-json", "-length", str(FINGERPRINT_SECONDS),
-           "-format", "s16le", "-rate", str(int(sample_rate)), "-channels", "1", "-"]
+    cmd = [
+        fpcalc_binary(fpcalc),
+        "-raw",
+        "-json",
+        "-length",
+        str(FINGERPRINT_SECONDS),
+        "-format",
+        "s16le",
+        "-rate",
+        str(int(sample_rate)),
+        "-channels",
+        "1",
+        "-",
+    ]
     wanted = FINGERPRINT_SECONDS * int(sample_rate)
     frames = sent = 0
     # fpcalc's output is small and comes at the end: files (unnamed, gone on close) rule out a pipe deadlock.
@@ -214,16 +235,13 @@ def fingerprint_chunks(chunks: Iterable[np.ndarray], sample_rate: int, fpcalc: s
                 proc.wait()
         out.seek(0)
         err.seek(0)
-        fp = parse_fpcalc_json(out.read().decode("utf-8", "replace"), returncode,
-                               err.read().decode("utf-8", "replace"))
+        fp = parse_fpcalc_json(out.read().decode("utf-8", "replace"), returncode, err.read().decode("utf-8", "replace"))
     return Fingerprint(fp.items, frames / sample_rate, fp.warnings)
 
 
 def _close_quietly(stream: IO[bytes]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         stream.close()
-    except OSError:
-        pass
 
 
 def fingerprint_pcm(samples: np.ndarray, sample_rate: int, fpcalc: str | None = None) -> Fingerprint:
@@ -271,8 +289,11 @@ def offset_bit_errors(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> tupl
     return bits, valid.sum(axis=1)
 
 
-def match_score(a: Fingerprint | Sequence[int] | np.ndarray, b: Fingerprint | Sequence[int] | np.ndarray,
-                max_offset: int = MAX_OFFSET_ITEMS) -> Match:
+def match_score(
+    a: Fingerprint | Sequence[int] | np.ndarray,
+    b: Fingerprint | Sequence[int] | np.ndarray,
+    max_offset: int = MAX_OFFSET_ITEMS,
+) -> Match:
     """Best alignment of two fingerprints by bit error rate: every offset within +-max_offset items, plus the
     peaks of the top-bits offset histogram beyond it. Score = overlap / shorter x (1 - 2 BER), as AcoustID.
     Unrelated audio has BER 0.35-0.5 at every offset; a re-encode of the same audio stays under about 0.1."""

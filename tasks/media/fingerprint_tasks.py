@@ -1,4 +1,5 @@
 """Prefect tasks around `tasks.media.fingerprint`: fingerprint, store, find and report duplicates."""
+
 from __future__ import annotations
 
 from prefect import task
@@ -13,8 +14,9 @@ from tasks.media.fingerprint import DuplicateMatch, Fingerprint
 
 
 @task(name="find-duplicates", cache_policy=NO_CACHE, **transient_retries())
-def record_fingerprint(version_id: str, fp: Fingerprint,
-                       threshold: float = fingerprint.DUPLICATE_THRESHOLD) -> list[DuplicateMatch]:
+def record_fingerprint(
+    version_id: str, fp: Fingerprint, threshold: float = fingerprint.DUPLICATE_THRESHOLD
+) -> list[DuplicateMatch]:
     """Store the fingerprint, look for other tracks with the same audio, report each one found. One transaction,
     so a retry after a lost connection starts clean."""
     with session_scope() as session:
@@ -23,8 +25,17 @@ def record_fingerprint(version_id: str, fp: Fingerprint,
         results.report_duplicates(session, version_id, matches)
     if matches:
         create_table_artifact(
-            [{"matched version": m.version_id, "track": m.track_id, "score": m.score, "bit error rate": m.ber,
-              "offset (s)": m.offset_s} for m in matches],
+            [
+                {
+                    "matched version": m.version_id,
+                    "track": m.track_id,
+                    "score": m.score,
+                    "bit error rate": m.ber,
+                    "offset (s)": m.offset_s,
+                }
+                for m in matches
+            ],
             key=f"duplicates-{version_id}",
-            description=f"Track version {version_id} has the same audio as {len(matches)} other version(s)")
+            description=f"Track version {version_id} has the same audio as {len(matches)} other version(s)",
+        )
     return matches

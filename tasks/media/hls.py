@@ -1,18 +1,28 @@
 """HLS renditions (fMP4/CMAF) and the multivariant playlist that lists them."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
+from roadie.storage import Storage, join_key, staged
 from tasks.media import ffmpeg
 from tasks.media.ffmpeg import HLS_FORMATS, ParseError, UnreadableMedia
-from roadie.storage import Storage, join_key, staged
 
 # Containers whose header states the exact length, so a short decode means a damaged file.
-EXACT_LENGTH_CODECS = {"flac", "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_u8", "alac", "pcm_s16be",
-                       "pcm_s24be"}
+EXACT_LENGTH_CODECS = {
+    "flac",
+    "pcm_s16le",
+    "pcm_s24le",
+    "pcm_s32le",
+    "pcm_f32le",
+    "pcm_u8",
+    "alac",
+    "pcm_s16be",
+    "pcm_s24be",
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ def parse_media_playlist(text: str) -> MediaPlaylist:
             init_uri = attrs.split('URI="', 1)[1].split('"', 1)[0]
         elif line.startswith("#EXTINF:"):
             try:
-                pending = float(line[len("#EXTINF:"):].split(",", 1)[0])
+                pending = float(line[len("#EXTINF:") :].split(",", 1)[0])
             except ValueError:
                 raise ParseError(f"could not read the segment duration in: {line!r}") from None
         elif not line.startswith("#"):
@@ -74,12 +84,24 @@ def parse_media_playlist(text: str) -> MediaPlaylist:
     return MediaPlaylist(init_uri, tuple(segments))
 
 
-def encode_rendition(src: Path, out_dir: Path, fmt: str, *, source_duration_s: float, source_codec: str,
-                     segment_seconds: int = 6, on_progress: Callable[[float], None] | None = None,
-                     nice: int = 0) -> LocalRendition:
+def encode_rendition(
+    src: Path,
+    out_dir: Path,
+    fmt: str,
+    *,
+    source_duration_s: float,
+    source_codec: str,
+    segment_seconds: int = 6,
+    on_progress: Callable[[float], None] | None = None,
+    nice: int = 0,
+) -> LocalRendition:
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = ffmpeg.run(ffmpeg.build_hls_cmd(src, out_dir, fmt, segment_seconds), duration_s=source_duration_s,
-                     on_progress=on_progress, nice=nice)
+    run = ffmpeg.run(
+        ffmpeg.build_hls_cmd(src, out_dir, fmt, segment_seconds),
+        duration_s=source_duration_s,
+        on_progress=on_progress,
+        nice=nice,
+    )
     playlist = parse_media_playlist((out_dir / "playlist.m3u8").read_text())
     check_complete(playlist, source_duration_s, source_codec)
     return LocalRendition(fmt, out_dir, playlist, run.seconds)
@@ -94,7 +116,8 @@ def check_complete(playlist: MediaPlaylist, source_duration_s: float, source_cod
         if missing > max(0.25, source_duration_s * 0.005):
             raise UnreadableMedia(
                 f"the file is truncated or damaged: its header says {source_duration_s:.2f} s "
-                f"but only {playlist.duration_s:.2f} s decode; upload the complete file again")
+                f"but only {playlist.duration_s:.2f} s decode; upload the complete file again"
+            )
 
 
 def publish_rendition(storage: Storage, version_id: str, local: LocalRendition) -> Rendition:
@@ -122,7 +145,7 @@ def publish_rendition(storage: Storage, version_id: str, local: LocalRendition) 
 
 def bandwidths(playlist: MediaPlaylist, segment_sizes: Sequence[int], init_size: int) -> tuple[int, int]:
     """Peak and average bit/s as RFC 8216 defines BANDWIDTH and AVERAGE-BANDWIDTH (measured, not nominal)."""
-    rates = [8 * size / dur for (dur, _), size in zip(playlist.segments, segment_sizes) if dur > 0.5]
+    rates = [8 * size / dur for (dur, _), size in zip(playlist.segments, segment_sizes, strict=False) if dur > 0.5]
     total = sum(segment_sizes) + init_size
     average = 8 * total / playlist.duration_s if playlist.duration_s else 0
     peak = max(rates) if rates else average

@@ -6,15 +6,16 @@ warning on the version. The numpy meter is `LoudnessMeter`, fed chunk by chunk i
 uploads); `measure_pcm` feeds it a decoded array. Prefect tasks live in `tasks.media.loudness_tasks`, so this
 module imports fast.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,8 +41,11 @@ class LoudnessReading:
     true_peak_dbtp: float | None
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"integrated_lufs": self.integrated_lufs, "loudness_range_lu": self.loudness_range_lu,
-                "true_peak_dbtp": self.true_peak_dbtp}
+        return {
+            "integrated_lufs": self.integrated_lufs,
+            "loudness_range_lu": self.loudness_range_lu,
+            "true_peak_dbtp": self.true_peak_dbtp,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,13 @@ class LoudnessResult:
     warnings: tuple[str, ...]
 
     def as_dict(self) -> dict[str, object]:
-        return {**self.ffmpeg.as_dict(), "ffmpeg": self.ffmpeg.as_dict(), "pyloudnorm": self.pyloudnorm.as_dict(),
-                "delta_lu": self.delta_lu, "agrees": self.agrees}
+        return {
+            **self.ffmpeg.as_dict(),
+            "ffmpeg": self.ffmpeg.as_dict(),
+            "pyloudnorm": self.pyloudnorm.as_dict(),
+            "delta_lu": self.delta_lu,
+            "agrees": self.agrees,
+        }
 
 
 # ---------------------------------------------------------------- ffmpeg ebur128
@@ -74,10 +83,15 @@ def ebur128_filter(channels: int) -> str:
 
 
 _SUMMARY_VALUE = re.compile(
-    r"^(?P<key>I|Threshold|LRA|LRA low|LRA high|Peak):\s+(?P<value>-?inf|nan|-?\d+(?:\.\d+)?)\s+(?P<unit>LUFS|LU|dBFS|dBTP)$"
+    r"^(?P<key>I|Threshold|LRA|LRA low|LRA high|Peak):\s+"
+    r"(?P<value>-?inf|nan|-?\d+(?:\.\d+)?)\s+(?P<unit>LUFS|LU|dBFS|dBTP)$"
 )
-_SECTIONS = {"Integrated loudness:": "integrated", "Loudness range:": "range", "True peak:": "true_peak",
-             "Sample peak:": "sample_peak"}
+_SECTIONS = {
+    "Integrated loudness:": "integrated",
+    "Loudness range:": "range",
+    "True peak:": "true_peak",
+    "Sample peak:": "sample_peak",
+}
 
 
 def parse_ebur128_summary(stderr: str) -> LoudnessReading:
@@ -85,7 +99,7 @@ def parse_ebur128_summary(stderr: str) -> LoudnessReading:
 
     The running `I:` values printed per frame are not the result (the original design's +52 dB bug).
     I = -70.0 is ffmpeg's "no block above the absolute gate": no measurable loudness, so None."""
-    head, sep, summary = stderr.rpartition("Summary:")
+    _head, sep, summary = stderr.rpartition("Summary:")
     if not sep:
         last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "")
         raise ParseError(f"no ebur128 Summary in ffmpeg's output; last line: {last!r}")
@@ -209,7 +223,7 @@ def _oversampler(factor: int, block: int) -> tuple[np.ndarray, int]:
     for index, phase in enumerate(phases):
         reversed_phase = np.pad(phase, (0, width - len(phase)))[::-1]
         for i in range(block):
-            matrix[i:i + width, index * block + i] = reversed_phase
+            matrix[i : i + width, index * block + i] = reversed_phase
     matrix.setflags(write=False)  # shared by every meter at this rate
     return matrix, width
 
@@ -270,7 +284,7 @@ class _TruePeak:
         signal = np.concatenate([self._history, x.T], axis=1)  # channels x (history + frames)
         rows = (signal.shape[1] - (self._width - 1)) // self._block
         self._oversample(signal, rows)
-        self._history = signal[:, rows * self._block:].copy()  # a copy, so the chunk itself is not kept alive
+        self._history = signal[:, rows * self._block :].copy()  # a copy, so the chunk itself is not kept alive
 
     def finish(self) -> float:
         if self._matrix is not None:
@@ -279,7 +293,7 @@ class _TruePeak:
             # outputs in the last row see only zeros and read 0.
             rows = -(-(pending + self._width - 1) // self._block)
             tail = np.zeros((self._history.shape[0], rows * self._block + self._width - 1), dtype=np.float32)
-            tail[:, :self._history.shape[1]] = self._history
+            tail[:, : self._history.shape[1]] = self._history
             with _single_threaded_blas():
                 self._oversample(tail, rows)
             self._history = self._history[:, :0]
@@ -290,11 +304,11 @@ class _TruePeak:
             return
         span = self._matrix.shape[0]  # block + width - 1 inputs make `block` outputs of every phase
         for channel in signal:
-            all_windows = np.lib.stride_tricks.sliding_window_view(channel, span)[::self._block]
+            all_windows = np.lib.stride_tricks.sliding_window_view(channel, span)[:: self._block]
             for start in range(0, rows, self._rows):
                 count = min(self._rows, rows - start)
                 windows, out = self._windows[:count], self._out[:count]
-                np.copyto(windows, all_windows[start:start + count])
+                np.copyto(windows, all_windows[start : start + count])
                 np.matmul(windows, self._matrix, out=out)
                 self.peak = max(self.peak, float(out.max()), -float(out.min()))
 
@@ -307,7 +321,7 @@ def true_peak(samples: np.ndarray, sample_rate: int, *, block: int = 16, rows_pe
     step = rows_per_chunk * block
     with _single_threaded_blas():
         for start in range(0, x.shape[0], step):
-            meter.feed(np.ascontiguousarray(x[start:start + step], dtype=np.float32))
+            meter.feed(np.ascontiguousarray(x[start : start + step], dtype=np.float32))
     return meter.finish()
 
 
@@ -335,13 +349,21 @@ class LoudnessMeter:
     # (a multiple of the oversampler's 16-frame block, so the true peak never waits on a partial block).
     BUFFER_FRAMES = 65536
 
-    def __init__(self, sample_rate: int, channels: int, weights: Sequence[float] | None = None, *,
-                 buffer_frames: int = BUFFER_FRAMES) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        weights: Sequence[float] | None = None,
+        *,
+        buffer_frames: int = BUFFER_FRAMES,
+    ) -> None:
         """`buffer_frames` only trades speed for memory (the reading does not depend on it); tests shrink it
         to put slice edges inside sub-blocks and oversampler blocks."""
         if sample_rate <= 0 or channels <= 0 or buffer_frames <= 0:
-            raise ValueError(f"need a positive sample rate, channel count and buffer, got {sample_rate} Hz, "
-                             f"{channels} channels, {buffer_frames} frames")
+            raise ValueError(
+                f"need a positive sample rate, channel count and buffer, got {sample_rate} Hz, "
+                f"{channels} channels, {buffer_frames} frames"
+            )
         w = channel_weights(channels) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (channels,):
             raise ValueError(f"{len(w)} channel weights for {channels} channels")
@@ -370,11 +392,11 @@ class LoudnessMeter:
         while start < total:
             if self._buffered == 0 and total - start >= size:
                 # A whole slice: straight from the chunk, converted a slice at a time (no float32 copy of it all).
-                self._process(np.ascontiguousarray(x[start:start + size], dtype=np.float32))
+                self._process(np.ascontiguousarray(x[start : start + size], dtype=np.float32))
                 start += size
                 continue
             take = min(size - self._buffered, total - start)
-            self._buffer[self._buffered:self._buffered + take] = x[start:start + take]
+            self._buffer[self._buffered : self._buffered + take] = x[start : start + take]
             self._buffered += take
             start += take
             if self._buffered == size:
@@ -386,7 +408,7 @@ class LoudnessMeter:
         if self._finished:
             raise RuntimeError("LoudnessMeter.finish called twice")
         if self._buffered:
-            self._process(self._buffer[:self._buffered])
+            self._process(self._buffer[: self._buffered])
             self._buffered = 0
         self._finished = True
         if self._frames == 0:
@@ -415,11 +437,10 @@ class LoudnessMeter:
         # Sub-blocks that end inside this slice; bound(k) >= k*sr/10 - 1/2, so none past this last k can.
         bounds = _subblock_bounds(self._next_sub, end * 10 // self.sample_rate + 1, self.sample_rate)
         cuts = bounds[bounds <= end] - start  # all > 0: the sub-block in progress ends after `start`
-        pieces = np.add.reduceat(squares, np.concatenate([[0], cuts[cuts < x.shape[0]]]), axis=0,
-                                 dtype=np.float64)
+        pieces = np.add.reduceat(squares, np.concatenate([[0], cuts[cuts < x.shape[0]]]), axis=0, dtype=np.float64)
         if len(cuts):
             pieces[0] += self._partial
-            self._energies.extend(pieces[:len(cuts)] @ self._weights)
+            self._energies.extend(pieces[: len(cuts)] @ self._weights)
             self._next_sub += len(cuts)
             self._partial = pieces[-1].copy() if cuts[-1] < x.shape[0] else np.zeros(self.channels)
         else:
@@ -458,23 +479,35 @@ def compare_loudness(ffmpeg: LoudnessReading, reference: LoudnessReading, durati
         agrees = False
         warnings.append(
             f"loudness meters disagree on whether there is sound: ffmpeg {_fmt(ffmpeg.integrated_lufs, 'LUFS')}, "
-            f"pyloudnorm {_fmt(reference.integrated_lufs, 'LUFS')}")
+            f"pyloudnorm {_fmt(reference.integrated_lufs, 'LUFS')}"
+        )
     else:
         delta = round(ffmpeg.integrated_lufs - reference.integrated_lufs, 3)
         if abs(delta) > MAX_DELTA_I_LU:
             agrees = False
             warnings.append(
                 f"loudness meters disagree: ffmpeg {ffmpeg.integrated_lufs:.1f} LUFS, pyloudnorm "
-                f"{reference.integrated_lufs:.1f} LUFS ({abs(delta):.2f} LU apart, over {MAX_DELTA_I_LU} LU)")
-    if (duration_s >= LRA_COMPARE_MIN_S and ffmpeg.loudness_range_lu is not None
-            and reference.loudness_range_lu is not None):
+                f"{reference.integrated_lufs:.1f} LUFS ({abs(delta):.2f} LU apart, over {MAX_DELTA_I_LU} LU)"
+            )
+    if (
+        duration_s >= LRA_COMPARE_MIN_S
+        and ffmpeg.loudness_range_lu is not None
+        and reference.loudness_range_lu is not None
+    ):
         lra_delta = abs(ffmpeg.loudness_range_lu - reference.loudness_range_lu)
         if lra_delta > MAX_DELTA_LRA_LU:
             agrees = False
             warnings.append(
                 f"loudness range meters disagree: ffmpeg {ffmpeg.loudness_range_lu:.1f} LU, pyloudnorm "
-                f"{reference.loudness_range_lu:.1f} LU ({lra_delta:.1f} LU apart, over {MAX_DELTA_LRA_LU} LU)")
+                f"{reference.loudness_range_lu:.1f} LU ({lra_delta:.1f} LU apart, over {MAX_DELTA_LRA_LU} LU)"
+            )
     return LoudnessResult(
-        integrated_lufs=ffmpeg.integrated_lufs, loudness_range_lu=ffmpeg.loudness_range_lu,
-        true_peak_dbtp=ffmpeg.true_peak_dbtp, ffmpeg=ffmpeg, pyloudnorm=reference, delta_lu=delta, agrees=agrees,
-        warnings=tuple(warnings))
+        integrated_lufs=ffmpeg.integrated_lufs,
+        loudness_range_lu=ffmpeg.loudness_range_lu,
+        true_peak_dbtp=ffmpeg.true_peak_dbtp,
+        ffmpeg=ffmpeg,
+        pyloudnorm=reference,
+        delta_lu=delta,
+        agrees=agrees,
+        warnings=tuple(warnings),
+    )

@@ -1,4 +1,5 @@
 """Prefect tasks around `tasks.media.loudness`: measure, record on the version, show a table artifact."""
+
 from __future__ import annotations
 
 from prefect import task
@@ -15,10 +16,17 @@ from tasks.media.loudness import LoudnessResult
 def loudness_table(result: LoudnessResult) -> list[dict[str, object]]:
     rows = []
     for meter, reading in (("ffmpeg ebur128", result.ffmpeg), ("pyloudnorm + numpy", result.pyloudnorm)):
-        rows.append({"meter": meter, "integrated (LUFS)": _round(reading.integrated_lufs),
-                     "range (LU)": _round(reading.loudness_range_lu), "true peak (dBTP)": _round(reading.true_peak_dbtp)})
-    rows.append({"meter": "difference", "integrated (LUFS)": result.delta_lu, "range (LU)": None,
-                 "true peak (dBTP)": None})
+        rows.append(
+            {
+                "meter": meter,
+                "integrated (LUFS)": _round(reading.integrated_lufs),
+                "range (LU)": _round(reading.loudness_range_lu),
+                "true peak (dBTP)": _round(reading.true_peak_dbtp),
+            }
+        )
+    rows.append(
+        {"meter": "difference", "integrated (LUFS)": result.delta_lu, "range (LU)": None, "true peak (dBTP)": None}
+    )
     return rows
 
 
@@ -38,5 +46,8 @@ def loudness_artifact(version_id: str, result: LoudnessResult) -> None:
     if not in_prefect_run():
         return
     verdict = "the meters agree" if result.agrees else "the meters DISAGREE: " + "; ".join(result.warnings)
-    create_table_artifact(loudness_table(result), key=f"loudness-{version_id}",
-                          description=f"Loudness of track version {version_id}: {verdict}")
+    create_table_artifact(
+        loudness_table(result),
+        key=f"loudness-{version_id}",
+        description=f"Loudness of track version {version_id}: {verdict}",
+    )

@@ -1,4 +1,5 @@
 """The one shape decoded audio has everywhere in roadie: frames x channels (a 1-D array is mono)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Prefect tasks around the HLS functions: encode under the global limits, publish, record, report progress."""
+
 from __future__ import annotations
 
 import time
@@ -30,20 +31,21 @@ class _ProgressArtifact:
         self.version_id, self.fmt, self.last = version_id, fmt, 0.0
         self.last_at = time.monotonic()
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}")
+            progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}"
+        )
 
     def __call__(self, percent: float) -> None:
         progress.report(self.version_id, self.fmt, percent)
         now = time.monotonic()
-        if (percent - self.last >= 5 and now - self.last_at >= self.UPDATE_EVERY_S) or (
-                percent >= 100 > self.last):
+        if (percent - self.last >= 5 and now - self.last_at >= self.UPDATE_EVERY_S) or (percent >= 100 > self.last):
             self.last, self.last_at = percent, now
             update_progress_artifact(self.artifact_id, progress=percent)
 
 
 @task(name="transcode-rendition", task_run_name="transcode-{fmt}")
-def transcode_rendition(version_id: str, src: Path, info: MediaInfo, fmt: str, workdir: Path,
-                        primary: bool) -> hls.Rendition:
+def transcode_rendition(
+    version_id: str, src: Path, info: MediaInfo, fmt: str, workdir: Path, primary: bool
+) -> hls.Rendition:
     from roadie.settings import get_settings
 
     if primary:  # one slot of the per-minute rate per version, taken here so the analysis need not wait for it
@@ -55,9 +57,16 @@ def transcode_rendition(version_id: str, src: Path, info: MediaInfo, fmt: str, w
         # Both lines fall inside the slot's hold: their timestamps bound when the encode really ran, which is what
         # bench/load checks the limit against (Prefect's own slot events are emitted after the release returns).
         logger.info("%s: %s encode started", ENCODE_MARK, fmt)
-        local = hls.encode_rendition(src, workdir / fmt, fmt, source_duration_s=info.duration_s,
-                                     source_codec=info.codec, segment_seconds=get_settings().hls_segment_seconds,
-                                     on_progress=reporter, nice=0 if primary or pinned else SECONDARY_NICE)
+        local = hls.encode_rendition(
+            src,
+            workdir / fmt,
+            fmt,
+            source_duration_s=info.duration_s,
+            source_codec=info.codec,
+            segment_seconds=get_settings().hls_segment_seconds,
+            on_progress=reporter,
+            nice=0 if primary or pinned else SECONDARY_NICE,
+        )
         logger.info("%s: %s encode finished", ENCODE_MARK, fmt)
     rendition = publish_rendition(version_id, local)
     return rendition
@@ -74,10 +83,18 @@ def publish_rendition(version_id: str, local: hls.LocalRendition) -> hls.Renditi
     storage = get_storage()
     with catalog.holding(version_id):  # a run that lost the version publishes nothing, and a newer claim waits
         rendition = hls.publish_rendition(storage, version_id, local)
-        catalog.record_transcode(version_id, local.format, status="ready", storage=storage,
-                                 playlist_key=rendition.playlist_key, playlist_size=rendition.playlist_size,
-                                 prefix=rendition.prefix, bandwidth=rendition.bandwidth,
-                                 segment_count=len(rendition.segment_keys), duration_s=rendition.duration_s)
+        catalog.record_transcode(
+            version_id,
+            local.format,
+            status="ready",
+            storage=storage,
+            playlist_key=rendition.playlist_key,
+            playlist_size=rendition.playlist_size,
+            prefix=rendition.prefix,
+            bandwidth=rendition.bandwidth,
+            segment_count=len(rendition.segment_keys),
+            duration_s=rendition.duration_s,
+        )
         publish_master(version_id)
     return rendition
 
@@ -86,8 +103,13 @@ def publish_master(version_id: str) -> str:
     """Rewrite `{version_id}/master.m3u8` from the ready renditions. A single object write: never half a list."""
     storage = get_storage()
     variants = [
-        hls.VariantEntry(t.format, f"{t.format}/playlist.m3u8", t.bandwidth or hls.HLS_FORMATS[t.format][2], None,
-                         hls.HLS_FORMATS[t.format][1])
+        hls.VariantEntry(
+            t.format,
+            f"{t.format}/playlist.m3u8",
+            t.bandwidth or hls.HLS_FORMATS[t.format][2],
+            None,
+            hls.HLS_FORMATS[t.format][1],
+        )
         for t in catalog.ready_transcodes(version_id)
     ]
     key = hls.master_key(version_id)

@@ -20,12 +20,14 @@ column (the length is unknown until the end; a header can lie), so the builder k
 block size doubles (adjacent blocks merged) whenever it outgrows a few times the image width, and maps it onto the
 columns at the end. `compute` and `whole_track_png` run on the same machinery.
 """
+
 from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -60,9 +62,11 @@ def samples_per_pixel(sample_rate: int, *, pixels_per_second: int | None = None,
     else:
         spp = int(zoom if zoom is not None else DEFAULT_ZOOM)
     if spp < MIN_SAMPLES_PER_PIXEL and pixels_per_second is not None:
-        raise InvalidInput(f"{pixels_per_second} pixels per second is {spp} samples per pixel at {sample_rate} Hz; "
-                           f"the minimum is {MIN_SAMPLES_PER_PIXEL} (use at most "
-                           f"{sample_rate // MIN_SAMPLES_PER_PIXEL} pixels per second)")
+        raise InvalidInput(
+            f"{pixels_per_second} pixels per second is {spp} samples per pixel at {sample_rate} Hz; "
+            f"the minimum is {MIN_SAMPLES_PER_PIXEL} (use at most "
+            f"{sample_rate // MIN_SAMPLES_PER_PIXEL} pixels per second)"
+        )
     if spp < MIN_SAMPLES_PER_PIXEL:
         raise InvalidInput(f"invalid zoom {spp}: the minimum is {MIN_SAMPLES_PER_PIXEL} samples per pixel")
     return spp
@@ -155,8 +159,9 @@ def _finish(prepared: PreparedSignal, extremes: np.ndarray) -> np.ndarray:
     return _finish_extremes(extremes, prepared.finish, prepared.integer_pcm, prepared.divisor)
 
 
-def _finish_extremes(extremes: np.ndarray, finish: Literal["convert", "mix"], integer_pcm: bool,
-                     divisor: int) -> np.ndarray:
+def _finish_extremes(
+    extremes: np.ndarray, finish: Literal["convert", "mix"], integer_pcm: bool, divisor: int
+) -> np.ndarray:
     """int16 values of prepared extremes. Element-wise, so finishing pixels in batches changes nothing."""
     if finish == "convert":
         return _convert(extremes.astype(np.float32), integer_pcm).astype(np.int16)
@@ -199,17 +204,20 @@ class Waveform:
     def to_json(self, bits: Bits = 16) -> str:
         """audiowaveform's JSON, byte for byte: keys in its order, no spaces, one line and a newline."""
         values = ",".join(map(str, self.data(bits).tolist()))
-        return (f'{{"version":2,"channels":{self.channels},"sample_rate":{self.sample_rate},'
-                f'"samples_per_pixel":{self.samples_per_pixel},"bits":{bits},"length":{self.length},'
-                f'"data":[{values}]}}\n')
+        return (
+            f'{{"version":2,"channels":{self.channels},"sample_rate":{self.sample_rate},'
+            f'"samples_per_pixel":{self.samples_per_pixel},"bits":{bits},"length":{self.length},'
+            f'"data":[{values}]}}\n'
+        )
 
     def to_dat(self, bits: Bits = 16) -> bytes:
         """audiowaveform's binary format, little-endian: version 1 (mono) or 2 (with a channel count), flags
         (bit 0 = 8-bit), sample rate, samples per pixel, length, then the interleaved data."""
         _check_bits(bits)
         version = 1 if self.channels == 1 else 2
-        header = struct.pack("<iIiiI", version, FLAG_8_BIT if bits == 8 else 0, self.sample_rate,
-                             self.samples_per_pixel, self.length)
+        header = struct.pack(
+            "<iIiiI", version, FLAG_8_BIT if bits == 8 else 0, self.sample_rate, self.samples_per_pixel, self.length
+        )
         if version == 2:
             header += struct.pack("<i", self.channels)
         return header + self.data(bits).astype("<i1" if bits == 8 else "<i2").tobytes()
@@ -241,12 +249,14 @@ def summarize(prepared: PreparedSignal, sample_rate: int, spp: int) -> Waveform:
     return Waveform(int(sample_rate), int(spp), _finish(prepared, mins), _finish(prepared, maxs))
 
 
-def compute(samples: np.ndarray, sample_rate: int, spp: int, *, integer_pcm: bool,
-            split_channels: bool = False) -> Waveform:
+def compute(
+    samples: np.ndarray, sample_rate: int, spp: int, *, integer_pcm: bool, split_channels: bool = False
+) -> Waveform:
     """The waveform audiowaveform would make of these samples at `spp` samples per pixel."""
     x = as_frames(samples)
-    builder = WaveformBuilder(sample_rate, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split_channels,
-                              png_width=None)
+    builder = WaveformBuilder(
+        sample_rate, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split_channels, png_width=None
+    )
     builder.feed(x)
     return builder.finish()
 
@@ -334,8 +344,8 @@ class _Envelope:
         if size != self.blocks.size:
             self._coarsen(size // self.blocks.size)
         low, high = self.blocks.feed(values)
-        self.low[self.length:self.length + len(low)] = low
-        self.high[self.length:self.length + len(high)] = high
+        self.low[self.length : self.length + len(low)] = low
+        self.high[self.length : self.length + len(high)] = high
         self.length += len(low)
         self.frames = frames
 
@@ -361,7 +371,7 @@ class _Envelope:
         [j * frames / width, (j + 1) * frames / width); a column where none starts (short tracks, stretched) takes
         the block covering its start. Each block is at most half a column long once the track is longer than the
         envelope's capacity, so a sound lands within a column of its place."""
-        low, high = self.low[:self.length], self.high[:self.length]
+        low, high = self.low[: self.length], self.high[: self.length]
         if self.blocks.count:
             low = np.concatenate([low, self.blocks.low[None]])
             high = np.concatenate([high, self.blocks.high[None]])
@@ -392,13 +402,13 @@ class _Pixels:
         if end > len(self.mins):
             self.mins = self._grown(self.mins, end)
             self.maxs = self._grown(self.maxs, end)
-        self.mins[self.length:end] = mins
-        self.maxs[self.length:end] = maxs
+        self.mins[self.length : end] = mins
+        self.maxs[self.length : end] = maxs
         self.length = end
 
     def _grown(self, array: np.ndarray, needed: int) -> np.ndarray:
         grown = np.empty((max(needed, 2 * len(array)), array.shape[1]), dtype=np.int16)
-        grown[:self.length] = array[:self.length]
+        grown[: self.length] = array[: self.length]
         return grown
 
 
@@ -411,8 +421,16 @@ class WaveformBuilder:
     """The waveform (and a whole-track PNG) of audio fed in chunks of any size, in memory bounded by the output
     pixels plus a fixed envelope: identical to `compute` on the whole array for any chunking."""
 
-    def __init__(self, sample_rate: int, channels: int, samples_per_pixel: int, *, integer_pcm: bool,
-                 split_channels: bool = False, png_width: int | None = 1800) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        samples_per_pixel: int,
+        *,
+        integer_pcm: bool,
+        split_channels: bool = False,
+        png_width: int | None = 1800,
+    ) -> None:
         _check_channels(channels)
         if samples_per_pixel < MIN_SAMPLES_PER_PIXEL:
             raise InvalidInput(f"samples per pixel must be at least {MIN_SAMPLES_PER_PIXEL}")
@@ -457,17 +475,17 @@ class WaveformBuilder:
             # Per-chunk overhead is a few numpy calls per stage: gather tiny chunks and process them together.
             if self._staged + frames > _STAGE_FRAMES:
                 self._flush()
-            self._stage[self._staged:self._staged + frames] = x
+            self._stage[self._staged : self._staged + frames] = x
             self._staged += frames
         else:
             self._flush()
             for start in range(0, frames, _CHUNK_FRAMES):  # bounded temporaries, warm in cache
-                self._process(x[start:start + _CHUNK_FRAMES])
+                self._process(x[start : start + _CHUNK_FRAMES])
         self._frames += frames
 
     def _flush(self) -> None:
         if self._staged:
-            self._process(self._stage[:self._staged])
+            self._process(self._stage[: self._staged])
             self._staged = 0
 
     def _process(self, x: np.ndarray) -> None:
@@ -495,8 +513,12 @@ class WaveformBuilder:
                 self._pixels.append(self._finished(blocks.low[None]), self._finished(blocks.high[None]))
                 blocks.reset()
             pixels = self._pixels
-            self._result = Waveform(self.sample_rate, self.samples_per_pixel, pixels.mins[:pixels.length].copy(),
-                                    pixels.maxs[:pixels.length].copy())
+            self._result = Waveform(
+                self.sample_rate,
+                self.samples_per_pixel,
+                pixels.mins[: pixels.length].copy(),
+                pixels.maxs[: pixels.length].copy(),
+            )
             self._pixels = _Pixels(pixels.mins.shape[1])  # the result holds its own copy
         return self._result
 
@@ -529,7 +551,7 @@ def render_png(waveform: Waveform, width: int = 1800, height: int = 280) -> byte
         for channel, (top, bottom) in enumerate(bands):
             band_height = bottom - top
             centre = top + (band_height - 1) / 2
-            image[int(round(centre)), :] = AXIS
+            image[round(centre), :] = AXIS
             scale = (band_height - 1) / 65535.0
             upper = np.floor(top + (INT16_MAX - waveform.maxs[columns, channel].astype(np.float64)) * scale)
             lower = np.ceil(top + (INT16_MAX - waveform.mins[columns, channel].astype(np.float64)) * scale)
@@ -553,13 +575,13 @@ def whole_track_png(prepared: PreparedSignal, sample_rate: int, width: int = 180
         raise InvalidInput("the image must be at least 1 x 2 pixels")
     envelope = _Envelope(prepared.channels, PNG_CAPACITY * width)
     for start in range(0, prepared.frames, _CHUNK_FRAMES):
-        envelope.feed(prepared.values[start:start + _CHUNK_FRAMES])
-    return _envelope_png(envelope, sample_rate, width, height,
-                         lambda extremes: _finish(prepared, extremes))
+        envelope.feed(prepared.values[start : start + _CHUNK_FRAMES])
+    return _envelope_png(envelope, sample_rate, width, height, lambda extremes: _finish(prepared, extremes))
 
 
-def _envelope_png(envelope: _Envelope, sample_rate: int, width: int, height: int,
-                  finish: Callable[[np.ndarray], np.ndarray]) -> bytes:
+def _envelope_png(
+    envelope: _Envelope, sample_rate: int, width: int, height: int, finish: Callable[[np.ndarray], np.ndarray]
+) -> bytes:
     """The envelope mapped onto `width` columns, then drawn by `render_png` (one data pixel per column)."""
     if width < 1 or height < 2:
         raise InvalidInput("the image must be at least 1 x 2 pixels")
@@ -570,4 +592,3 @@ def _envelope_png(envelope: _Envelope, sample_rate: int, width: int, height: int
         return render_png(Waveform(int(sample_rate), spp, empty, empty), width, height)
     low, high = envelope.columns(width)
     return render_png(Waveform(int(sample_rate), spp, finish(low), finish(high)), width, height)
-

@@ -16,6 +16,7 @@ their ids); the small per-user unallocated lines and per-charity totals are repl
 then checked on what is stored, before commit. Runs of one period are serialised by an advisory lock; a period
 marked paid is frozen.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -24,14 +25,24 @@ import time as clock
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roadie.errors import InvalidInput, RoadieError
-from tasks.batch_sql import DAY, TIMESTAMP, UTC, is_postgres, lock_key, new_uuid_sql, one_row, sql, \
-    transaction, utc_midnight
+from tasks.batch_sql import (
+    DAY,
+    TIMESTAMP,
+    UTC,
+    is_postgres,
+    lock_key,
+    new_uuid_sql,
+    one_row,
+    sql,
+    transaction,
+    utc_midnight,
+)
 
 LOCK_NAMESPACE = 0x44495354  # "DIST": advisory lock ids of distribution periods
 UNALLOCATED_REASON = "no qualified listening"
@@ -70,7 +81,7 @@ class Period:
         return self.start.year * 12 + self.start.month - 1
 
     @classmethod
-    def of(cls, month: "Period | date | str") -> "Period":
+    def of(cls, month: Period | date | str) -> Period:
         if isinstance(month, Period):
             return month
         first = parse_month(month) if isinstance(month, str) else month.replace(day=1)
@@ -141,7 +152,7 @@ def parse_month(text: str) -> date:
     return date(year, month, 1)
 
 
-def last_month(now: Optional[datetime] = None) -> Period:
+def last_month(now: datetime | None = None) -> Period:
     first_of_this = (now or datetime.now(UTC)).astimezone(UTC).date().replace(day=1)
     return Period.of(first_of_this - timedelta(days=1))
 
@@ -359,8 +370,10 @@ _PAYOUTS_STALE = sql(
 )
 
 # Small tables: replaced whole (the rows come out identical when nothing changed).
-_CLEAR = [sql(f"DELETE FROM {table} WHERE period_start = :ps", ps=DAY) for table in
-          ("payout_unallocated_lines", "payout_charity_totals")]
+_CLEAR = [
+    sql(f"DELETE FROM {table} WHERE period_start = :ps", ps=DAY)
+    for table in ("payout_unallocated_lines", "payout_charity_totals")
+]
 
 # The figures the invariants compare: what the contributions say, against what was written.
 _FIGURES = sql(
@@ -438,8 +451,9 @@ _SAVE_RUN = sql(
     **_PERIOD_BINDS,
 )
 
-_MARK_PAID = sql("UPDATE payout_runs SET status = 'paid', paid_at = :now WHERE period_start = :ps",
-                 ps=DAY, now=TIMESTAMP)
+_MARK_PAID = sql(
+    "UPDATE payout_runs SET status = 'paid', paid_at = :now WHERE period_start = :ps", ps=DAY, now=TIMESTAMP
+)
 
 _LOAD_RUN = sql("SELECT * FROM payout_runs WHERE period_start = :ps", ps=DAY)
 
@@ -456,6 +470,7 @@ _TOP_ARTISTS = sql(
 
 
 # --- the job ------------------------------------------------------------------------------------------------
+
 
 def _params(period: Period) -> dict[str, Any]:
     lo, hi = period.window
@@ -483,8 +498,9 @@ def _drop_temp_tables(s: Session) -> None:
 def _refuse_if_paid(s: Session, period: Period) -> None:
     row = s.execute(_RUN_STATUS, {"ps": period.start}).first()
     if row is not None and row.status == "paid":
-        raise PeriodPaid(f"period {period.label} was marked paid at {row.paid_at}; its payouts are frozen and "
-                         "will not be recomputed")
+        raise PeriodPaid(
+            f"period {period.label} was marked paid at {row.paid_at}; its payouts are frozen and will not be recomputed"
+        )
 
 
 def _check_contributions(s: Session, period: Period, params: dict[str, Any]) -> None:
@@ -495,8 +511,10 @@ def _check_contributions(s: Session, period: Period, params: dict[str, Any]) -> 
     for row in s.execute(_SAMPLE_INVALID, params):
         why = []
         if row.artist_percent + row.charity_percent > 100:
-            why.append(f"artist {row.artist_percent}% + charity {row.charity_percent}% = "
-                       f"{row.artist_percent + row.charity_percent}% > 100%")
+            why.append(
+                f"artist {row.artist_percent}% + charity {row.charity_percent}% = "
+                f"{row.artist_percent + row.charity_percent}% > 100%"
+            )
         if row.amount_cents < 0:
             why.append(f"negative amount {row.amount_cents}")
         if row.artist_percent < 0 or row.charity_percent < 0:
@@ -507,17 +525,21 @@ def _check_contributions(s: Session, period: Period, params: dict[str, Any]) -> 
     more = f" and {bad - len(samples)} more" if bad > len(samples) else ""
     raise InvalidContributions(
         f"{bad} succeeded contribution(s) in {period.label} are invalid, nothing was written; fix them and rerun: "
-        + ", ".join(samples) + more
+        + ", ".join(samples)
+        + more
     )
 
 
 def _checks(f: dict[str, Any]) -> tuple[InvariantCheck, ...]:
     return (
-        InvariantCheck("Σ payouts + Σ unallocated = Σ pools",
-                       f["paid_cents"] + f["unallocated_cents"], f["pool_cents"]),
-        InvariantCheck("Σ artist shares + Σ charity shares + Σ platform = Σ amount_cents",
-                       f["paid_cents"] + f["unallocated_cents"] + f["charity_cents"] + f["platform_cents"],
-                       f["amount_cents"]),
+        InvariantCheck(
+            "Σ payouts + Σ unallocated = Σ pools", f["paid_cents"] + f["unallocated_cents"], f["pool_cents"]
+        ),
+        InvariantCheck(
+            "Σ artist shares + Σ charity shares + Σ platform = Σ amount_cents",
+            f["paid_cents"] + f["unallocated_cents"] + f["charity_cents"] + f["platform_cents"],
+            f["amount_cents"],
+        ),
         InvariantCheck("Σ pools = Σ artist shares", f["pool_cents"], f["artist_cents"]),
         InvariantCheck("Σ allocation lines = Σ payouts", f["allocated_cents"], f["paid_cents"]),
         InvariantCheck("Σ charity totals = Σ charity shares", f["charity_cents"], f["charity_share_cents"]),
@@ -525,8 +547,7 @@ def _checks(f: dict[str, Any]) -> tuple[InvariantCheck, ...]:
         InvariantCheck("users with allocation lines but no pool = 0", f["lines_without_pool"], 0),
         InvariantCheck("artists whose payout differs from their allocation lines = 0", f["payouts_off_lines"], 0),
         # SQLite turns an overflowing integer product into a float; PostgreSQL raises. Prove neither happened.
-        InvariantCheck("pool × weight fits in 64 bits",
-                       int(f["max_pool_cents"] * f["max_weight_ms"] <= INT64_MAX), 1),
+        InvariantCheck("pool × weight fits in 64 bits", int(f["max_pool_cents"] * f["max_weight_ms"] <= INT64_MAX), 1),
     )
 
 
@@ -545,16 +566,26 @@ def verify(s: Session, period: Period) -> tuple[dict[str, Any], tuple[InvariantC
 
 def _result(period: Period, run: Any, checks: tuple[InvariantCheck, ...], seconds: float) -> DistributionResult:
     return DistributionResult(
-        period=period.label, period_start=period.start, period_end=period.end, status=run["status"],
-        contributions=int(run["contributions"]), amount_cents=int(run["amount_cents"]),
-        pool_cents=int(run["pool_cents"]), paid_cents=int(run["paid_cents"]),
-        unallocated_cents=int(run["unallocated_cents"]), charity_cents=int(run["charity_cents"]),
-        platform_cents=int(run["platform_cents"]), artists=int(run["artists"]), listeners=int(run["listeners"]),
-        unallocated_users=int(run["unallocated_users"]), checks=checks, seconds=round(seconds, 3),
+        period=period.label,
+        period_start=period.start,
+        period_end=period.end,
+        status=run["status"],
+        contributions=int(run["contributions"]),
+        amount_cents=int(run["amount_cents"]),
+        pool_cents=int(run["pool_cents"]),
+        paid_cents=int(run["paid_cents"]),
+        unallocated_cents=int(run["unallocated_cents"]),
+        charity_cents=int(run["charity_cents"]),
+        platform_cents=int(run["platform_cents"]),
+        artists=int(run["artists"]),
+        listeners=int(run["listeners"]),
+        unallocated_users=int(run["unallocated_users"]),
+        checks=checks,
+        seconds=round(seconds, 3),
     )
 
 
-def distribute_month(month: Period | date | str, session: Optional[Session] = None) -> DistributionResult:
+def distribute_month(month: Period | date | str, session: Session | None = None) -> DistributionResult:
     """Compute (or recompute, replacing) one month's distribution in one transaction."""
     started = clock.perf_counter()
     period = Period.of(month)
@@ -592,7 +623,7 @@ def distribute_month(month: Period | date | str, session: Optional[Session] = No
     return _result(period, run, checks, clock.perf_counter() - started)
 
 
-def mark_paid(month: Period | date | str, session: Optional[Session] = None) -> DistributionResult:
+def mark_paid(month: Period | date | str, session: Session | None = None) -> DistributionResult:
     """Freeze a computed period once its money has gone out. Re-verifies it against the current data first;
     marking a paid period again changes nothing."""
     started = clock.perf_counter()
@@ -601,24 +632,36 @@ def mark_paid(month: Period | date | str, session: Optional[Session] = None) -> 
         _lock_period(s, period)
         run = s.execute(_LOAD_RUN, {"ps": period.start}).mappings().first()
         if run is None:
-            raise InvalidInput(f"period {period.label} has not been computed; run `roadie distribute --month "
-                               f"{period.label}` and check it before marking it paid")
+            raise InvalidInput(
+                f"period {period.label} has not been computed; run `roadie distribute --month "
+                f"{period.label}` and check it before marking it paid"
+            )
         if run["status"] == "paid":  # what went out is what stands; no checks against today's data
             return _result(period, run, (), clock.perf_counter() - started)
         try:
             _, checks = verify(s, period)
         except InvariantViolation as exc:
-            raise InvariantViolation(f"{exc}. The data changed since it was computed: rerun `roadie distribute "
-                                     f"--month {period.label}`, check it, then mark it paid") from None
+            raise InvariantViolation(
+                f"{exc}. The data changed since it was computed: rerun `roadie distribute "
+                f"--month {period.label}`, check it, then mark it paid"
+            ) from None
         s.execute(_MARK_PAID, {"ps": period.start, "now": datetime.now(UTC)})
         run = s.execute(_LOAD_RUN, {"ps": period.start}).mappings().one()
     return _result(period, run, checks, clock.perf_counter() - started)
 
 
-def top_artists(month: Period | date | str, limit: int = 10, session: Optional[Session] = None) -> list[ArtistTotal]:
+def top_artists(month: Period | date | str, limit: int = 10, session: Session | None = None) -> list[ArtistTotal]:
     period = Period.of(month)
     with transaction(session) as s:
         rows = s.execute(_TOP_ARTISTS, {"ps": period.start, "limit": limit}).all()
     # uuid.UUID(str(…)): SQLite hands raw text SQL the 32-digit storage form.
-    return [ArtistTotal(str(uuid.UUID(str(r.artist_id))), r.username, int(r.total_cents), int(r.listener_count),
-                        int(r.contribution_count)) for r in rows]
+    return [
+        ArtistTotal(
+            str(uuid.UUID(str(r.artist_id))),
+            r.username,
+            int(r.total_cents),
+            int(r.listener_count),
+            int(r.contribution_count),
+        )
+        for r in rows
+    ]

@@ -1,6 +1,7 @@
 """Thin Prefect tasks over tasks.payouts.distribution (kept apart so the CLI can run the SQL without importing
 Prefect). Retries only for transient database trouble: invalid data, a paid period or a broken invariant
 fail at once."""
+
 from __future__ import annotations
 
 from prefect import task
@@ -11,8 +12,7 @@ from tasks.payouts.distribution import ArtistTotal, DistributionResult, Period, 
 
 
 # NO_CACHE: a rerun must recompute; the data may have changed since.
-@task(name="distribute-month", task_run_name="distribute-{period.label}", cache_policy=NO_CACHE,
-      **transient_retries())
+@task(name="distribute-month", task_run_name="distribute-{period.label}", cache_policy=NO_CACHE, **transient_retries())
 def distribute_month_task(period: Period) -> DistributionResult:
     return distribute_month(period)
 

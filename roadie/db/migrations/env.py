@@ -1,8 +1,8 @@
 """Alembic environment: the URL comes from roadie settings (or the caller's Config)."""
+
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from roadie.db import models  # noqa: F401  (registers every table on Base.metadata)
 from roadie.db.models import Base
@@ -13,8 +13,12 @@ target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
