@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from roadie.db.models import TrackVersion
-from roadie.db.models_ops import FailedJob
+from roadie.db.models import FailedJob
 from roadie.db.session import session_scope
 from roadie.errors import redact
 from roadie.ops.client import PrefectREST, strip_resource_prefix

@@ -1,4 +1,5 @@
-"""The distribution's own ledger: one run row per month, and the lines that explain every cent of it.
+"""Payouts: what listeners contribute, what artists are paid, and the distribution's own ledger: one run row
+per month, and the lines that explain every cent of it.
 
 Every table is keyed by the period (the month's first day), so a rerun replaces exactly its own period. Lines
 carry no foreign keys to users: they are written in bulk from rows that passed those checks already, and the
@@ -10,10 +11,54 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Date, DateTime, Integer, String, Uuid
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    Uuid,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from roadie.db.models import Base, utcnow
+from roadie.db.models.base import Base, new_id, utcnow
+
+
+class Charity(Base):
+    __tablename__ = "charities"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Contribution(Base):
+    __tablename__ = "contributions"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    artist_percent: Mapped[int] = mapped_column(Integer)
+    charity_percent: Mapped[int] = mapped_column(Integer, default=0)
+    charity_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("charities.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (Index("ix_contributions_created_at", "created_at"),)
+
+
+class ArtistPayout(Base):
+    __tablename__ = "artist_payouts"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    artist_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    contribution_count: Mapped[int] = mapped_column(Integer)
+    listener_count: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("artist_id", "period_start"),)
+
 
 PAYOUT_RUN_STATUSES = ("computed", "paid")
 

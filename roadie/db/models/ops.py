@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from roadie.db.models import Base, new_id, utcnow
+from roadie.db.models.base import Base, new_id, utcnow
 
 
 class FailedJob(Base):
