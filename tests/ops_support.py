@@ -7,7 +7,8 @@ import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+
+import psutil
 
 from roadie.ops.client import PrefectREST
 
@@ -66,15 +67,11 @@ def set_state(client: PrefectREST, run_id: str, state_type: str, message: str | 
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Processes started for this flow run (the engine gets PREFECT__FLOW_RUN_ID in its environment)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter():
         try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if marker in environ.split(b"\0"):
-            pids.append(int(entry.name))
     return pids

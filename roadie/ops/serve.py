@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from roadie.ops.signals import stop_on_signals
 
 PROCESS_POOL = "roadie-process"
@@ -94,34 +96,46 @@ def deploy(
 
 
 def descendants(pid: int) -> list[int]:
-    """Descendants of pid (Linux /proc): flow-run processes live in sessions of their own under a worker."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """Descendants of pid: flow-run processes live in sessions of their own under a worker, so a walk of the
+    parent links (not of the process group) is what finds them."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process, its process group and every descendant's group."""
-    targets = [pid, *descendants(pid)]
-    for target in targets:
+def kill_tree(pid: int, wait_s: float = 5.0) -> list[int]:
+    """SIGKILL a process, its process group and every descendant's group; wait up to wait_s for the descendants
+    to go and return the pids still there. The root is not waited for: it may be the caller's child (its Popen
+    reaps it)."""
+    try:
+        root = psutil.Process(pid)
+        below = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for proc in [root, *below]:
+        # The group too: a process whose parent died already (re-parented away from the tree) still shares it.
         try:
-            os.killpg(os.getpgid(target), signal.SIGKILL)
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(target, signal.SIGKILL)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    deadline = time.monotonic() + wait_s
+    alive = below
+    while alive:
+        _, alive = psutil.wait_procs(alive, timeout=0.1)
+        # A zombie is dead: it waits only for whoever adopted it to reap it (a container's PID 1 may never do).
+        alive = [p for p in alive if _status(p) not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)]
+        if time.monotonic() >= deadline:
+            break
+    return [p.pid for p in alive]
+
+
+def _status(proc: psutil.Process) -> str:
+    try:
+        return proc.status()
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_DEAD
 
 
 @dataclass
@@ -248,13 +262,12 @@ def serve(
     ready: Callable[[dict], None] | None = None,
 ) -> None:
     """Run until interrupted (SIGINT/SIGTERM); everything started here is stopped on the way out."""
-    from roadie import services
     from roadie.db.session import upgrade
-    from roadie.prefect_local import ensure_api, local_api_url, stop_local
+    from roadie.prefect_local import ensure_api, local_api_url, prefect_api_healthy, stop_local
     from roadie.settings import get_settings
 
     settings = get_settings()
-    started_server = not settings.prefect_api_url and not services.prefect_api_healthy(local_api_url())
+    started_server = not settings.prefect_api_url and not prefect_api_healthy(local_api_url())
     if started_server:
         say(f"starting a Prefect server under {settings.home / 'prefect'} …")
     api_url = ensure_api()

@@ -26,9 +26,10 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
+
+import psutil
 
 CHECK_EVERY_S = 2.0  # how often the project's source files are checked for changes
 
@@ -58,11 +59,8 @@ SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MK
 
 
 def native_threads() -> int:
-    """Threads of this process, Python's and native ones alike (Linux: /proc; elsewhere Python's count)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
+    """Threads of this process, Python's and native ones alike (threading sees only Python's)."""
+    return psutil.Process().num_threads()
 
 
 def preload(modules: list[str]) -> list[str]:
