@@ -26,7 +26,7 @@ def bench_database(prefix: str) -> Iterator[str]:
         upgrade(given)
         yield given
         return
-    from roadie.services import scratch_database
+    from tests.services import scratch_database
 
     with scratch_database(LOCAL_SERVER, f"roadie_bench_{prefix}", migrate=True) as url:
         yield url

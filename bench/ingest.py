@@ -101,7 +101,7 @@ def main() -> None:
         floor = max(steps["opus_hls"], steps["aac_hls"])
         runs = {"Prefect on SQLite (default)": roadie_runs(src, tiny, work / "sqlite", None)}
         pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-        from roadie.services import postgres_reachable, scratch_database
+        from tests.services import postgres_reachable, scratch_database
 
         if postgres_reachable(pg):
             with scratch_database(pg, "roadie_bench_prefect", driver="postgresql+asyncpg") as url:
@@ -144,7 +144,7 @@ def roadie_runs(
 
 
 def _free_port() -> int:
-    from roadie.services import free_port
+    from roadie.prefect_local import free_port
 
     return free_port()
 

@@ -268,7 +268,7 @@ def run_load(
     keep: Path | None = None,
     limit: int | None = None,
 ) -> LoadResult:
-    from roadie.services import free_port, scratch_database
+    from tests.services import free_port, scratch_database
 
     with (
         tempfile.TemporaryDirectory(prefix="roadie-load-") as tmp,
@@ -402,7 +402,7 @@ def main() -> None:
     parser.add_argument("--no-recipe", action="store_true")
     parser.add_argument("--keep", type=Path, help="copy the serve and worker logs to this folder")
     args = parser.parse_args()
-    from roadie.services import postgres_reachable
+    from tests.services import postgres_reachable
 
     pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     if not postgres_reachable(pg):

@@ -155,7 +155,7 @@ def main() -> None:
     seaweed = None
     if args.storage == "s3":
         sys.path.insert(0, str(ROOT))
-        from roadie.services import start_seaweedfs
+        from tests.services import start_seaweedfs
 
         seaweed = start_seaweedfs(bucket="roadie-bench", workdir=home / "s3")
         env.update(

@@ -118,7 +118,7 @@ def period_rows(session: Session, period_start: date) -> dict[str, list[tuple]]:
 
 def fresh_database(server_url: str):
     """A new, migrated PostgreSQL database on the test server, dropped afterwards (for tests that commit)."""
-    from roadie.services import scratch_database
+    from tests.services import scratch_database
 
     return scratch_database(server_url, "roadie_batch", migrate=True)
 

@@ -25,10 +25,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie import services
 from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import reload_settings
+from tests import services
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

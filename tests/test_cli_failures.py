@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from roadie.services import free_port
+from roadie.prefect_local import free_port
 from tests.support import encode, music_like, write_wav
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from roadie.ops.client import FlowRun, PrefectREST
-from roadie.services import free_port
+from roadie.prefect_local import free_port
 from roadie.settings import reload_settings
 from tests import docker_support as ds
 from tests.ops_support import Recorder

@@ -28,7 +28,7 @@ from deployments.topology import ensure_topology
 from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
-from roadie.services import free_port
+from roadie.prefect_local import free_port
 from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, flow_run_pids
 from tests.support import run_sql, sine, wait_for, write_wav

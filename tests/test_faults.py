@@ -454,8 +454,8 @@ def period_snapshot(engine, month: date) -> dict[str, list[tuple]]:
 def test_3_postgres_restarted_during_a_distribution(fault_stack):
     import sqlalchemy as sa
 
-    from roadie.services import scratch_database
     from tasks.payouts.distribution import distribute_month
+    from tests.services import scratch_database
 
     s = fault_stack
     month = date(2026, 2, 1)

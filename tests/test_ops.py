@@ -648,7 +648,7 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, 
     import os
     import signal
 
-    from roadie.services import free_port
+    from roadie.prefect_local import free_port
 
     port = free_port()
     env = {**_cli_env(prefect_api), "ROADIE_WORK_POOL": worker_pool}

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from roadie import services
 from roadie.ops.serve import kill_tree, warn_about_sqlite
 from roadie.prefect_local import database_kind, prefect_database_url, running_server_database
 from roadie.settings import reload_settings
+from tests import services
 
 
 @pytest.fixture

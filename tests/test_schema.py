@@ -36,7 +36,7 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path):
 
 
 def test_postgres_downgrade_and_back(pg_server_url):
-    from roadie.services import scratch_database
+    from tests.services import scratch_database
 
     with scratch_database(pg_server_url, "roadie_mig", migrate=True) as url:
         downgrade(url, "base")
@@ -67,7 +67,7 @@ def test_rekeying_analytics_daily_keeps_its_rows(backend, tmp_path, pg_server_ur
     import uuid
     from datetime import date
 
-    from roadie.services import scratch_database
+    from tests.services import scratch_database
 
     if backend == "sqlite":
         database = contextlib.nullcontext(f"sqlite:///{tmp_path / 'roadie.db'}")

@@ -12,7 +12,7 @@ import pytest
 
 from roadie.ops.client import PrefectREST
 from roadie.ops.health import OpsServer
-from roadie.services import free_port
+from roadie.prefect_local import free_port
 from roadie.settings import reload_settings
 
 # 127.0.0.2 is loopback too on Linux, but a different address: a server bound there is not on 127.0.0.1.

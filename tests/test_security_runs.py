@@ -28,11 +28,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie import services
 from roadie.ops.client import PrefectREST
 from roadie.ops.health import OpsServer
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import Settings, reload_settings
+from tests import services
 from tests.ops_support import Recorder
 from tests.support import run_sql, sine, wait_for, write_wav
 

@@ -1,7 +1,7 @@
 """The Prefect UI that ops open at the address roadie prints, in a real headless Chromium.
 
 Every Prefect server roadie starts (`roadie ingest`, `make demo`, `roadie serve`, `roadie server start`, this
-suite) comes from `roadie.services.start_prefect_server`. Its UI is a single-page app that asks `/ui-settings`
+suite) comes from `roadie.prefect_local.start_prefect_server`. Its UI is a single-page app that asks `/ui-settings`
 which API to call; if that answer is not the API of the server it was loaded from (Prefect's default is
 `http://127.0.0.1:4200/api`), the page stays empty with "Oops. Something went wrong" and Deployments says
 "Create a deployment to get started". So these tests look at what renders, not at HTTP status codes:
@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from roadie.services import free_port
+from roadie.prefect_local import free_port
 from tests.support import sine, write_wav
 
 pytestmark = pytest.mark.e2e

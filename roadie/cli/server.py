@@ -23,12 +23,11 @@ def start() -> None:
 @server_app.command("status")
 def status() -> None:
     """Say whether the API the CLI would use answers. Exit code 1 if not."""
-    from roadie import services
-    from roadie.prefect_local import local_api_url
+    from roadie.prefect_local import local_api_url, prefect_api_healthy
     from roadie.settings import get_settings
 
     url = get_settings().prefect_api_url or local_api_url()
-    healthy = services.prefect_api_healthy(url)
+    healthy = prefect_api_healthy(url)
     say(f"{url}: {'healthy' if healthy else 'not answering'}")
     raise typer.Exit(0 if healthy else 1)
 
