@@ -12,6 +12,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from roadie.errors import RoadieError
@@ -19,7 +20,8 @@ from roadie.errors import RoadieError
 THUMBNAIL_SIZE = (200, 200)
 THUMBNAIL_QUALITY = 88
 MAX_PIXELS = 40_000_000  # beyond this a "cover" is a decompression bomb, not artwork
-DEFAULT_ARTWORK = Path(__file__).resolve().parents[2] / "roadie" / "assets" / "default-artwork.png"
+# A package resource (importlib.resources), so it loads wherever roadie is installed: a checkout, a wheel, a zip.
+DEFAULT_ARTWORK = resources.files("roadie") / "assets" / "default-artwork.png"
 DEFAULT_ARTWORK_SIZE = 600
 _KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # stored as uploaded; anything else is re-encoded as PNG
 
@@ -199,9 +201,9 @@ def draw_default_artwork(size: int = DEFAULT_ARTWORK_SIZE) -> bytes:
 
 @lru_cache(maxsize=1)
 def default_artwork() -> Artwork:
-    """The bundled default (roadie/assets/default-artwork.png), drawn afresh if the file is missing."""
-    data = DEFAULT_ARTWORK.read_bytes() if DEFAULT_ARTWORK.is_file() else draw_default_artwork()
-    return artwork_from_bytes(data, embedded=False)
+    """The bundled default (roadie/assets/default-artwork.png). A missing resource is a packaging fault and
+    raises, rather than being drawn afresh where nobody would notice."""
+    return artwork_from_bytes(DEFAULT_ARTWORK.read_bytes(), embedded=False)
 
 
 def load_artwork(src: Path, workdir: Path, *, has_cover: bool | None = None) -> Artwork:
@@ -229,7 +231,8 @@ def artwork_or_default(src: Path, workdir: Path, *, has_cover: bool | None = Non
         )
 
 
-if __name__ == "__main__":  # python -m tasks.media.artwork: (re)draw the bundled default
-    DEFAULT_ARTWORK.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_ARTWORK.write_bytes(draw_default_artwork())
-    print(DEFAULT_ARTWORK)
+if __name__ == "__main__":  # python -m tasks.media.artwork: (re)draw the bundled default, in a checkout
+    target = Path(str(DEFAULT_ARTWORK))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(draw_default_artwork())
+    print(target)
