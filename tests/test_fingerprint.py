@@ -171,12 +171,6 @@ def test_far_offsets_come_from_the_histogram() -> None:
     assert (match.offset, match.ber, match.score) == (400, 0.0, 1.0)
 
 
-def test_popcount_fallback_matches_numpy() -> None:
-    values = np.random.default_rng(4).integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32)
-    table = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
-    assert np.array_equal(fpm._popcount(values), table[values & 0xFFFF] + table[values >> 16])
-
-
 # ---------------------------------------------------------------- fpcalc's edges
 
 

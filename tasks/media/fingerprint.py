@@ -252,13 +252,6 @@ def fingerprint_pcm(samples: np.ndarray, sample_rate: int, fpcalc: str | None = 
 # ---------------------------------------------------------------- comparing fingerprints
 
 
-def _popcount(values: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(values)
-    table = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
-    return table[values & 0xFFFF] + table[values >> 16]
-
-
 def _as_items(fp: Fingerprint | Sequence[int] | np.ndarray) -> np.ndarray:
     return fp.array() if isinstance(fp, Fingerprint) else np.asarray(fp, dtype=np.uint32)
 
@@ -285,7 +278,7 @@ def offset_bit_errors(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> tupl
     j = i[None, :] + offsets[:, None]
     valid = (j >= 0) & (j < len(b))
     xored = a[None, :] ^ b[np.clip(j, 0, len(b) - 1)]
-    bits = np.where(valid, _popcount(xored), 0).sum(axis=1)
+    bits = np.where(valid, np.bitwise_count(xored), 0).sum(axis=1)
     return bits, valid.sum(axis=1)
 
 
