@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import m3u8
+
 from roadie.storage import Storage, join_key, staged
 from tasks.media import ffmpeg
 from tasks.media.ffmpeg import HLS_FORMATS, ParseError, UnreadableMedia
@@ -57,31 +59,41 @@ class Rendition:
     codecs: str
 
 
-def parse_media_playlist(text: str) -> MediaPlaylist:
-    """Read a VOD media playlist as ffmpeg's hls muxer writes it."""
+def _read_m3u8(text: str) -> m3u8.M3U8:
+    """Parse with the m3u8 package in strict mode (a line it does not know is an error, not skipped); a failure
+    becomes our ParseError quoting the line it stopped at."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines or lines[0] != "#EXTM3U":
         raise ParseError(f"not an HLS playlist, first line: {lines[0] if lines else ''!r}")
-    init_uri, segments, pending = "", [], None
-    for line in lines[1:]:
-        if line.startswith("#EXT-X-MAP:"):
-            attrs = line.split(":", 1)[1]
-            if 'URI="' not in attrs:
-                raise ParseError(f"EXT-X-MAP without URI: {line!r}")
-            init_uri = attrs.split('URI="', 1)[1].split('"', 1)[0]
-        elif line.startswith("#EXTINF:"):
-            try:
-                pending = float(line[len("#EXTINF:") :].split(",", 1)[0])
-            except ValueError:
-                raise ParseError(f"could not read the segment duration in: {line!r}") from None
-        elif not line.startswith("#"):
-            if pending is None:
-                raise ParseError(f"segment without #EXTINF before it: {line!r}")
-            segments.append((pending, line))
-            pending = None
-    if not init_uri:
+    seen: list[str] = []
+
+    def track(line: str, lineno: int, data: dict, state: dict) -> bool:
+        seen.append(line)  # m3u8 calls this before it reads each tag line: the last one is where it failed
+        return False
+
+    try:
+        return m3u8.M3U8(text, strict=True, custom_tags_parser=track)
+    except m3u8.ParseError as exc:
+        raise ParseError(f"could not read the playlist line {exc.line!r}") from None
+    except (ValueError, TypeError) as exc:
+        where = seen[-1] if seen else ""
+        raise ParseError(f"could not read the playlist line {where!r} ({exc})") from None
+
+
+def parse_media_playlist(text: str) -> MediaPlaylist:
+    """Read a VOD media playlist as ffmpeg's hls muxer writes it: one EXT-X-MAP init segment, EXTINF segments."""
+    playlist = _read_m3u8(text)
+    maps = [section.uri for section in playlist.segment_map if section.uri]
+    if not maps:
         raise ParseError("playlist has no #EXT-X-MAP init segment")
-    return MediaPlaylist(init_uri, tuple(segments))
+    if len(set(maps)) > 1:
+        raise ParseError(f"playlist has several #EXT-X-MAP init segments: {maps}")
+    segments = []
+    for segment in playlist.segments:
+        if not segment.uri:
+            raise ParseError(f"#EXTINF:{segment.duration} with no segment URI after it")
+        segments.append((float(segment.duration), segment.uri))
+    return MediaPlaylist(maps[0], tuple(segments))
 
 
 def encode_rendition(
@@ -174,32 +186,14 @@ def build_master_playlist(variants: Sequence[VariantEntry]) -> str:
 
 
 def parse_master_playlist(text: str) -> list[dict[str, str]]:
-    """The variants of a multivariant playlist as attribute dicts with their `uri` (for tests and tools)."""
-    out, pending = [], None
-    for line in (ln.strip() for ln in text.splitlines()):
-        if line.startswith("#EXT-X-STREAM-INF:"):
-            pending = _attributes(line.split(":", 1)[1])
-        elif line and not line.startswith("#"):
-            if pending is None:
-                raise ParseError(f"variant URI without #EXT-X-STREAM-INF: {line!r}")
-            out.append({**pending, "uri": line})
-            pending = None
+    """The variants of a multivariant playlist as dicts of the attributes roadie writes (BANDWIDTH,
+    AVERAGE-BANDWIDTH, CODECS; values as written) with their `uri` (for tests and tools)."""
+    out = []
+    for variant in _read_m3u8(text).playlists:
+        info = variant.stream_info
+        attrs = {"BANDWIDTH": info.bandwidth, "AVERAGE-BANDWIDTH": info.average_bandwidth, "CODECS": info.codecs}
+        out.append({**{k: str(v) for k, v in attrs.items() if v is not None}, "uri": variant.uri})
     return out
-
-
-def _attributes(text: str) -> dict[str, str]:
-    attrs, key, buf, quoted = {}, "", "", False
-    for ch in text + ",":
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "=" and not quoted and not key:
-            key, buf = buf, ""
-        elif ch == "," and not quoted:
-            attrs[key] = buf
-            key, buf = "", ""
-        else:
-            buf += ch
-    return attrs
 
 
 def master_key(version_id: str) -> str:
