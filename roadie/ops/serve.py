@@ -27,13 +27,14 @@ PROCESS_POOL = "roadie-process"
 
 
 def project_root() -> Path:
-    """The directory holding prefect.yaml: the current one if it has it, else the checkout roadie runs from."""
+    """The directory the entrypoints are relative to: the current one if it holds prefect.yaml (a checkout
+    deployed from), else where the flows roadie runs are installed (its checkout, or site-packages)."""
     here = Path.cwd()
     if (here / "prefect.yaml").exists():
         return here.resolve()
-    import flows
+    from deployments.files import code_root
 
-    return Path(flows.__file__).resolve().parent.parent
+    return code_root()
 
 
 def deployment_specs(prefect_file: Path) -> list[dict]:
@@ -71,7 +72,11 @@ def deploy(
 ) -> DeployResult:
     """`prefect --no-prompt deploy` every deployment of the file whose flow module exists."""
     root = root or project_root()
-    prefect_file = (prefect_file or root / "prefect.yaml").resolve()
+    if prefect_file is None:
+        from deployments.files import process_file
+
+        prefect_file = process_file(root)  # from an installed wheel: the copy in the package
+    prefect_file = prefect_file.resolve()
     present, missing = split_by_presence(prefect_file, root)
     if not present:
         return DeployResult((), tuple(missing), "")

@@ -130,8 +130,10 @@ def flow_modules(root: Path) -> list[str]:
     """`flows.ingest` etc.: the modules of prefect.yaml's entrypoints that exist (what the zygote pre-imports)."""
     import yaml
 
+    from deployments.files import process_file
+
     try:
-        specs = (yaml.safe_load((root / "prefect.yaml").read_text()) or {}).get("deployments") or []
+        specs = (yaml.safe_load(process_file(root).read_text()) or {}).get("deployments") or []
     except OSError:
         return []
     modules = []
