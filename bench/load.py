@@ -175,7 +175,7 @@ def encode_intervals(api: str, run_ids: list[str]) -> list[tuple[str, datetime, 
     on the encode slot, right before and right after ffmpeg: each interval lies within a real hold, so more than the
     limit of them overlapping would be a real breach. (Prefect's slot events cannot show that: the release event is
     emitted after the release returns, by which time another run may have taken the slot and said so.)"""
-    from tasks.media.transcode import ENCODE_MARK
+    from tasks.media.tasks import ENCODE_MARK
 
     out = []
     with httpx.Client(base_url=api.rstrip("/") + "/", timeout=30) as http:

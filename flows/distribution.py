@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from roadie.errors import InvalidInput
 from roadie.params import Month
 from tasks.payouts.distribution import ArtistTotal, DistributionResult, Period, last_month
-from tasks.payouts.prefect_tasks import distribute_month_task, top_artists_task
+from tasks.payouts.tasks import distribute_month, top_artists
 
 
 def _period(month: str | None) -> Period:
@@ -65,8 +65,8 @@ def report(result: DistributionResult, top: list[ArtistTotal]) -> str:
 def distribution(month: Month = None) -> dict:
     """Compute (or recompute, replacing) month YYYY-MM; a period marked paid is refused."""
     period = _period(month)
-    result = distribute_month_task(period)
-    top = top_artists_task(period)
+    result = distribute_month(period)
+    top = top_artists(period)
     create_markdown_artifact(
         key="distribution", markdown=report(result, top), description=f"distribution {period.label}"
     )

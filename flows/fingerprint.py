@@ -5,17 +5,18 @@ from __future__ import annotations
 from prefect import flow
 
 from roadie.params import VersionId
-from tasks import versions
-from tasks.media.analysis_tasks import analyze_audio, require
-from tasks.media.fingerprint_tasks import record_fingerprint
+from tasks.media.analysis import require
+from tasks.media.tasks import analyze_audio, record_fingerprint
+from tasks.versions.scratch import scratch_dir
+from tasks.versions.tasks import fetch_original, load_job
 
 
 @flow(name="fingerprint", flow_run_name="fingerprint-{version_id}")
 def fingerprint(version_id: VersionId) -> dict:
     """Chromaprint of the original, stored; every other track with the same audio is reported (once)."""
-    job = versions.load_job(version_id)
-    with versions.scratch_dir("fingerprint") as workdir:
-        src = versions.fetch_original(job, workdir)
+    job = load_job(version_id)
+    with scratch_dir("fingerprint") as workdir:
+        src = fetch_original(job, workdir)
         result = require(analyze_audio(src, steps=("fingerprint",)), "fingerprint")
     matches = record_fingerprint(version_id, result.fingerprint)
     return {

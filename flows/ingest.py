@@ -7,10 +7,26 @@ import time
 from prefect import flow, get_run_logger
 
 from roadie.params import Formats, VersionId
-from tasks import catalog, versions
-from tasks.media.analysis_tasks import analyze_audio, extract_artwork, publish_analysis, publish_artwork
-from tasks.media.fingerprint_tasks import record_fingerprint
-from tasks.media.transcode import transcode_rendition
+from tasks.media.tasks import (
+    analyze_audio,
+    extract_artwork,
+    publish_analysis,
+    publish_artwork,
+    record_fingerprint,
+    transcode_rendition,
+)
+from tasks.versions.report import failure_message, ingest_report
+from tasks.versions.scratch import scratch_dir
+from tasks.versions.tasks import (
+    add_warning,
+    discard_outputs,
+    fetch_original,
+    mark_failed,
+    mark_ready,
+    probe_original,
+    record_transcode,
+    start_processing,
+)
 
 
 @flow(name="media-ingest", flow_run_name="ingest-{version_id}", log_prints=False)
@@ -19,13 +35,13 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
     (playable) once the primary rendition (the first format), its waveform and its loudness are published; the
     other renditions, the fingerprint check and the cover art finish in the same run, each failing as a warning."""
     started = time.monotonic()
-    job = versions.start_processing(version_id, formats)
+    job = start_processing(version_id, formats)
     timings: dict[str, float] = {}
-    with versions.scratch_dir("ingest") as workdir:
+    with scratch_dir("ingest") as workdir:
         submitted = []
         try:
-            src = versions.fetch_original(job, workdir)
-            info = versions.probe_original(version_id, src)
+            src = fetch_original(job, workdir)
+            info = probe_original(version_id, src)
             primary, *others = job.formats
             first = transcode_rendition.submit(version_id, src, info, primary, workdir, True)
             analyzed = analyze_audio.submit(src, info)
@@ -35,7 +51,7 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
             first.result()
             result = analyzed.result()
             waveform_keys = publish_analysis(version_id, result)
-            versions.mark_ready(version_id, [primary])
+            mark_ready(version_id, [primary])
             timings["playable_s"] = round(time.monotonic() - started, 3)
             get_run_logger().info(
                 "version %s is playable (%s) after %.2f s", version_id, primary, timings["playable_s"]
@@ -44,9 +60,9 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
             for future in submitted:  # nothing may publish after the discard below
                 future.wait()
             try:
-                versions.discard_outputs(version_id)
+                discard_outputs(version_id)
             finally:  # storage still down: the version is failed all the same, with the first cause
-                versions.mark_failed(version_id, versions.failure_message(exc))
+                mark_failed(version_id, failure_message(exc))
             raise
         duplicates = _finish_as_warning(
             version_id,
@@ -57,7 +73,7 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
         for fmt, future in rest.items():
             _finish_as_warning(version_id, fmt, future.result, failed_rendition=fmt)
     timings["total_s"] = round(time.monotonic() - started, 3)
-    return versions.ingest_report(version_id, result, waveform_keys, artwork_keys, duplicates or [], timings)
+    return ingest_report(version_id, result, waveform_keys, artwork_keys, duplicates or [], timings)
 
 
 def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str | None = None):
@@ -65,8 +81,8 @@ def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str |
     try:
         return step()
     except Exception as exc:
-        reason = versions.failure_message(exc)
+        reason = failure_message(exc)
         if failed_rendition:
-            catalog.record_transcode(version_id, failed_rendition, status="failed", error=reason)
-        versions.add_warning(version_id, f"{what} failed: {reason}")
+            record_transcode(version_id, failed_rendition, "failed", reason)
+        add_warning(version_id, f"{what} failed: {reason}")
         return None

@@ -9,8 +9,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from roadie.errors import InvalidInput
 from roadie.limits import DB_BATCH_CONCURRENCY
 from roadie.params import Day
-from tasks.analytics.prefect_tasks import rollup_day_task
 from tasks.analytics.rollup import describe_days, resolve_days
+from tasks.analytics.tasks import rollup_day
 
 
 def _run_name() -> str:
@@ -32,7 +32,7 @@ def _run_name() -> str:
 def analytics_rollup(day: Day = None, start: Day = None, end: Day = None) -> list[dict]:
     """One transaction per UTC day; `start`..`end` (both YYYY-MM-DD, inclusive) is a backfill."""
     days = resolve_days(day, start, end)
-    futures = [rollup_day_task.submit(d) for d in days]
+    futures = [rollup_day.submit(d) for d in days]
     results = [f.result() for f in futures]
     rows = [
         {

@@ -14,8 +14,8 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from roadie.catalog import results
 from roadie.settings import reload_settings
-from tasks.catalog import results
 from tasks.media import analysis, loudness
 from tasks.media import waveform as wf
 from tasks.media.decode import decode
@@ -188,14 +188,14 @@ def test_task_wrappers_publish_through_their_own_transaction(roadie_env, song: P
     from roadie.db.models import Track, TrackVersion, Waveform
     from roadie.db.session import session_scope
     from roadie.storage import get_storage
-    from tasks.media import analysis_tasks
+    from tasks.media import tasks as media_tasks
 
     with session_scope() as session:
         version_id = str(new_version(session).id)
-    result = analysis_tasks.analyze_audio.fn(song)
-    keys = analysis_tasks.publish_waveform.fn(version_id, result)
-    art = analysis_tasks.extract_artwork.fn(song, tmp_path)
-    cover = analysis_tasks.publish_artwork.fn(version_id, art)
+    result = media_tasks.analyze_audio.fn(song)
+    keys = media_tasks.publish_waveform.fn(version_id, result)
+    art = media_tasks.extract_artwork.fn(song, tmp_path)
+    cover = media_tasks.publish_artwork.fn(version_id, art)
     assert not cover.embedded and get_storage().exists(cover.thumbnail_key)
     with session_scope() as session:
         version = session.get(TrackVersion, uuid.UUID(version_id))

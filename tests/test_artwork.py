@@ -14,7 +14,7 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tasks.catalog import results
+from roadie.catalog import results
 from tasks.media import artwork
 from tasks.media.artwork import BrokenArtwork
 from tasks.media.ffmpeg import ffmpeg_binary

@@ -198,7 +198,7 @@ def dstack(image, prefect_api: str, pg_url: str, s3_server: str) -> Iterator[Doc
 
 
 def register(tmp_path: Path, name: str, path: Path | None = None, seconds: float = 3.0):
-    from tasks.catalog import register_upload
+    from roadie.catalog import register_upload
 
     path = path or write_wav(tmp_path / f"{name}.wav", sine(330, seconds, 48000), 48000)
     return register_upload(path, title=name, owner="docker-artist")
@@ -222,8 +222,8 @@ def test_setup_deployed_the_docker_variant_with_the_overrides(dstack):
 
 
 def test_two_uploads_ingest_in_new_containers(dstack, tmp_path):
+    from roadie.catalog import master_key
     from roadie.storage import get_storage
-    from tasks.media.hls import master_key
 
     regs = [register(tmp_path, f"docker-take-{i}", seconds=3.0 + i) for i in range(2)]
     triggered = {

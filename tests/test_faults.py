@@ -175,14 +175,14 @@ def test_2_database_connections_killed_during_ingest_and_rollup(fault_stack, tmp
     vid = reg.version_id
     first = RowLock(s, "SELECT 1 FROM track_versions WHERE id = :id FOR UPDATE", id=vid)
     run_id = s.client.trigger_ingest(vid, formats).flow_run.id
-    kill_while_blocked(s, first, "start-processing")  # its claim of the version, mid-statement
+    kill_while_blocked(s, first, "start_processing")  # its claim of the version, mid-statement
     wait_for(lambda: s.version(vid).status == "processing", 60, "the run never started processing", poll_s=0.1)
     second = RowLock(s, "SELECT 1 FROM track_versions WHERE id = :id FOR UPDATE", id=vid)
     kill_while_blocked(s, second, "a later write")  # whichever write of the run comes next
     run = s.wait_run(run_id)
     assert run.state_type == "COMPLETED", run.state_message
     assert run.run_count == 1
-    assert tries(s, run_id, "start-processing") >= 2  # the killed statement was retried, not skipped
+    assert tries(s, run_id, "start_processing") >= 2  # the killed statement was retried, not skipped
     disturbed = normalized(s, vid, s.assert_ready_and_complete(vid, formats))
     assert disturbed == reference
     assert s.version(vid).attempt == 1
@@ -323,11 +323,11 @@ def test_1_s3_down_mid_ingest(fault_stack, tmp_path):
     # Up again 10 s after the first failed publish (the run may first wait for an encode slot).
     wait_for(
         lambda: (
-            tries(s, run_id, "publish-rendition") >= 2
+            tries(s, run_id, "publish_rendition") >= 2
             or any(
                 t.state_name in ("AwaitingRetry", "Retrying")
                 for t in s.client.task_runs_of([run_id])
-                if t.name.startswith("publish-")
+                if t.name.startswith("publish_")
             )
         ),
         120,
@@ -338,7 +338,7 @@ def test_1_s3_down_mid_ingest(fault_stack, tmp_path):
     s.s3.start()
     run = s.wait_run(run_id)
     assert run.state_type == "COMPLETED", run.state_message
-    assert tries(s, run_id, "publish-rendition") >= 2  # it did meet the outage, and rode it out
+    assert tries(s, run_id, "publish_rendition") >= 2  # it did meet the outage, and rode it out
     s.assert_ready_and_complete(vid, formats)
 
     # Down for longer than the retries last: failed, saying why, nothing visible; retried later, complete.

@@ -1,4 +1,4 @@
-"""The late-result guard of tasks.catalog on real PostgreSQL, run by run, without Prefect: two runs claim the same
+"""The late-result guard of roadie.catalog on real PostgreSQL, run by run, without Prefect: two runs claim the same
 version one after the other, and every write of the older one is refused while the newer one's land. (The race
 with real flow runs and workers is test_faults.py's case 6.)"""
 
@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from roadie import catalog
 from roadie.ops.dead_letter import FailedRun, fail_stranded_version
-from tasks import catalog
 from tests.support import sine, write_wav
 
 

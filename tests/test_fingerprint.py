@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tasks.catalog import results
+from roadie.catalog import results
+from tasks.media import duplicates
 from tasks.media import fingerprint as fpm
 from tasks.media.fingerprint import FpcalcFailed, FpcalcNotFound, match_score
 from tests.support import encode, music_like, write_wav
@@ -275,7 +276,7 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
         (upload, "mp3 upload"),
         (stranger, "unrelated"),
     ):
-        results.store_fingerprint(db, vid, prints[name])
+        results.store_fingerprint(db, vid, prints[name], fpm.index_keys(prints[name]))
 
     row = db.scalar(sa.select(AudioFingerprint).where(AudioFingerprint.track_version_id == upload))
     assert row.chromaprint_data == list(prints["mp3 upload"].items) and row.item_count == len(row.chromaprint_data)
@@ -284,12 +285,12 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
     assert index_rows == len(fpm.index_keys(prints["mp3 upload"])) > 0
 
     # The upload finds both versions of the original track through the index, and nothing else.
-    found = results.find_duplicates(db, upload, prints["mp3 upload"])
+    found = duplicates.find_duplicates(db, upload, prints["mp3 upload"])
     assert {m.version_id for m in found} == {str(first), str(second)}
     assert all(m.track_id == str(track) and m.score > 0.8 for m in found)
     # The same track's versions are never reported against each other: the second version finds only the upload.
-    assert {m.version_id for m in results.find_duplicates(db, second, prints["same track, flac"])} == {str(upload)}
-    assert results.find_duplicates(db, stranger, prints["unrelated"]) == []
+    assert {m.version_id for m in duplicates.find_duplicates(db, second, prints["same track, flac"])} == {str(upload)}
+    assert duplicates.find_duplicates(db, stranger, prints["unrelated"]) == []
 
     # One report for the upload, listing every version it matches with score and offset.
     report_id = results.report_duplicates(db, upload, found)
@@ -304,8 +305,8 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
 
     # A rerun stores, indexes and reports the same things once, and keeps the moderator's verdict.
     report.status = "reviewed"
-    results.store_fingerprint(db, upload, prints["mp3 upload"])
-    again = results.find_duplicates(db, upload, prints["mp3 upload"])
+    results.store_fingerprint(db, upload, prints["mp3 upload"], fpm.index_keys(prints["mp3 upload"]))
+    again = duplicates.find_duplicates(db, upload, prints["mp3 upload"])
     assert again == found
     assert results.report_duplicates(db, upload, again) == report_id
     assert db.scalar(sa.select(sa.func.count()).where(Report.target_id == upload)) == 1

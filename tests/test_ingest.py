@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from roadie.catalog import register_upload
 from roadie.db.models import TrackVersion, Transcode
 from roadie.db.session import session_scope
 from roadie.storage import get_storage
-from tasks.catalog import register_upload
 from tasks.media.ffmpeg import ffmpeg_binary, ffprobe_binary
 from tasks.media.hls import parse_master_playlist, parse_media_playlist
 from tests.support import encode, music_like, write_wav

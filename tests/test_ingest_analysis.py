@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from sqlalchemy import func, select
 
+from roadie.catalog import register_upload
 from roadie.db.models import AudioFingerprint, Report, Track, TrackVersion, Waveform
 from roadie.db.session import session_scope
 from roadie.settings import reload_settings
 from roadie.storage import get_storage
-from tasks.catalog import register_upload
 from tests.support import encode, music_like, write_wav
 
 pytestmark = pytest.mark.parametrize("roadie_env", ["s3"], indirect=True)
@@ -97,7 +97,7 @@ def test_ready_version_carries_waveform_loudness_artwork_fingerprint(roadie_env,
     assert 0 < timings["playable_s"] <= timings["total_s"]
     # The analysis ran beside the primary encode, not after it.
     runs = task_runs(run_id)
-    analyze, primary = runs["analyze-audio"], runs["transcode-hls_opus"]
+    analyze, primary = runs["analyze_audio"], runs["transcode-hls_opus"]
     assert analyze.start_time < primary.end_time and primary.start_time < analyze.end_time
     assert {f"waveform-{reg.version_id}", f"loudness-{reg.version_id}"} <= artifact_keys(run_id)
 

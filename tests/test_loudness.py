@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from tasks.catalog import results
+from roadie.catalog import results
 from tasks.media import loudness
 from tasks.media.ffmpeg import ParseError, as_input, build_ebur128_cmd, ffmpeg_binary, run
 from tasks.media.loudness import LoudnessReading, compare_loudness, measure_ffmpeg, measure_pcm

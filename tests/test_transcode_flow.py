@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from roadie.catalog import register_upload
 from roadie.storage import get_storage
-from tasks.catalog import register_upload
 from tasks.media.hls import parse_master_playlist
 from tests.support import music_like, write_wav
 

@@ -312,7 +312,7 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
     browser.wait_for([f"ingest-{version_id}", "Completed"], "the flow-run page")
     browser.shot("flow-run")
     names = sorted(t["name"] for t in task_runs)
-    shown = [n for n in names if n.startswith(("analyze-audio", "transcode-hls_opus"))]
+    shown = [n for n in names if n.startswith(("analyze_audio", "transcode-hls_opus"))]
     assert len(shown) == 2, names
     browser.click_text("Task Runs", "the flow-run page")
     browser.wait_for([f"{len(names)} Task runs", *shown], "the flow run's task runs")

@@ -66,8 +66,8 @@ def ingest(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
     """Register each upload and run the media-ingest flow on it. Exit code 1 if any input failed."""
+    from roadie.catalog import parse_formats
     from roadie.errors import InvalidInput
-    from tasks.catalog import parse_formats
 
     try:
         wanted = list(parse_formats(formats))
@@ -80,9 +80,9 @@ def ingest(
         say(f"Prefect UI: {api.removesuffix('/api')}")
     from flows.ingest import media_ingest
     from roadie import progress
+    from roadie.catalog import describe_version, register_upload
     from roadie.settings import get_settings
-    from tasks.catalog import describe_version, register_upload
-    from tasks.versions import failure_message
+    from tasks.versions.report import failure_message
 
     printer = ProgressPrinter()
     progress.add_listener(printer)

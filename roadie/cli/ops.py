@@ -279,9 +279,9 @@ def register(
 ) -> None:
     """What the API does before it triggers media-ingest: store the original, create the asset, track and
     version rows (`pending`). Runs no flow."""
+    from roadie.catalog import register_upload
     from roadie.cli.media import prepare_database
     from roadie.errors import InvalidInput
-    from tasks.catalog import register_upload
 
     prepare_database()
     try:

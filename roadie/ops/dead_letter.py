@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
-from roadie.db.models import TrackVersion
+from roadie.catalog import mark_failed
 from roadie.db.models import FailedJob
 from roadie.db.session import session_scope
 from roadie.errors import redact
@@ -110,20 +110,8 @@ def fail_stranded_version(failed: FailedRun) -> bool:
         f"the {failed.deployment_name} run {failed.flow_run_name} ended {failed.state}: {failed.error}; "
         f"retry it with `roadie failed --retry`"
     )
-    # Only while the dead run still owns the version: a retry may have claimed it since (the zombie automation
-    # fires a minute or more after the death), and its state is not the dead run's to overwrite.
-    run_id = uuid.UUID(failed.flow_run_id)
-    with session_scope() as session:
-        done = session.execute(
-            update(TrackVersion)
-            .where(
-                TrackVersion.id == version_id,
-                TrackVersion.status.in_(("pending", "processing")),
-                or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == run_id),
-            )
-            .values(status="failed", error=message[:2000])
-        )
-        return bool(done.rowcount)
+    # Only while the dead run still owns the version: a retry may have claimed it since (roadie.catalog.mark_failed).
+    return mark_failed(str(version_id), message[:2000], stranded_by=failed.flow_run_id)
 
 
 def notification_text(letter: DeadLetter) -> tuple[str, str]:

@@ -7,7 +7,7 @@ holds more than a few chunks, so memory does not grow with the length of the upl
 
 Each step degrades on its own: a failing step becomes a warning and a None field, so a version is still published
 without, say, a fingerprint when fpcalc is missing. Only an unreadable upload raises. This module computes; the
-catalogue (tasks.catalog.results) stores what it returns.
+catalogue (roadie.catalog.results) stores what it returns.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ HELPER_NICE = 2  # the steps beside ebur128 yield to it (bench/analyze)
 
 class LoudnessUnavailable(RoadieError):
     """ffmpeg's meter, whose values are the published ones, gave no reading."""
+
+
+class AnalysisStepFailed(RoadieError):
+    """A reprocessing flow's one step produced nothing (the ingest records this as a warning instead)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,3 +237,11 @@ def analyze_file(
         tuple(dict.fromkeys(warnings)),
         tuple(timings.items()),
     )
+
+
+def require(result: Analysis, step: str) -> Analysis:
+    """For a flow that runs `step` alone: its failure is the run's failure, with the reason."""
+    if getattr(result, step) is None:
+        reasons = [w for w in result.warnings if w.startswith(f"{step} unavailable")]
+        raise AnalysisStepFailed("; ".join(reasons) or f"{step} unavailable")
+    return result

@@ -55,18 +55,6 @@ class Artwork:
     thumbnail_name = "cover-200.jpg"
 
 
-@dataclass(frozen=True)
-class ArtworkKeys:
-    full_key: str
-    thumbnail_key: str
-    embedded: bool
-    full_asset_id: str
-    thumbnail_asset_id: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"full_key": self.full_key, "thumbnail_key": self.thumbnail_key, "embedded": self.embedded}
-
-
 # ---------------------------------------------------------------- extracting
 
 

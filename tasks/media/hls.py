@@ -194,7 +194,3 @@ def parse_master_playlist(text: str) -> list[dict[str, str]]:
         attrs = {"BANDWIDTH": info.bandwidth, "AVERAGE-BANDWIDTH": info.average_bandwidth, "CODECS": info.codecs}
         out.append({**{k: str(v) for k, v in attrs.items() if v is not None}, "uri": variant.uri})
     return out
-
-
-def master_key(version_id: str) -> str:
-    return join_key(version_id, "master.m3u8")

@@ -3,7 +3,7 @@
 ffmpeg's values are the ones roadie publishes; the numpy meter (pyloudnorm's K-weighting, BS.1770-4 gating,
 EBU Tech 3342 loudness range, BS.1770 Annex 2 true peak) cross-checks them, and a disagreement becomes a
 warning on the version. The numpy meter is `LoudnessMeter`, fed chunk by chunk in bounded memory (hour-long
-uploads); `measure_pcm` feeds it a decoded array. Prefect tasks live in `tasks.media.loudness_tasks`, so this
+uploads); `measure_pcm` feeds it a decoded array. Prefect tasks live in `tasks.media.tasks`, so this
 module imports fast.
 """
 

@@ -10,12 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from roadie.limits import db_batch_slot
 from roadie.retries import transient_retries
-from tasks.analytics.rollup import DayRollup, rollup_day
+from tasks.analytics import rollup
+from tasks.analytics.rollup import DayRollup
 
 
 # NO_CACHE: a rerun must recompute; the data may have changed since.
-@task(name="rollup-day", task_run_name="rollup-{day}", cache_policy=NO_CACHE, **transient_retries())
-def rollup_day_task(day: date) -> DayRollup:
+@task(task_run_name="rollup-{day}", cache_policy=NO_CACHE, **transient_retries())
+def rollup_day(day: date) -> DayRollup:
     # The slot is global (every worker, every backfill): day transactions must not swamp the database.
     with db_batch_slot():
-        return rollup_day(day)
+        return rollup.rollup_day(day)

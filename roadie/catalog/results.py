@@ -1,6 +1,7 @@
 """The catalogue's side of the analysis: what the media steps compute (tasks.media.*, pure and session-free) is
 stored here. Each function takes a session and the caller's transaction decides when it lands; a rerun replaces
-rows and objects, never adds to them.
+rows and objects, never adds to them. The media types are read, never imported at run time (the core sits below
+tasks.media); matching fingerprints (numpy) is tasks.media.duplicates', which passes the matches back here.
 """
 
 from __future__ import annotations
@@ -9,28 +10,22 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from roadie.catalog import hold, parse_uuid, upsert_asset
 from roadie.db.models import AudioFingerprint, FingerprintIndex, Report, Track, TrackVersion
 from roadie.db.models import Waveform as WaveformRow
 from roadie.errors import InvalidInput
 from roadie.storage import Storage, join_key, staged
-from tasks.catalog import hold, parse_uuid, upsert_asset
-from tasks.media.analysis import Analysis
-from tasks.media.artwork import Artwork, ArtworkKeys
-from tasks.media.fingerprint import (
-    DUPLICATE_THRESHOLD,
-    MAX_CANDIDATES,
-    MIN_INDEX_HITS,
-    DuplicateMatch,
-    Fingerprint,
-    index_keys,
-    match_score,
-)
-from tasks.media.loudness import LoudnessResult
+
+if TYPE_CHECKING:
+    from tasks.media.analysis import Analysis
+    from tasks.media.artwork import Artwork
+    from tasks.media.fingerprint import DuplicateMatch, Fingerprint
+    from tasks.media.loudness import LoudnessResult
 
 # ---------------------------------------------------------------- waveform
 
@@ -56,7 +51,7 @@ def _sha256(data: bytes) -> str:
 
 def _version(session: Session, version_id: str | uuid.UUID, *, for_update: bool = False) -> TrackVersion:
     vid = version_id if isinstance(version_id, uuid.UUID) else parse_uuid(str(version_id))
-    hold(session, vid)  # a run that lost the version to a newer one writes nothing (tasks.catalog: the guard)
+    hold(session, vid)  # a run that lost the version to a newer one writes nothing (roadie.catalog: the guard)
     version = session.get(TrackVersion, vid, with_for_update=for_update)
     if version is None:
         raise InvalidInput(f"track version {version_id} does not exist")
@@ -106,6 +101,18 @@ def save_loudness(session: Session, version_id: str | uuid.UUID, result: Loudnes
 # ---------------------------------------------------------------- artwork
 
 
+@dataclass(frozen=True)
+class ArtworkKeys:
+    full_key: str
+    thumbnail_key: str
+    embedded: bool
+    full_asset_id: str
+    thumbnail_asset_id: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"full_key": self.full_key, "thumbnail_key": self.thumbnail_key, "embedded": self.embedded}
+
+
 def artwork_prefix(track_id: str) -> str:
     """Artwork belongs to the track (tracks.artwork_asset_id), so it lives under the track, not the version:
     a failed later version, whose outputs are discarded, cannot leave the track pointing at deleted objects."""
@@ -120,7 +127,7 @@ def save_artwork(session: Session, storage: Storage, version_id: str, artwork: A
     assert track is not None  # a foreign key
     with staged(storage, artwork_prefix(str(version.track_id))) as stage:
         full_key = stage.put_bytes(artwork.full_name, artwork.full, artwork.content_type)
-        thumb_key = stage.put_bytes(Artwork.thumbnail_name, artwork.thumbnail, "image/jpeg")
+        thumb_key = stage.put_bytes(artwork.thumbnail_name, artwork.thumbnail, "image/jpeg")
         stage.promote()
     full_asset = upsert_asset(session, storage, full_key, len(artwork.full), _sha256(artwork.full))
     thumb_asset = upsert_asset(session, storage, thumb_key, len(artwork.thumbnail), _sha256(artwork.thumbnail))
@@ -133,8 +140,9 @@ def save_artwork(session: Session, storage: Storage, version_id: str, artwork: A
 # ---------------------------------------------------------------- fingerprints and duplicates
 
 
-def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerprint) -> None:
-    """Write the fingerprint (raw items too) and its index rows. A rerun replaces both."""
+def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerprint, keys: Iterable[int]) -> None:
+    """Write the fingerprint (raw items too) and its index rows (`keys`: tasks.media.fingerprint.index_keys). A rerun
+    replaces both."""
     vid = _version(session, version_id).id
     row = session.scalar(select(AudioFingerprint).where(AudioFingerprint.track_version_id == vid))
     if row is None:
@@ -145,19 +153,14 @@ def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerp
     row.item_count = len(fp.items)
     row.duration_s = float(fp.duration_s)
     session.execute(delete(FingerprintIndex).where(FingerprintIndex.track_version_id == vid))
-    keys = index_keys(fp)
-    if keys:
-        session.execute(insert(FingerprintIndex), [{"key": k, "track_version_id": vid} for k in keys])
+    key_list = list(keys)
+    if key_list:
+        session.execute(insert(FingerprintIndex), [{"key": k, "track_version_id": vid} for k in key_list])
     session.flush()
 
 
 def find_candidates(
-    session: Session,
-    version_id: str | uuid.UUID,
-    keys: Iterable[int],
-    *,
-    min_hits: int = MIN_INDEX_HITS,
-    limit: int = MAX_CANDIDATES,
+    session: Session, version_id: str | uuid.UUID, keys: Iterable[int], *, min_hits: int, limit: int
 ) -> list[tuple[str, str, int]]:
     """Versions of other tracks sharing the most index keys: (version_id, track_id, hits), most hits first.
     One grouped query over the posting lists; nothing is scanned per track."""
@@ -183,39 +186,14 @@ def find_candidates(
     return [(str(v), str(t), int(h)) for v, t, h in rows]
 
 
-def find_duplicates(
-    session: Session,
-    version_id: str | uuid.UUID,
-    fp: Fingerprint,
-    threshold: float = DUPLICATE_THRESHOLD,
-    *,
-    limit: int = MAX_CANDIDATES,
-) -> list[DuplicateMatch]:
-    """Versions of other tracks whose audio matches `fp` with a score of at least `threshold`, best first."""
-    candidates = find_candidates(session, version_id, index_keys(fp), limit=limit)
-    if not candidates:
-        return []
-    stored = dict(
-        session.execute(
-            select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data).where(
-                AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v, _, _ in candidates])
-            )
+def stored_fingerprints(session: Session, version_ids: Iterable[str]) -> dict[str, list[int]]:
+    """The raw Chromaprint items stored for each of these versions (those that have one)."""
+    rows = session.execute(
+        select(AudioFingerprint.track_version_id, AudioFingerprint.chromaprint_data).where(
+            AudioFingerprint.track_version_id.in_([uuid.UUID(v) for v in version_ids])
         )
-        .tuples()
-        .all()
-    )
-    mine = fp.array()
-    matches = []
-    for candidate_id, track_id, _hits in candidates:
-        items = stored.get(uuid.UUID(candidate_id))
-        if not items:
-            continue
-        match = match_score(mine, np.asarray(items, dtype=np.uint32))
-        if match.score >= threshold:
-            matches.append(
-                DuplicateMatch(candidate_id, track_id, round(match.score, 4), round(match.ber, 4), match.offset)
-            )
-    return sorted(matches, key=lambda m: (-m.score, m.version_id))
+    ).tuples()
+    return {str(vid): list(items) for vid, items in rows if items}
 
 
 def describe_duplicate(match: DuplicateMatch) -> str:

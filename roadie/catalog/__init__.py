@@ -1,4 +1,6 @@
-"""The catalogue rows an upload moves through: assets, tracks, track_versions and transcodes."""
+"""The catalogue: every change of a track version's state (registration, processing, ready, failed, warnings, media
+info, transcodes; analysis results, fingerprints and duplicate reports in `results`) is one function here, behind
+the late-result guard. Core: it imports roadie's core modules only, never tasks, flows or the entry points."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from roadie.db.models import Asset, Report, Track, TrackVersion, Transcode, User, Waveform
@@ -290,11 +292,23 @@ def set_media_info(version_id: str, duration_s: float, sample_rate: int, channel
             raise _superseded(vid, "the media info")
 
 
-def mark_failed(version_id: str, message: str) -> bool:
-    """Fail the version, unless a newer run owns it by now (then nothing changes: returns False)."""
+def mark_failed(version_id: str, message: str, *, stranded_by: uuid.UUID | str | None = None) -> bool:
+    """Fail the version and its unfinished transcodes, unless a newer run owns it by now (then nothing changes:
+    returns False). `stranded_by`: on behalf of that run, which died without failing it (the dead-letter hook, from
+    outside the run): only while the version is unfinished and that run, or none, still owns it."""
     with session_scope() as session:
         vid = parse_uuid(version_id)
-        done = session.execute(update(TrackVersion).where(_owned(vid)).values(status="failed", error=message))
+        if stranded_by is None:
+            owned = _owned(vid)
+        else:
+            # A retry may have claimed it since (the zombie automation fires a minute or more after the death).
+            dead = uuid.UUID(str(stranded_by))
+            owned = (
+                (TrackVersion.id == vid)
+                & TrackVersion.status.in_(("pending", "processing"))
+                & or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == dead)
+            )
+        done = session.execute(update(TrackVersion).where(owned).values(status="failed", error=message))
         if not done.rowcount:
             return False
         session.execute(
@@ -388,6 +402,11 @@ def record_transcode(
             setattr(row, name, value)
 
 
+def master_key(version_id: str) -> str:
+    """The multivariant playlist listing the version's ready renditions."""
+    return join_key(version_id, "master.m3u8")
+
+
 def ready_transcodes(version_id: str) -> list[Transcode]:
     with session_scope() as session:
         return list(
@@ -401,8 +420,6 @@ def ready_transcodes(version_id: str) -> list[Transcode]:
 
 def describe_version(version_id: str, storage: Storage | None = None) -> dict[str, Any]:
     """The state of one version as the CLI and API report it."""
-    from tasks.media.hls import master_key
-
     storage = storage or get_storage()
     vid = parse_uuid(version_id)
     with session_scope() as session:
