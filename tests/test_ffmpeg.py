@@ -111,3 +111,26 @@ def test_master_playlist_roundtrip():
         "uri": "hls_aac/playlist.m3u8",
     }
     assert text.startswith("#EXTM3U\n") and "#EXT-X-INDEPENDENT-SEGMENTS" in text
+
+
+def test_global_options_come_first_and_hide_the_banner(tmp_path):
+    """ffmpeg finds -hide_banner in an early scan that skips the argument after a "-" output: roadie's global
+    options go before the inputs, and a real run with a "-" output prints no banner."""
+    src = write_wav(tmp_path / "t.wav", sine(440, 1, 48000, channels=2), 48000)
+    commands = [
+        ffmpeg.build_hls_cmd(src, tmp_path, "hls_aac"),
+        ffmpeg.build_decode_cmd(src, sample_rate=8000),
+        ffmpeg.build_extract_cover_cmd(src, tmp_path / "c.jpg"),
+        ffmpeg.build_ebur128_cmd(src, "ebur128"),
+        ffmpeg.build_decode_pcm_cmd(src, sample_rate=48000, max_seconds=5),
+        ffmpeg.build_measure_pcm_cmd(48000, 2, "ebur128"),
+    ]
+    for cmd in commands:
+        first_input = min(cmd.index(opt) for opt in ("-i", "-f", "-t", "-ss") if opt in cmd)
+        assert {"-hide_banner", "-nostdin", "-y", "-nostats"} <= set(cmd[1:first_input]), cmd
+    ebur128 = ffmpeg.run(ffmpeg.build_ebur128_cmd(src, "ebur128"))
+    assert "Summary:" in ebur128.stderr and "ffmpeg version" not in ebur128.stderr
+    pcm = ffmpeg.run(ffmpeg.build_decode_pcm_cmd(src, sample_rate=48000), capture_stdout=True)
+    measured = ffmpeg.run(ffmpeg.build_measure_pcm_cmd(48000, 2, "ebur128"), stdin_data=pcm.stdout)
+    assert len(pcm.stdout) == 48000 * 2 * 4
+    assert "Summary:" in measured.stderr and "ffmpeg version" not in measured.stderr

@@ -1,7 +1,10 @@
 """The one place roadie runs ffmpeg.
 
-Builders return argument lists (never a shell string); `run` executes one and raises `FFmpegError`
-with the tail of stderr; parsers quote the line they could not read.
+Builders return argument lists (never a shell string), built with ffmpeg-python (`_compile`); `run` executes one and
+raises `FFmpegError` with the tail of stderr; parsers quote the line they could not read.
+
+Two commands stay plain lists because ffmpeg-python cannot express them: it builds ffmpeg commands that have an
+output (`compile` refuses a graph without one), while the probe is ffprobe and its fallback is a bare `ffmpeg -i`.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ def build_hls_cmd(src: Path, out_dir: Path, fmt: str, segment_seconds: int = 6) 
         hls_fmp4_init_filename="init.mp4",
         hls_segment_filename=str(out_dir / "segment_%03d.m4s"),
     )
-    return _finish(stream.compile(cmd=ffmpeg_binary()))
+    return _compile(stream)
 
 
 def build_decode_cmd(
@@ -148,20 +151,22 @@ def build_decode_cmd(
     if channels:
         out_opts["ac"] = str(channels)
     stream = ffmpeg_python.input(as_input(src), **input_opts).output("pipe:1", **out_opts)
-    return _finish(stream.compile(cmd=ffmpeg_binary()), progress=False)
+    return _compile(stream, progress=False)
 
 
 def build_extract_cover_cmd(src: Path, dst: Path) -> list[str]:
     """Copy the attached picture stream (MP3 APIC, FLAC picture, M4A covr) out unchanged."""
     stream = ffmpeg_python.input(as_input(src)).output(as_input(dst), map="0:v:0", an=None, c="copy", frames="1")
-    return _finish(stream.compile(cmd=ffmpeg_binary()), progress=False)
+    return _compile(stream, progress=False)
 
 
-def _finish(cmd: list[str], progress: bool = True) -> list[str]:
-    # -nostdin: a worker has no terminal; -y: outputs live in our own temp dirs.
-    head = [cmd[0], "-hide_banner", "-nostdin", "-y"]
-    tail = ["-progress", "pipe:1", "-nostats"] if progress else ["-nostats"]
-    return head + tail + cmd[1:]
+def _compile(stream: ffmpeg_python.nodes.OutputStream, *extra: str, progress: bool = True) -> list[str]:
+    """The argument list of one ffmpeg command, roadie's global options first. -nostdin: a worker has no terminal;
+    -y: outputs live in our own temp dirs; -progress pipe:1: `run` reads it for on_progress."""
+    flags = ["-hide_banner", "-nostdin", "-y", *(["-progress", "pipe:1"] if progress else []), "-nostats", *extra]
+    # Given as compile's command prefix, not .global_args() (which puts them after the outputs): ffmpeg looks for
+    # -hide_banner in an early scan that skips the argument after a "-" output, so it must come before it.
+    return list(stream.compile(cmd=[ffmpeg_binary(), *flags]))
 
 
 # ---------------------------------------------------------------- runner
@@ -431,8 +436,8 @@ def parse_ffmpeg_banner(stderr: str) -> MediaInfo:
 
 def build_ebur128_cmd(src: Path, filter_spec: str) -> list[str]:
     """Run the first audio stream through a measuring filter (ebur128) and discard the audio."""
-    cmd = [ffmpeg_binary(), "-i", as_input(src), "-map", "0:a:0", "-af", filter_spec, "-f", "null", "-"]
-    return _finish(cmd, progress=False)
+    stream = ffmpeg_python.input(as_input(src)).output("-", map="0:a:0", af=filter_spec, f="null")
+    return _compile(stream, progress=False)
 
 
 def build_decode_pcm_cmd(src: Path, *, sample_rate: int, max_seconds: float | None = None) -> list[str]:
@@ -440,24 +445,11 @@ def build_decode_pcm_cmd(src: Path, *, sample_rate: int, max_seconds: float | No
     are (no -ac: it would remix a 3.0 layout into 2.1). -xerror turns a decode error (a truncated FLAC) into a
     failure instead of silently concealed audio. `max_seconds` stops reading there (-t on the input), whatever
     the header says."""
-    limit = ["-t", f"{max_seconds:.6f}"] if max_seconds else []
-    cmd = [
-        ffmpeg_binary(),
-        "-xerror",
-        *limit,
-        "-i",
-        as_input(src),
-        "-map",
-        "0:a:0",
-        "-c:a",
-        "pcm_f32le",
-        "-ar",
-        str(int(sample_rate)),
-        "-f",
-        "f32le",
-        "pipe:1",
-    ]
-    return _finish(cmd, progress=False)
+    limit = {"t": f"{max_seconds:.6f}"} if max_seconds else {}
+    stream = ffmpeg_python.input(as_input(src), **limit).output(
+        "pipe:1", map="0:a:0", f="f32le", ar=str(int(sample_rate)), **{"c:a": "pcm_f32le"}
+    )
+    return _compile(stream, "-xerror", progress=False)
 
 
 def build_measure_pcm_cmd(
@@ -466,20 +458,8 @@ def build_measure_pcm_cmd(
     """Run a measuring filter (ebur128) over float32 interleaved PCM read from stdin: audio roadie has already
     decoded, so the original is not decoded a second time. The source's channel layout, when known, keeps
     ebur128's channel weights right (raw PCM alone would be guessed as the default layout, 3 channels as 2.1)."""
-    layout = ["-ch_layout", channel_layout] if channel_layout else ["-ac", str(int(channels))]
-    cmd = [
-        ffmpeg_binary(),
-        "-f",
-        "f32le",
-        "-ar",
-        str(int(sample_rate)),
-        *layout,
-        "-i",
-        "pipe:0",
-        "-af",
-        filter_spec,
-        "-f",
-        "null",
-        "-",
-    ]
-    return _finish(cmd, progress=False)
+    layout = {"ch_layout": channel_layout} if channel_layout else {"ac": str(int(channels))}
+    stream = ffmpeg_python.input("pipe:0", f="f32le", ar=str(int(sample_rate)), **layout).output(
+        "-", af=filter_spec, f="null"
+    )
+    return _compile(stream, progress=False)
