@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from roadie.ops.client import PrefectREST
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 PROCESS_POOL = "roadie-process"
 DOCKER_POOL = "roadie-docker"
@@ -84,36 +85,49 @@ def default_job_template(pool_type: str) -> dict[str, Any]:
     return template
 
 
-def ensure_pool(client: PrefectREST, name: str, pool_type: str, description: str) -> bool:
+def ensure_pool(client: SyncPrefectClient, name: str, pool_type: str, description: str) -> bool:
     """Create the pool if missing. Returns True when created. An existing pool keeps its template."""
-    if client.request("GET", f"/work_pools/{name}", ok=(200, 404)).status_code == 200:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        client.read_work_pool(name)
         return False
-    body = {
-        "name": name,
-        "type": pool_type,
-        "description": description,
-        "base_job_template": default_job_template(pool_type),
-    }
-    return client.request("POST", "/work_pools/", json=body, ok=(201, 409)).status_code == 201
+    except ObjectNotFound:
+        pass
+    pool = WorkPoolCreate(
+        name=name, type=pool_type, description=description, base_job_template=default_job_template(pool_type)
+    )
+    try:
+        client.create_work_pool(pool)
+    except ObjectAlreadyExists:  # another setup made it meanwhile
+        return False
+    return True
 
 
-def ensure_queue(client: PrefectREST, pool: str, queue: Queue) -> None:
-    body = {"priority": queue.priority, "description": queue.description}
-    response = client.request("POST", f"/work_pools/{pool}/queues", json={"name": queue.name, **body}, ok=(201, 409))
-    if response.status_code == 409:
-        client.request("PATCH", f"/work_pools/{pool}/queues/{queue.name}", json=body)
+def ensure_queue(client: SyncPrefectClient, pool: str, queue: Queue) -> None:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_queue(
+            queue.name, description=queue.description, priority=queue.priority, work_pool_name=pool
+        )
+    except ObjectAlreadyExists:
+        existing = client.read_work_queue_by_name(queue.name, work_pool_name=pool)
+        client.update_work_queue(existing.id, priority=queue.priority, description=queue.description)
 
 
-def upsert_automation(client: PrefectREST, spec: dict[str, Any]) -> str:
-    found = client.request(
-        "POST", "/automations/filter", json={"automations": {"name": {"any_": [spec["name"]]}}}
-    ).json()
+def upsert_automation(client: SyncPrefectClient, spec: dict[str, Any]) -> str:
+    from prefect.events.schemas.automations import AutomationCore
+
+    automation = AutomationCore.model_validate(spec)
+    found = client.read_automations_by_name(spec["name"])
     if found:
-        client.request("PUT", f"/automations/{found[0]['id']}", json=spec)
+        client.update_automation(found[0].id, automation)
         for extra in found[1:]:  # an earlier race left a duplicate
-            client.request("DELETE", f"/automations/{extra['id']}")
-        return found[0]["id"]
-    return client.request("POST", "/automations/", json=spec).json()["id"]
+            client.delete_automation(extra.id)
+        return str(found[0].id)
+    return str(client.create_automation(automation))
 
 
 def ensure_limits(api_url: str) -> None:
@@ -126,7 +140,7 @@ def ensure_limits(api_url: str) -> None:
         create_limits()
 
 
-def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_seconds: int | None = None) -> dict:
+def ensure_topology(client: SyncPrefectClient, *, docker: bool = True, zombie_after_seconds: int | None = None) -> dict:
     """Everything the deployments need, safe to run any number of times. Returns what it did."""
     from roadie.settings import get_settings
 
@@ -140,7 +154,7 @@ def ensure_topology(client: PrefectREST, *, docker: bool = True, zombie_after_se
             created.append(name)
         for queue in QUEUES:
             ensure_queue(client, name, queue)
-    ensure_limits(client.api_url)
+    ensure_limits(str(client.api_url).rstrip("/"))
     automation_id = upsert_automation(client, zombie_automation(within))
     return {
         "pools": [p[0] for p in pools],
@@ -157,7 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-url", help="Prefect API (default: ROADIE_PREFECT_API_URL / PREFECT_API_URL)")
     parser.add_argument("--no-docker", action="store_true", help="skip the roadie-docker pool")
     args = parser.parse_args(argv)
-    with PrefectREST.from_settings(args.api_url) as client:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from roadie.prefect_local import local_api_url
+    from roadie.settings import get_settings
+
+    # Not roadie.ops.prefect_api.connect: deployments sit below the ops layer.
+    settings = get_settings()
+    url = args.api_url or settings.prefect_api_url or local_api_url()
+    with SyncPrefectClient(url, auth_string=settings.prefect_api_auth_string) as client:
         print(ensure_topology(client, docker=not args.no_docker))
 
 

@@ -7,7 +7,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from roadie.ops import dead_letter
-from roadie.ops.client import PrefectREST
 from roadie.params import FlowRunId
 from roadie.retries import transient_retries
 from roadie.settings import get_settings
@@ -17,8 +16,11 @@ RETRY = transient_retries()
 
 @task(name="read-failed-run", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
 def read_failed_run(flow_run_id: str) -> dead_letter.FailedRun:
-    # The API is the network: any error reading it is worth a retry.
-    with PrefectREST.from_settings() as client:
+    from prefect.client.orchestration import get_client
+
+    # The API is the network: any error reading it is worth a retry. Inside a run, Prefect's client is already
+    # pointed at the run's API (and its auth string).
+    with get_client(sync_client=True) as client:
         return dead_letter.describe_failed_run(client, flow_run_id)
 
 

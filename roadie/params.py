@@ -8,7 +8,7 @@ Prefect checks a run's parameters twice, both before any of roadie's code runs:
   failed", the field and the reason, and no task has run.
 
 The values stay plain strings (what the REST caller sent, a UUID in its canonical lower-case form), so the
-flows' bodies and the API contract (`roadie.ops.client`) do not change.
+flows' bodies and what the platform's API sends do not change.
 """
 
 from __future__ import annotations
@@ -31,9 +31,17 @@ def _canonical_uuid(value: str) -> str:
     return str(uuid.UUID(value))
 
 
+_FLOW_RUN_PREFIX = "prefect.flow-run."
+
+
 def _canonical_flow_run(value: str) -> str:
-    prefix = "prefect.flow-run."
+    prefix = _FLOW_RUN_PREFIX
     return prefix + _canonical_uuid(value[len(prefix) :]) if value.startswith(prefix) else _canonical_uuid(value)
+
+
+def flow_run_uuid(value: str) -> uuid.UUID:
+    """The run's id from a FlowRunId: bare, or an event's resource id (`prefect.flow-run.<uuid>`)."""
+    return uuid.UUID(_canonical_uuid(value.removeprefix(_FLOW_RUN_PREFIX)))
 
 
 # A track version's id, as the platform's API registered it.
@@ -94,31 +102,3 @@ Month = (
 )
 
 assert set(Format.__args__) == set(FORMATS), "roadie.params.Format is out of step with roadie.settings.FORMATS"
-
-
-def forbid_unknown_parameters(
-    api_url: str, deployment_names: list[str] | tuple[str, ...], auth_string: str | None = None
-) -> list[str]:
-    """Mark the parameter schema of these deployments `additionalProperties: false`, so the server answers a
-    `create_flow_run` with an unknown field 409 ("Additional properties are not allowed ('x' was unexpected)").
-
-    Prefect builds the schema from the flow's signature but never closes it, and a run that does get an unknown
-    field crashes in the engine (SignatureMismatchError, "Process exited with status code: 1") before the flow
-    can fail it cleanly. `roadie setup --deploy` and `roadie serve` call this after `prefect deploy`. Returns the
-    ids of the deployments it changed."""
-    from roadie.ops.client import PrefectREST
-
-    changed = []
-    with PrefectREST(api_url, auth_string=auth_string) as client:
-        for deployment in client.filter_deployments(names=list(deployment_names)):
-            full = client.request("GET", f"/deployments/{deployment.id}").json()
-            schema = full.get("parameter_openapi_schema")
-            if not isinstance(schema, dict) or schema.get("additionalProperties") is False:
-                continue
-            client.request(
-                "PATCH",
-                f"/deployments/{deployment.id}",
-                json={"parameter_openapi_schema": {**schema, "additionalProperties": False}},
-            )
-            changed.append(deployment.id)
-    return changed

@@ -25,10 +25,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import reload_settings
 from tests import services
+from tests.platform_client import FlowRun
+from tests.prefect_rest import PrefectREST
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +281,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.topology import ensure_topology
+    from roadie.ops.prefect_api import connect
     from roadie.ops.serve import deploy
 
     home = tmp_path_factory.mktemp("faults")
@@ -348,7 +350,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
                 mp.setenv("PREFECT_API_URL", prefect.url)
                 reload_settings()
                 try:
-                    ensure_topology(client, docker=False, zombie_after_seconds=ZOMBIE_AFTER_S)
+                    with connect(prefect.url) as api:
+                        ensure_topology(api, docker=False, zombie_after_seconds=ZOMBIE_AFTER_S)
                     deploy(prefect.url, env=env)
                     for i in (1, 2):
                         stack.start_worker(f"fault-worker-{i}-{uuid.uuid4().hex[:4]}")

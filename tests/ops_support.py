@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
-from roadie.ops.client import PrefectREST
+from tests.prefect_rest import PrefectREST
 
 
 class Recorder:

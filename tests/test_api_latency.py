@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie.ops.client import PrefectREST
 from roadie.ops.serve import WorkerProcess, split_by_presence, worker_command, worker_env
 from roadie.ops.warm_worker import flow_modules
 from roadie.ops.zygote import changed_since
+from tests.prefect_rest import PrefectREST
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,11 +24,12 @@ import httpx
 import pytest
 import yaml
 
-from roadie.ops.client import FlowRun, PrefectREST
 from roadie.prefect_local import free_port
 from roadie.settings import reload_settings
 from tests import docker_support as ds
 from tests.ops_support import Recorder
+from tests.platform_client import FlowRun
+from tests.prefect_rest import PrefectREST
 from tests.support import run_sql, sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e

@@ -25,12 +25,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
-from roadie.ops.client import FlowRun, PrefectREST
 from roadie.ops.health import OpsServer
+from roadie.ops.prefect_api import connect
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.prefect_local import free_port
 from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, flow_run_pids
+from tests.platform_client import FlowRun
+from tests.prefect_rest import PrefectREST
 from tests.support import run_sql, sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
@@ -125,7 +127,8 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
             mp.setenv(key, value)
         reload_settings()
         try:
-            ensure_topology(client, docker=False, zombie_after_seconds=ZOMBIE_AFTER_S)
+            with connect(prefect_api) as api:
+                ensure_topology(api, docker=False, zombie_after_seconds=ZOMBIE_AFTER_S)
             present, missing = split_by_presence(ROOT / "prefect.yaml", ROOT)
             s.missing = tuple(missing)
             s.deploy_cmd = [str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy"]
@@ -516,13 +519,14 @@ def test_rollup_backfill_with_start_and_end_through_rest(stack):
 
 
 def test_health_and_metrics_against_the_live_system(stack):
-    server = OpsServer(stack.client, "127.0.0.1", 0, Settings(work_pool=POOL)).start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        health = httpx.get(f"{base}/health", timeout=60)
-        metrics = httpx.get(f"{base}/metrics", timeout=60)
-    finally:
-        server.stop()
+    with connect(stack.api) as api:
+        server = OpsServer(api, "127.0.0.1", 0, Settings(work_pool=POOL)).start()
+        try:
+            base = f"http://127.0.0.1:{server.port}"
+            health = httpx.get(f"{base}/health", timeout=60)
+            metrics = httpx.get(f"{base}/metrics", timeout=60)
+        finally:
+            server.stop()
     report = health.json()
     assert health.status_code == 200 and report["status"] == "healthy", report
     ingest = report["queues"]["media-ingest"]
@@ -638,7 +642,8 @@ def test_docker_variant_registers_on_the_docker_pool(stack):
     """Last: it replaces the process deployments of the same names (the two files are alternatives)."""
     from roadie.ops.serve import deploy
 
-    ensure_topology(stack.client, docker=True, zombie_after_seconds=ZOMBIE_AFTER_S)
+    with connect(stack.api) as api:
+        ensure_topology(api, docker=True, zombie_after_seconds=ZOMBIE_AFTER_S)
     env = {
         "ROADIE_IMAGE": "roadie:e2e",
         "ROADIE_DATABASE_URL": "postgresql+psycopg2://u:p@postgres:5432/roadie",

@@ -1,5 +1,8 @@
-"""Operations pieces against a real Prefect server and real PostgreSQL: the REST client, the topology setup,
-dead letters, health and Prometheus metrics, the register CLI. (The whole system with workers: test_e2e.py.)"""
+"""Operations pieces against a real Prefect server and real PostgreSQL: the platform's REST client, the topology
+setup, dead letters, health and Prometheus metrics, the register CLI. (The whole system with workers: test_e2e.py.)
+
+roadie's side talks to the server through Prefect's own client (`prefect`); the tests set up and check runs from
+outside over REST (`client`, tests/prefect_rest.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -20,11 +24,17 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from roadie.ops import dead_letter
-from roadie.ops.client import PrefectAPIError, PrefectREST
 from roadie.ops.health import DURATION_BUCKETS, JobMetrics, OpsServer, check_health
+from roadie.ops.prefect_api import connect
+from roadie.params import flow_run_uuid
 from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, make_deployment, set_state, unique
+from tests.platform_client import PrefectAPIError
+from tests.prefect_rest import PrefectREST
 from tests.support import sine, write_wav
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 TEST_POOL = "roadie-test-pool"
 
@@ -35,6 +45,12 @@ TEST_POOL = "roadie-test-pool"
 @pytest.fixture
 def client(prefect_api: str) -> Iterator[PrefectREST]:
     with PrefectREST(prefect_api) as c:
+        yield c
+
+
+@pytest.fixture
+def prefect(prefect_api: str) -> Iterator[SyncPrefectClient]:
+    with connect(prefect_api) as c:
         yield c
 
 
@@ -65,7 +81,8 @@ def test_client_looks_up_deployments_and_creates_runs_once_per_key(client):
     assert again.flow_run.id == first.flow_run.id
     assert other.created and other.flow_run.id != first.flow_run.id
     assert client.read_flow_run(first.flow_run.id).parameters == {"x": 1}
-    assert client.read_flow_run(f"prefect.flow-run.{first.flow_run.id}").id == first.flow_run.id
+    # roadie's side takes a run id as an event's resource id too (what the dead-letter automation passes).
+    assert flow_run_uuid(f"prefect.flow-run.{first.flow_run.id}") == uuid.UUID(first.flow_run.id)
     runs = client.filter_flow_runs(deployments={"id": {"any_": [dep_id]}})
     assert sorted(r.id for r in runs) == sorted([first.flow_run.id, other.flow_run.id])
 
@@ -141,11 +158,11 @@ def test_client_sends_the_auth_string_as_basic_auth():
 # ---------------------------------------------------------------------- topology
 
 
-def test_setup_is_idempotent_and_orders_queues(client):
+def test_setup_is_idempotent_and_orders_queues(client, prefect):
     from deployments.topology import DOCKER_POOL, PROCESS_POOL, QUEUES, ZOMBIE_AUTOMATION, ensure_topology
 
-    first = ensure_topology(client, zombie_after_seconds=75)
-    second = ensure_topology(client, zombie_after_seconds=75)
+    first = ensure_topology(prefect, zombie_after_seconds=75)
+    second = ensure_topology(prefect, zombie_after_seconds=75)
     assert second["created_pools"] == [] and first["zombie_automation"] == second["zombie_automation"]
     for pool, pool_type in ((PROCESS_POOL, "process"), (DOCKER_POOL, "docker")):
         info = client.request("GET", f"/work_pools/{pool}").json()
@@ -206,10 +223,10 @@ def run_to_failure(flow_fn, **params) -> str:
     return str(state.state_details.flow_run_id)
 
 
-def test_failed_run_is_recorded_once_with_error_and_attempts(client, ops_env, failing_flows, pg_url):
+def test_failed_run_is_recorded_once_with_error_and_attempts(prefect, ops_env, failing_flows, pg_url):
     bad_input, retried = failing_flows
     run_id = run_to_failure(bad_input, version_id="v-1")
-    failed = dead_letter.describe_failed_run(client, f"prefect.flow-run.{run_id}")
+    failed = dead_letter.describe_failed_run(prefect, f"prefect.flow-run.{run_id}")
     assert failed.flow_name == "roadie-test-bad-input" and failed.deployment_name is None
     assert failed.parameters == {"version_id": "v-1"}
     assert failed.state == "Failed" and "version v-1 is not audio" in failed.error
@@ -229,17 +246,17 @@ def test_failed_run_is_recorded_once_with_error_and_attempts(client, ops_env, fa
 
     # Three tries of a transient failure: attempts says the retries ran out.
     flaky_run = run_to_failure(retried, version_id="v-2")
-    assert dead_letter.describe_failed_run(client, flaky_run).attempts == 3
+    assert dead_letter.describe_failed_run(prefect, flaky_run).attempts == 3
 
 
-def test_only_failed_or_crashed_runs_are_dead_letters(client):
+def test_only_failed_or_crashed_runs_are_dead_letters(client, prefect):
     flow, name = unique("roadie-test-flow"), unique("job")
     make_deployment(client, flow, name, [])
     run = client.create_flow_run(f"{flow}/{name}").flow_run
     set_state(client, run.id, "RUNNING")
     set_state(client, run.id, "COMPLETED")
     with pytest.raises(ValueError, match="not failed or crashed"):
-        dead_letter.describe_failed_run(client, run.id)
+        dead_letter.describe_failed_run(prefect, run.id)
 
 
 def test_crashed_ingest_fails_its_stranded_version(ops_env, tmp_path, pg_url):
@@ -311,10 +328,10 @@ def test_webhook_gets_the_failed_job_and_errors_raise():
         hook.close()
 
 
-def test_dead_letter_event_reaches_the_api(client, ops_env, failing_flows):
+def test_dead_letter_event_reaches_the_api(client, prefect, ops_env, failing_flows):
     bad_input, _ = failing_flows
     run_id = run_to_failure(bad_input, version_id="v-event")
-    letter = dead_letter.record(dead_letter.describe_failed_run(client, run_id))
+    letter = dead_letter.record(dead_letter.describe_failed_run(prefect, run_id))
     since = datetime.now(UTC) - timedelta(minutes=1)
     dead_letter.emit(letter)
     deadline = time.monotonic() + 30
@@ -327,16 +344,16 @@ def test_dead_letter_event_reaches_the_api(client, ops_env, failing_flows):
     assert events[0].payload["error"] == letter.failed.error
 
 
-def test_retry_requeues_a_failed_job_once(client, ops_env, failing_flows):
+def test_retry_requeues_a_failed_job_once(client, prefect, ops_env, failing_flows):
     bad_input, _ = failing_flows
     run_id = run_to_failure(bad_input, version_id="v-retry")
     dep_name = unique("bad-input")
     make_deployment(client, "roadie-test-bad-input", dep_name, ["roadie-job"])
-    failed = dead_letter.describe_failed_run(client, run_id)
+    failed = dead_letter.describe_failed_run(prefect, run_id)
     letter = dead_letter.record(dead_letter.FailedRun(**{**failed.__dict__, "deployment_name": dep_name}))
 
-    job, new_run, created = dead_letter.retry(client, letter.id[:8])
-    _job_again, same_run, created_again = dead_letter.retry(client, run_id)  # by flow run id too
+    job, new_run, created = dead_letter.retry(prefect, letter.id[:8])
+    _job_again, same_run, created_again = dead_letter.retry(prefect, run_id)  # by flow run id too
     assert created and not created_again and same_run == new_run
     assert job.retried_at is not None and str(job.retry_flow_run_id) == new_run
     requeued = client.read_flow_run(new_run)
@@ -356,17 +373,17 @@ def test_retry_requeues_a_failed_job_once(client, ops_env, failing_flows):
     assert listed[letter.id]["retry_flow_run_id"] == new_run and listed[letter.id]["state"] == "Failed"
 
 
-def test_sweep_files_failed_job_runs_the_automation_missed(client, ops_env):
+def test_sweep_files_failed_job_runs_the_automation_missed(client, prefect, ops_env):
     flow, name = unique("roadie-test-flow"), unique("job")
     make_deployment(client, flow, name, ["roadie-job"])
     run = client.create_flow_run(f"{flow}/{name}", {"n": 1}).flow_run
     set_state(client, run.id, "RUNNING")
     set_state(client, run.id, "CRASHED", "worker vanished")
-    filed = dead_letter.sweep(client)
+    filed = dead_letter.sweep(prefect)
     mine = [letter for letter in filed if letter.failed.flow_run_id == run.id]
     assert len(mine) == 1 and mine[0].failed.state == "Crashed" and mine[0].failed.error == "worker vanished"
     assert mine[0].failed.deployment_name == name
-    assert all(letter.failed.flow_run_id != run.id for letter in dead_letter.sweep(client))
+    assert all(letter.failed.flow_run_id != run.id for letter in dead_letter.sweep(prefect))
 
 
 # ---------------------------------------------------------------------- health and metrics
@@ -421,10 +438,10 @@ def job_runs(client: PrefectREST, flow: str, name: str) -> dict[str, list[str]]:
     return ids
 
 
-def test_health_counts_per_job_and_decides_status(client, worker_pool):
+def test_health_counts_per_job_and_decides_status(client, prefect, worker_pool):
     name = unique("health-job")
     job_runs(client, unique("roadie-test-flow"), name)
-    healthy = check_health(client, Settings(work_pool=worker_pool))
+    healthy = check_health(prefect, Settings(work_pool=worker_pool))
     figures = healthy.queues[name]
     assert (figures.waiting, figures.active, figures.failed) == (2, 1, 2)
     assert healthy.workers_online == 1
@@ -432,11 +449,11 @@ def test_health_counts_per_job_and_decides_status(client, worker_pool):
     if healthy.failed_in_window <= 100:
         assert healthy.status == "healthy" and healthy.reasons == ()
 
-    too_many = check_health(client, Settings(work_pool=worker_pool, health_max_failed=1))
+    too_many = check_health(prefect, Settings(work_pool=worker_pool, health_max_failed=1))
     assert too_many.status == "unhealthy" and "failed in the last 60 min" in too_many.reasons[0]
-    outside_window = check_health(client, Settings(work_pool=worker_pool, health_window_minutes=0))
+    outside_window = check_health(prefect, Settings(work_pool=worker_pool, health_window_minutes=0))
     assert outside_window.queues[name].failed == 0
-    nobody = check_health(client, Settings(work_pool=unique("roadie-empty-pool")))
+    nobody = check_health(prefect, Settings(work_pool=unique("roadie-empty-pool")))
     assert nobody.status == "unhealthy" and nobody.workers_online == 0
     assert any("no worker online" in r for r in nobody.reasons)
     assert set(healthy.as_json()) >= {"status", "queues"}
@@ -452,10 +469,10 @@ def scrape(url: str) -> dict[str, dict[tuple, float]]:
     return out
 
 
-def test_metrics_come_from_the_api_and_only_grow(client, worker_pool):
+def test_metrics_come_from_the_api_and_only_grow(client, prefect, worker_pool):
     flow, name = unique("roadie-test-flow"), unique("metrics-job")
     job_runs(client, flow, name)
-    server = OpsServer(client, "127.0.0.1", 0, Settings(work_pool=worker_pool)).start()
+    server = OpsServer(prefect, "127.0.0.1", 0, Settings(work_pool=worker_pool)).start()
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         first = scrape(url)
@@ -495,17 +512,17 @@ def test_metrics_come_from_the_api_and_only_grow(client, worker_pool):
         server.stop()
 
 
-def test_health_answers_from_its_latest_check_and_says_when_that_is_stale(client, worker_pool):
+def test_health_answers_from_its_latest_check_and_says_when_that_is_stale(prefect, worker_pool):
     """Requests do not wait on the Prefect API: they read the snapshot the checking thread keeps. One that is too
     old (the checks are stuck) is unhealthy, with that reason."""
     from roadie.ops.health import HealthSnapshots
 
-    snapshots = HealthSnapshots(client, Settings(work_pool=worker_pool), every_s=3600, stale_after_s=1.0).start()
+    snapshots = HealthSnapshots(prefect, Settings(work_pool=worker_pool), every_s=3600, stale_after_s=1.0).start()
     try:
         status, body = snapshots.answer()
         assert body["workers_online"] == 1 and body["age_s"] < 1.0
         assert status == (200 if body["status"] == "healthy" else 503)
-        with PrefectREST("http://127.0.0.1:9/api", retries=0, timeout=2) as dead:
+        with connect("http://127.0.0.1:9/api") as dead:
             snapshots.client = dead  # an answer that asked the API now would fail: none does
             assert snapshots.answer() == (status, {**body, "age_s": snapshots.answer()[1]["age_s"]})
         time.sleep(1.2)
@@ -517,7 +534,7 @@ def test_health_answers_from_its_latest_check_and_says_when_that_is_stale(client
 
 
 def test_health_endpoint_says_unhealthy_when_the_api_is_down():
-    with PrefectREST("http://127.0.0.1:9/api", retries=0, timeout=2) as dead:
+    with connect("http://127.0.0.1:9/api") as dead:
         server = OpsServer(dead, "127.0.0.1", 0).start()
         try:
             response = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=10)
@@ -527,13 +544,13 @@ def test_health_endpoint_says_unhealthy_when_the_api_is_down():
     assert response.json()["status"] == "unhealthy" and "Prefect API" in response.json()["reasons"][0]
 
 
-def test_job_metrics_backfill_ignores_old_runs(client, worker_pool):
+def test_job_metrics_backfill_ignores_old_runs(client, prefect, worker_pool):
     name = unique("backfill-job")
     job_runs(client, unique("roadie-test-flow"), name)
-    nothing_back = JobMetrics(client, Settings(work_pool=worker_pool, metrics_backfill_hours=0))
+    nothing_back = JobMetrics(prefect, Settings(work_pool=worker_pool, metrics_backfill_hours=0))
     nothing_back.refresh()
     assert not any(queue == name for queue, _ in nothing_back.processed)
-    day_back = JobMetrics(client, Settings(work_pool=worker_pool))
+    day_back = JobMetrics(prefect, Settings(work_pool=worker_pool))
     day_back.refresh()
     assert day_back.processed[(name, "completed")] == 1
 

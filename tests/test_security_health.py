@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from roadie.ops.client import PrefectREST
 from roadie.ops.health import OpsServer
+from roadie.ops.prefect_api import connect
 from roadie.prefect_local import free_port
 from roadie.settings import reload_settings
 
@@ -27,7 +27,7 @@ def configured(monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> Iterator[Op
     monkeypatch.setenv("ROADIE_HEALTH_PORT", str(port))
     monkeypatch.setenv("ROADIE_WORK_POOL", "roadie-security-health")
     reload_settings()
-    with PrefectREST(prefect_api) as client:
+    with connect(prefect_api) as client:
         server = OpsServer(client).start()
         try:
             yield server
@@ -104,7 +104,7 @@ def test_every_other_method_is_405(configured, method, path):
 
 def test_an_explicit_address_still_wins(prefect_api):
     """`roadie health --serve --host …` and the tests pass an address; it is used as given."""
-    with PrefectREST(prefect_api) as client:
+    with connect(prefect_api) as client:
         server = OpsServer(client, "127.0.0.1", 0).start()
         try:
             assert server.host == "127.0.0.1" and server.port > 0

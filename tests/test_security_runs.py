@@ -28,12 +28,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie.ops.client import PrefectREST
 from roadie.ops.health import OpsServer
+from roadie.ops.prefect_api import connect
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import Settings, reload_settings
 from tests import services
 from tests.ops_support import Recorder
+from tests.prefect_rest import PrefectREST
 from tests.support import run_sql, sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
@@ -340,7 +341,7 @@ def all_pages(stack: SecureStack, path: str) -> list[dict]:
 def test_secrets_appear_in_no_output(secure, tmp_path):
     bad = register(tmp_path, "broken", audio=False)
     good = register(tmp_path, "fine", audio=True)
-    # The API contract (roadie.ops.client): trigger_ingest with a version id and formats.
+    # The API contract (tests/platform_client.py): trigger_ingest with a version id and formats.
     bad_run = secure.client.trigger_ingest(bad.version_id, ["hls_opus"]).flow_run.id
     good_run = secure.client.trigger_ingest(good.version_id, ["hls_opus"]).flow_run.id
     assert secure.client.wait_for_flow_run(good_run, timeout_s=300).state_type == "COMPLETED"
@@ -385,18 +386,17 @@ def test_secrets_appear_in_no_output(secure, tmp_path):
         [dict(r._mapping) for r in secure.sql("SELECT * FROM failed_jobs")], default=str
     )
     outputs["webhook bodies"] = json.dumps([body for _, body in secure.hook.requests])
-    server = OpsServer(secure.client, "127.0.0.1", 0, Settings(work_pool=POOL)).start()
-    try:
-        outputs["/health"] = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=60).text
-        outputs["/metrics"] = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=60).text
-    finally:
-        server.stop()
+    with connect(secure.api, AUTH_STRING) as prefect:
+        server = OpsServer(prefect, "127.0.0.1", 0, Settings(work_pool=POOL)).start()
+        try:
+            outputs["/health"] = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=60).text
+            outputs["/metrics"] = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=60).text
+        finally:
+            server.stop()
     # The health endpoint when the API answers an error: its reason names the URL (here one with the auth string
     # as its user:password, and a path the server does not have), never the password.
     port = secure.api.rsplit(":", 1)[1].split("/")[0]
-    with PrefectREST(
-        f"http://{AUTH_STRING}@127.0.0.1:{port}/no-such-api", retries=0, timeout=10, auth_string=AUTH_STRING
-    ) as dead:
+    with connect(f"http://{AUTH_STRING}@127.0.0.1:{port}/no-such-api", AUTH_STRING) as dead:
         server = OpsServer(dead, "127.0.0.1", 0, Settings(prefect_api_auth_string=AUTH_STRING)).start()
         try:
             outputs["/health, API error"] = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=30).text
@@ -429,7 +429,7 @@ def test_secrets_appear_in_no_output(secure, tmp_path):
         "webhook bodies": [bad_run],
         "/health": ["media-ingest", "workers_online"],
         "/metrics": ["roadie_jobs_processed_total", 'queue="media-ingest"'],
-        "/health, API error": ["Prefect API", "PrefectAPIError", "roadie-admin:***@127.0.0.1"],
+        "/health, API error": ["Prefect API", "PrefectHTTPStatusError", "roadie-admin:***@127.0.0.1"],
         "roadie failed --json": [bad_run],
         "roadie health": ["media-ingest"],
         "roadie trigger ingest --wait": [bad_run, "Failed"],

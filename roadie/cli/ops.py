@@ -16,9 +16,28 @@ app.add_typer(trigger_app, name="trigger")
 
 
 def _client(api_url: str | None = None):
-    from roadie.ops.client import PrefectREST
+    """Prefect's sync client for the configured API (or the local server); use it in a `with`."""
+    from roadie.ops.prefect_api import connect
 
-    return PrefectREST.from_settings(api_url)
+    return connect(api_url)
+
+
+def _api_failure(exc: Exception) -> typer.Exit:
+    """A lookup or an API answer that refused the call: one line, without a secret (exit 2)."""
+    from roadie.errors import redact
+    from roadie.ops.prefect_api import describe_error
+
+    return fail(redact(describe_error(exc)))
+
+
+def _wait_and_exit(client, run_id, timeout: float) -> None:
+    """--wait: poll until the run is final, print it, exit 0 only when it completed."""
+    from roadie.ops.prefect_api import state_type, wait_for_flow_run
+
+    final = wait_for_flow_run(client, run_id, timeout_s=timeout)
+    message = final.state.message if final.state else None
+    emit_json({"flow_run_id": str(final.id), "name": final.name, "state": final.state_name, "message": message})
+    raise typer.Exit(0 if state_type(final) == "COMPLETED" else 1)
 
 
 @app.command()
@@ -96,6 +115,7 @@ def health(
     api_url: str | None = typer.Option(None),
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
+    from roadie.errors import mask_url
     from roadie.ops.health import OpsServer, check_health
     from roadie.ops.signals import stop_on_signals
     from roadie.settings import get_settings
@@ -105,7 +125,8 @@ def health(
         if serve_http:
             server = OpsServer(client, host or settings.health_host, port if port is not None else settings.health_port)
             say(
-                f"serving http://{host or settings.health_host}:{server.port}/health and /metrics from {client.api_url}"
+                f"serving http://{host or settings.health_host}:{server.port}/health and /metrics "
+                f"from {mask_url(str(client.api_url))}"
             )
             try:
                 with stop_on_signals():  # Ctrl-C or `docker stop`, also when started in the background
@@ -201,30 +222,28 @@ def trigger_ingest(
     timeout: float = typer.Option(900.0, help="Seconds --wait waits."),
 ) -> None:
     """POST create_flow_run on media-ingest with idempotency key media-ingest:{version_id}; prints the run."""
-    from roadie.ops.client import PrefectAPIError
+    import httpx
+
+    from roadie.ops.prefect_api import ingest_idempotency_key, ui_url
+    from roadie.ops.prefect_api import trigger_ingest as start_ingest
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     with _client() as client:
         try:
-            triggered = client.trigger_ingest(version_id, wanted)
-        except (LookupError, PrefectAPIError) as exc:
-            raise fail(str(exc)) from None
-        run = triggered.flow_run
+            run, created = start_ingest(client, version_id, wanted)
+        except (LookupError, httpx.HTTPError) as exc:
+            raise _api_failure(exc) from None
         emit_json(
             {
-                "flow_run_id": run.id,
-                "created": triggered.created,
+                "flow_run_id": str(run.id),
+                "created": created,
                 "state": run.state_name,
-                "idempotency_key": triggered.idempotency_key,
-                "ui": f"{client.ui_url}/runs/flow-run/{run.id}",
+                "idempotency_key": ingest_idempotency_key(version_id),
+                "ui": f"{ui_url(client)}/runs/flow-run/{run.id}",
             }
         )
         if wait:
-            final = client.wait_for_flow_run(run.id, timeout_s=timeout)
-            emit_json(
-                {"flow_run_id": final.id, "name": final.name, "state": final.state_name, "message": final.state_message}
-            )
-            raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
+            _wait_and_exit(client, run.id, timeout)
 
 
 @trigger_app.command("job")
@@ -241,7 +260,9 @@ def trigger_job(
     timeout: float = typer.Option(900.0),
 ) -> None:
     """Start any roadie deployment with parameters (reprocessing one version, a rollup backfill …)."""
-    from roadie.ops.client import PrefectAPIError
+    import httpx
+
+    from roadie.ops.prefect_api import create_run, read_deployment, ui_url
 
     try:
         parameters = json.loads(params)
@@ -249,24 +270,19 @@ def trigger_job(
         raise fail(f"--params is not JSON: {exc}") from None
     with _client() as client:
         try:
-            triggered = client.create_flow_run(deployment, parameters, idempotency_key=key)
-        except (LookupError, PrefectAPIError) as exc:
-            raise fail(str(exc)) from None
-        run = triggered.flow_run
+            run, created = create_run(client, read_deployment(client, deployment).id, parameters, idempotency_key=key)
+        except (LookupError, httpx.HTTPError) as exc:
+            raise _api_failure(exc) from None
         emit_json(
             {
-                "flow_run_id": run.id,
-                "created": triggered.created,
+                "flow_run_id": str(run.id),
+                "created": created,
                 "state": run.state_name,
-                "ui": f"{client.ui_url}/runs/flow-run/{run.id}",
+                "ui": f"{ui_url(client)}/runs/flow-run/{run.id}",
             }
         )
         if wait:
-            final = client.wait_for_flow_run(run.id, timeout_s=timeout)
-            emit_json(
-                {"flow_run_id": final.id, "name": final.name, "state": final.state_name, "message": final.state_message}
-            )
-            raise typer.Exit(0 if final.state_type == "COMPLETED" else 1)
+            _wait_and_exit(client, run.id, timeout)
 
 
 @app.command()

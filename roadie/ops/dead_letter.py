@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -19,7 +19,10 @@ from roadie.catalog import mark_failed
 from roadie.db.models import FailedJob
 from roadie.db.session import session_scope
 from roadie.errors import redact
-from roadie.ops.client import PrefectREST, strip_resource_prefix
+from roadie.params import flow_run_uuid
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 DEAD_STATE_TYPES = ("FAILED", "CRASHED")
 JOB_TAG = "roadie-job"
@@ -50,24 +53,34 @@ class DeadLetter:
     first_time: bool
 
 
-def describe_failed_run(client: PrefectREST, flow_run_id: str) -> FailedRun:
-    run = client.read_flow_run(strip_resource_prefix(flow_run_id))
-    if run.state_type not in DEAD_STATE_TYPES:
+def describe_failed_run(client: SyncPrefectClient, flow_run_id: str) -> FailedRun:
+    """`flow_run_id` bare or as an event's resource id (`prefect.flow-run.<uuid>`, what the automation passes)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from roadie.ops.prefect_api import all_pages, plain_time, state_type
+
+    run = client.read_flow_run(flow_run_uuid(flow_run_id))
+    if state_type(run) not in DEAD_STATE_TYPES:
         raise ValueError(f"flow run {run.name} is {run.state_name}, not failed or crashed")
-    flow = client.request("GET", f"/flows/{run.flow_id}").json()
-    deployment = client.request("GET", f"/deployments/{run.deployment_id}").json() if run.deployment_id else None
+    flow = client.read_flow(run.flow_id)
+    deployment = client.read_deployment(run.deployment_id) if run.deployment_id else None
     # Attempts: a retried step counts each try, so "4" says the retries ran out, "1" that nothing was retried.
-    task_attempts = [t.run_count for t in client.task_runs_of([run.id]) if t.state_type in DEAD_STATE_TYPES]
+    of_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+    task_runs = all_pages(
+        lambda limit, offset: client.read_task_runs(flow_run_filter=of_run, limit=limit, offset=offset)
+    )
+    task_attempts = [t.run_count for t in task_runs if state_type(t) in DEAD_STATE_TYPES]
+    message = run.state.message if run.state else None
     return FailedRun(
-        flow_run_id=run.id,
+        flow_run_id=str(run.id),
         flow_run_name=run.name,
-        flow_name=flow["name"],
-        deployment_name=deployment["name"] if deployment else None,
+        flow_name=flow.name,
+        deployment_name=deployment.name if deployment else None,
         parameters=dict(run.parameters),
-        state=run.state_name or run.state_type or "Failed",
-        error=redact(run.state_message or f"{run.state_name} without a message")[:10_000],
+        state=run.state_name or state_type(run) or "Failed",
+        error=redact(message or f"{run.state_name} without a message")[:10_000],
         attempts=max([run.run_count, 1, *task_attempts]),
-        failed_at=run.end_time or datetime.now(UTC),
+        failed_at=plain_time(run.end_time) or datetime.now(UTC),
     )
 
 
@@ -198,28 +211,32 @@ def notify_block(letter: DeadLetter, block: str) -> None:
     Block.load(block).notify(body, subject=subject)  # type: ignore[attr-defined]
 
 
-def sweep(client: PrefectREST, since: timedelta = timedelta(days=1)) -> list[DeadLetter]:
+def sweep(client: SyncPrefectClient, since: timedelta = timedelta(days=1)) -> list[DeadLetter]:
     """Record failed or crashed job runs that have no failed_jobs row yet (e.g. no worker ran the hook)."""
-    started = datetime.now(UTC) - since
-    runs = client.filter_flow_runs(
-        {
-            "state": {"type": {"any_": list(DEAD_STATE_TYPES)}},
-            "tags": {"all_": [JOB_TAG]},
-            "end_time": {"after_": started.isoformat()},
-        }
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterEndTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
     )
+    from prefect.client.schemas.objects import StateType
+
+    from roadie.ops.prefect_api import all_pages, api_time
+
+    dead = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in DEAD_STATE_TYPES])),
+        tags=FlowRunFilterTags(all_=[JOB_TAG]),
+        end_time=FlowRunFilterEndTime(after_=api_time(datetime.now(UTC) - since)),
+    )
+    runs = all_pages(lambda limit, offset: client.read_flow_runs(flow_run_filter=dead, limit=limit, offset=offset))
     with session_scope() as session:
         known = (
-            {
-                str(r)
-                for r in session.scalars(
-                    select(FailedJob.flow_run_id).where(FailedJob.flow_run_id.in_([uuid.UUID(r.id) for r in runs]))
-                )
-            }
+            set(session.scalars(select(FailedJob.flow_run_id).where(FailedJob.flow_run_id.in_([r.id for r in runs]))))
             if runs
             else set()
         )
-    return [record(describe_failed_run(client, r.id)) for r in runs if r.id not in known]
+    return [record(describe_failed_run(client, str(r.id))) for r in runs if r.id not in known]
 
 
 def list_failed(limit: int = 50, include_retried: bool = True) -> list[FailedJob]:
@@ -247,21 +264,23 @@ def find_failed(job_id: str) -> FailedJob:
     return rows[0]
 
 
-def retry(client: PrefectREST, job_id: str) -> tuple[FailedJob, str, bool]:
+def retry(client: SyncPrefectClient, job_id: str) -> tuple[FailedJob, str, bool]:
     """Re-queue a failed job as a new run with the same parameters; retrying the same row twice is one run."""
+    from roadie.ops.prefect_api import create_run, read_deployment
+
     job = find_failed(job_id)
     if not job.deployment_name:
         raise ValueError(f"failed job {job.id} was not started from a deployment; run it again by hand")
-    flow_slug = job.flow_name
-    triggered = client.create_flow_run(
-        f"{flow_slug}/{job.deployment_name}", job.parameters, idempotency_key=f"{job.deployment_name}:retry:{job.id}"
+    deployment = read_deployment(client, f"{job.flow_name}/{job.deployment_name}")
+    run, created = create_run(
+        client, deployment.id, job.parameters, idempotency_key=f"{job.deployment_name}:retry:{job.id}"
     )
     with session_scope() as session:
         row = session.get(FailedJob, job.id)
         assert row is not None
         row.retried_at = row.retried_at or datetime.now(UTC)
-        row.retry_flow_run_id = uuid.UUID(triggered.flow_run.id)
+        row.retry_flow_run_id = run.id
         session.flush()
         session.refresh(row)
         job = row
-    return job, triggered.flow_run.id, triggered.created
+    return job, str(run.id), created

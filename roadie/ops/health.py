@@ -16,10 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
-from roadie.ops.client import Deployment, FlowRun, PrefectREST, iso
+from roadie.ops.prefect_api import PAGE, all_pages, api_time, describe_error, plain_time, state_type
 from roadie.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter
+    from prefect.client.schemas.responses import DeploymentResponse
 
 JOB_TAG = "roadie-job"
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -60,37 +66,95 @@ class HealthReport:
         }
 
 
-def job_deployments(client: PrefectREST) -> list[Deployment]:
+def api_failure(exc: BaseException, settings: Settings) -> str:
+    """The reason /health gives when the API fails: the cause, without a URL password or any secret."""
+    from roadie.errors import redact
+
+    return redact(f"Prefect API: {type(exc).__name__}: {describe_error(exc)}", settings)
+
+
+def job_deployments(client: SyncPrefectClient) -> list[DeploymentResponse]:
     """roadie's job deployments (tag `roadie-job`), one per name: a Docker and a process variant count as one."""
-    return sorted(client.filter_deployments(tags_all=[JOB_TAG]), key=lambda d: d.name)
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+    tagged = DeploymentFilter(tags=DeploymentFilterTags(all_=[JOB_TAG]))
+    found = all_pages(
+        lambda limit, offset: client.read_deployments(deployment_filter=tagged, limit=limit, offset=offset)
+    )
+    return sorted(found, key=lambda d: d.name)
 
 
-def _by_name(deployments: Iterable[Deployment]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
+def _by_name(deployments: Iterable[DeploymentResponse]) -> dict[str, list[UUID]]:
+    groups: dict[str, list[UUID]] = {}
     for d in deployments:
         groups.setdefault(d.name, []).append(d.id)
     return groups
 
 
-def queue_figures(client: PrefectREST, deployment_ids: list[str], now: datetime, window: timedelta) -> QueueFigures:
-    scope = {"id": {"any_": deployment_ids}}
-    waiting = client.count_flow_runs(
-        {"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}, "expected_start_time": {"before_": iso(now)}},
-        deployments=scope,
+def _of(deployment_ids: Iterable[UUID]) -> DeploymentFilter:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids)))
+
+
+def count_due(client: SyncPrefectClient, deployment_ids: list[UUID], now: datetime) -> int:
+    """Runs due to start: Scheduled with a start time already past, or Pending."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
-    active = client.count_flow_runs({"state": {"type": {"any_": ["RUNNING", "CANCELLING"]}}}, deployments=scope)
+    from prefect.client.schemas.objects import StateType
+
+    due = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=api_time(now)),
+    )
+    return client.count_flow_runs(flow_run_filter=due, deployment_filter=_of(deployment_ids))
+
+
+def queue_figures(
+    client: SyncPrefectClient, deployment_ids: list[UUID], now: datetime, window: timedelta
+) -> QueueFigures:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterEndTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    def of_types(*types: StateType) -> FlowRunFilterState:
+        return FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
+
+    scope = _of(deployment_ids)
+    active = client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(state=of_types(StateType.RUNNING, StateType.CANCELLING)), deployment_filter=scope
+    )
     failed = client.count_flow_runs(
-        {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}, "end_time": {"after_": iso(now - window)}},
-        deployments=scope,
+        flow_run_filter=FlowRunFilter(
+            state=of_types(StateType.FAILED, StateType.CRASHED),
+            end_time=FlowRunFilterEndTime(after_=api_time(now - window)),
+        ),
+        deployment_filter=scope,
     )
-    return QueueFigures(waiting, active, failed)
+    return QueueFigures(count_due(client, deployment_ids, now), active, failed)
 
 
-def workers_online(client: PrefectREST, pool: str) -> int:
-    return sum(1 for w in client.workers(pool) if w.status == "ONLINE")
+def workers_online(client: SyncPrefectClient, pool: str) -> int:
+    import httpx
+
+    try:
+        workers = client.read_workers_for_work_pool(pool, limit=PAGE)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:  # no such pool: nobody in it
+            return 0
+        raise
+    return sum(1 for w in workers if w.status.value == "ONLINE")
 
 
-def check_health(client: PrefectREST, settings: Settings | None = None) -> HealthReport:
+def check_health(client: SyncPrefectClient, settings: Settings | None = None) -> HealthReport:
     settings = settings or get_settings()
     now = datetime.now(UTC)
     window = timedelta(minutes=settings.health_window_minutes)
@@ -117,7 +181,9 @@ class HealthSnapshots:
     and every probe added load to the API that was already busy. The first request waits for the first check.
     A snapshot older than `stale_after_s` (the checks are stuck) is itself a reason to be unhealthy."""
 
-    def __init__(self, client: PrefectREST, settings: Settings, every_s: float = 2.0, stale_after_s: float = 60.0):
+    def __init__(
+        self, client: SyncPrefectClient, settings: Settings, every_s: float = 2.0, stale_after_s: float = 60.0
+    ):
         self.client, self.settings, self.every_s, self.stale_after_s = client, settings, every_s, stale_after_s
         self._latest: tuple[float, HealthReport | None, str | None] | None = None
         self._first = threading.Event()
@@ -132,17 +198,11 @@ class HealthSnapshots:
         self._stop.set()
 
     def _run(self) -> None:
-        from roadie.errors import redact
-
         while not self._stop.is_set():
             try:
                 self._latest = (time.monotonic(), check_health(self.client, self.settings), None)
             except Exception as exc:  # the API is down: say so, with the cause (no URL password, no secret)
-                self._latest = (
-                    time.monotonic(),
-                    None,
-                    redact(f"Prefect API: {type(exc).__name__}: {exc}", self.settings),
-                )
+                self._latest = (time.monotonic(), None, api_failure(exc, self.settings))
             self._first.set()
             self._stop.wait(self.every_s)
 
@@ -202,16 +262,25 @@ class JobMetrics:
     # Runs are visible a moment after their end_time is set; re-read this much behind the watermark.
     OVERLAP = timedelta(minutes=2)
 
-    def __init__(self, client: PrefectREST, settings: Settings | None = None):
+    def __init__(self, client: SyncPrefectClient, settings: Settings | None = None):
         self.client = client
         self.settings = settings or get_settings()
         self._lock = threading.Lock()
         self._watermark: datetime | None = None
-        self._recent: dict[str, datetime] = {}  # run id -> end time, for runs inside the overlap
+        self._recent: dict[UUID, datetime] = {}  # run id -> end time, for runs inside the overlap
         self.processed: dict[tuple[str, str], int] = {}
         self.durations: dict[str, _Durations] = {}
 
-    def refresh(self) -> dict[str, Deployment]:
+    def refresh(self) -> dict[UUID, DeploymentResponse]:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterEndTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import FlowRun, StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
         deployments = {d.id: d for d in job_deployments(self.client)}
         now = datetime.now(UTC)
         since = (
@@ -221,22 +290,32 @@ class JobMetrics:
         )
         runs: list[FlowRun] = []
         if deployments:
-            runs = self.client.filter_flow_runs(
-                {"state": {"type": {"any_": list(STATUS_LABELS)}}, "end_time": {"after_": iso(since)}},
-                deployments={"id": {"any_": list(deployments)}},
-                sort="END_TIME_DESC",
+            ended = FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in STATUS_LABELS])),
+                end_time=FlowRunFilterEndTime(after_=api_time(since)),
+            )
+            scope = _of(deployments)
+            runs = all_pages(
+                lambda limit, offset: self.client.read_flow_runs(
+                    flow_run_filter=ended,
+                    deployment_filter=scope,
+                    sort=FlowRunSort.END_TIME_DESC,
+                    limit=limit,
+                    offset=offset,
+                )
             )
         for run in runs:
-            if run.id in self._recent or run.end_time is None or run.deployment_id not in deployments:
+            end_time = plain_time(run.end_time)
+            if run.id in self._recent or end_time is None or run.deployment_id not in deployments:
                 continue
-            self._recent[run.id] = run.end_time
+            self._recent[run.id] = end_time
             queue = deployments[run.deployment_id].name
-            status = STATUS_LABELS[run.state_type or ""]
+            status = STATUS_LABELS[state_type(run) or ""]
             self.processed[(queue, status)] = self.processed.get((queue, status), 0) + 1
-            if run.state_type == "COMPLETED":
-                self.durations.setdefault(queue, _Durations()).observe(run.total_run_time)
-            if self._watermark is None or run.end_time > self._watermark:
-                self._watermark = run.end_time
+            if status == "completed":
+                self.durations.setdefault(queue, _Durations()).observe(run.total_run_time.total_seconds())
+            if self._watermark is None or end_time > self._watermark:
+                self._watermark = end_time
         if self._watermark is None:
             self._watermark = since + self.OVERLAP
         horizon = self._watermark - self.OVERLAP
@@ -250,15 +329,7 @@ class JobMetrics:
             deployments = self.refresh()
             names = sorted({d.name for d in deployments.values()})
             now = datetime.now(UTC)
-            depth = {}
-            for name, ids in _by_name(deployments.values()).items():
-                depth[name] = self.client.count_flow_runs(
-                    {
-                        "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
-                        "expected_start_time": {"before_": iso(now)},
-                    },
-                    deployments={"id": {"any_": ids}},
-                )
+            depth = {name: count_due(self.client, ids, now) for name, ids in _by_name(deployments.values()).items()}
             online = workers_online(self.client, self.settings.work_pool)
 
             processed = CounterMetricFamily(
@@ -288,7 +359,7 @@ class JobMetrics:
             )
 
 
-def metrics_registry(client: PrefectREST, settings: Settings | None = None):
+def metrics_registry(client: SyncPrefectClient, settings: Settings | None = None):
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -307,11 +378,13 @@ class OpsServer:
     from the latest HealthSnapshots check, /metrics asks the API per scrape; no answer carries a secret."""
 
     def __init__(
-        self, client: PrefectREST, host: str | None = None, port: int | None = None, settings: Settings | None = None
+        self,
+        client: SyncPrefectClient,
+        host: str | None = None,
+        port: int | None = None,
+        settings: Settings | None = None,
     ):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        from roadie.errors import redact
 
         self.client, self.settings = client, settings or get_settings()
         host = self.settings.health_host if host is None else host
@@ -332,8 +405,7 @@ class OpsServer:
                     else:
                         self._send(404, "text/plain", b"try /health or /metrics\n")
                 except Exception as exc:  # the API is down: say so, with the cause (no URL password, no secret)
-                    reason = redact(f"Prefect API: {type(exc).__name__}: {exc}", outer.settings)
-                    body = {"status": "unhealthy", "queues": {}, "reasons": [reason]}
+                    body = {"status": "unhealthy", "queues": {}, "reasons": [api_failure(exc, outer.settings)]}
                     self._send(503, "application/json", json.dumps(body).encode())
 
             def _not_allowed(self) -> None:

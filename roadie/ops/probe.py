@@ -7,6 +7,7 @@ container) whether the Prefect API answers. Exit 0 healthy, 1 not.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 
 import httpx
@@ -31,10 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     worker = worker_answers(args.worker_url)
     if worker is not None:
         return 0 if worker else 1
-    from roadie.ops.client import PrefectREST
+    from roadie.ops.prefect_api import api_url
+    from roadie.settings import get_settings
 
-    with PrefectREST.from_settings(retries=0, timeout=4) as client:
-        return 0 if client.health() else 1
+    # Plain httpx, not Prefect's client: the probe runs every few seconds and importing prefect costs a second.
+    auth = get_settings().prefect_api_auth_string
+    try:
+        headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        answer = httpx.get(api_url().rstrip("/") + "/health", headers=headers, timeout=4)
+    except httpx.HTTPError:
+        return 1
+    return 0 if answer.status_code == 200 else 1
 
 
 if __name__ == "__main__":

@@ -87,13 +87,11 @@ def deploy(
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{output[-4000:]}")
-    from roadie.params import forbid_unknown_parameters
-    from roadie.settings import get_settings
+    from roadie.ops.prefect_api import close_parameter_schemas, connect
 
     # An unknown parameter is refused by the server (409), not crashed on by the engine (roadie.params).
-    forbid_unknown_parameters(
-        api_url, present, run_env.get("PREFECT_API_AUTH_STRING") or get_settings().prefect_api_auth_string
-    )
+    with connect(api_url, run_env.get("PREFECT_API_AUTH_STRING")) as client:
+        close_parameter_schemas(client, present)
     return DeployResult(tuple(present), tuple(missing), output)
 
 
@@ -288,11 +286,11 @@ def serve(
     with stop_on_signals():
         try:
             from deployments.topology import ensure_topology
-            from roadie.ops.client import PrefectREST
+            from roadie.ops.prefect_api import connect, ui_url
 
             upgrade()
-            client = PrefectREST.from_settings(api_url)
-            serving.stop_callbacks.append(client.close)
+            client = connect(api_url).__enter__()  # left on the way out, after the health server stopped
+            serving.stop_callbacks.append(lambda: client.__exit__(None, None, None))
             ensure_topology(client, docker=False)
             result = deploy(api_url)
             say(f"deployed {len(result.deployed)}: {', '.join(result.deployed)}")
@@ -317,14 +315,14 @@ def serve(
                 serving.stop_callbacks.append(ops.stop)
                 health_url = f"http://127.0.0.1:{ops.port}"
             info = {
-                "ui": client.ui_url,
+                "ui": ui_url(client),
                 "api": api_url,
                 "workers": [w.name for w in serving.workers],
                 "logs": str(logs),
                 "health": f"{health_url}/health" if health_url else None,
                 "metrics": f"{health_url}/metrics" if health_url else None,
             }
-            say(f"Prefect UI: {client.ui_url}")
+            say(f"Prefect UI: {ui_url(client)}")
             say(f"{workers} worker(s) on pool {PROCESS_POOL}, logs in {logs}")
             if health_url:
                 say(f"health: {health_url}/health   metrics: {health_url}/metrics")
