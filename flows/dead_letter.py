@@ -14,7 +14,7 @@ from roadie.settings import get_settings
 RETRY = transient_retries()
 
 
-@task(name="read-failed-run", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
 def read_failed_run(flow_run_id: str) -> dead_letter.FailedRun:
     from prefect.client.orchestration import get_client
 
@@ -24,17 +24,17 @@ def read_failed_run(flow_run_id: str) -> dead_letter.FailedRun:
         return dead_letter.describe_failed_run(client, flow_run_id)
 
 
-@task(name="record-failed-job", **RETRY)
+@task(**RETRY)
 def record_failed_job(failed: dead_letter.FailedRun) -> dead_letter.DeadLetter:
     return dead_letter.record(failed)
 
 
-@task(name="notify-webhook", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
 def notify_webhook(letter: dead_letter.DeadLetter, url: str) -> int:
     return dead_letter.notify_webhook(letter, url)
 
 
-@task(name="notify-block", retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
+@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
 def notify_block(letter: dead_letter.DeadLetter, block: str) -> None:
     dead_letter.notify_block(letter, block)
 
