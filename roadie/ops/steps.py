@@ -6,5 +6,6 @@ from pathlib import Path
 
 
 def project_dir() -> dict[str, str]:
-    """The checkout `prefect deploy` runs in; process workers start flow runs there (the pull step)."""
+    """The directory `prefect deploy` runs in (a checkout, or site-packages of an installed wheel: roadie.ops.serve
+    deploys from where the flows are); process workers start flow runs there (the pull step)."""
     return {"directory": str(Path.cwd().resolve())}
