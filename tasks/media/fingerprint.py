@@ -3,8 +3,8 @@
 An exact hash of a fingerprint misses every re-encode (the original design's bug). Here two fingerprints are
 compared AcoustID-style, by the bit error rate of their items at the best alignment, and candidates come from an
 index of item values (`fingerprint_index`), so a new upload is never scored against the whole catalogue.
-Storing fingerprints and reporting duplicates is the catalogue's (tasks.catalog.results); Prefect tasks live in
-`tasks.media.fingerprint_tasks`.
+Storing fingerprints and reporting duplicates is the catalogue's (roadie.catalog.results), scoring the candidates
+tasks.media.duplicates'; Prefect tasks live in `tasks.media.tasks`.
 """
 
 from __future__ import annotations

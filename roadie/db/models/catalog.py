@@ -79,7 +79,7 @@ class TrackVersion(Base):
     # The late-result guard: every ingest run that starts processing the version takes the next attempt and
     # writes its flow run id here; each later write of that run is conditional on the id still being its own, so a
     # superseded run (a slow original overtaken by its retry) can no longer change the version, its transcodes,
-    # its analysis or the objects under its prefix (tasks.catalog).
+    # its analysis or the objects under its prefix (roadie.catalog).
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempt_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
