@@ -16,12 +16,12 @@ DEMO_SECONDS ?= 30
 IMAGE ?= roadie:latest
 BASE_IMAGE ?= local
 
-.PHONY: install system-packages test-system-packages demo test bench clean image
+.PHONY: install system-packages test-system-packages demo test lint bench clean image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 install: system-packages $(VENV)/.installed
@@ -45,6 +45,13 @@ demo: install
 test: install test-system-packages
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; exit $$rc
+
+# Style (ruff), types (mypy) and the layers (import-linter: nothing imports upward; see pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check roadie flows tasks deployments tests bench docker
+	$(VENV)/bin/ruff format --check roadie flows tasks deployments tests bench docker
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 image:
 	$(PYTHON) docker/build.py --tag $(IMAGE) --base $(BASE_IMAGE)

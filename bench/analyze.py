@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from roadie.sample import music_like  # noqa: E402
+from roadie.sample_audio import music_like  # noqa: E402
 from tasks.media import analysis, loudness  # noqa: E402
 from tasks.media import fingerprint as fpm
 from tasks.media import waveform as wf

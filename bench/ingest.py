@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from roadie.sample import write_sample  # noqa: E402
+from roadie.sample_audio import write_sample  # noqa: E402
 from tasks.media.ffmpeg import ffmpeg_binary  # noqa: E402
 
 

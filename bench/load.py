@@ -228,7 +228,7 @@ def bucket_violations(starts: list[datetime], limit: int, per_second: float, sla
 
 
 def write_clips(folder: Path, clips: int, seconds: float) -> list[Path]:
-    from roadie.sample import write_sample
+    from roadie.sample_audio import write_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:  # distinct seeds: distinct audio, so no clip is another's duplicate

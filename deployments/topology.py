@@ -11,6 +11,8 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from roadie.prefect_api import connect
+
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
@@ -171,15 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-url", help="Prefect API (default: ROADIE_PREFECT_API_URL / PREFECT_API_URL)")
     parser.add_argument("--no-docker", action="store_true", help="skip the roadie-docker pool")
     args = parser.parse_args(argv)
-    from prefect.client.orchestration import SyncPrefectClient
-
-    from roadie.prefect_local import local_api_url
-    from roadie.settings import get_settings
-
-    # Not roadie.ops.prefect_api.connect: deployments sit below the ops layer.
-    settings = get_settings()
-    url = args.api_url or settings.prefect_api_url or local_api_url()
-    with SyncPrefectClient(url, auth_string=settings.prefect_api_auth_string) as client:
+    with connect(args.api_url) as client:
         print(ensure_topology(client, docker=not args.no_docker))
 
 

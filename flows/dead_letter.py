@@ -3,40 +3,13 @@ runs even when the failed run's own process died."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from roadie.ops import dead_letter
 from roadie.params import FlowRunId
-from roadie.retries import transient_retries
 from roadie.settings import get_settings
-
-RETRY = transient_retries()
-
-
-@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
-def read_failed_run(flow_run_id: str) -> dead_letter.FailedRun:
-    from prefect.client.orchestration import get_client
-
-    # The API is the network: any error reading it is worth a retry. Inside a run, Prefect's client is already
-    # pointed at the run's API (and its auth string).
-    with get_client(sync_client=True) as client:
-        return dead_letter.describe_failed_run(client, flow_run_id)
-
-
-@task(**RETRY)
-def record_failed_job(failed: dead_letter.FailedRun) -> dead_letter.DeadLetter:
-    return dead_letter.record(failed)
-
-
-@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
-def notify_webhook(letter: dead_letter.DeadLetter, url: str) -> int:
-    return dead_letter.notify_webhook(letter, url)
-
-
-@task(retries=3, retry_delay_seconds=[5, 10, 20], retry_jitter_factor=0.2)
-def notify_block(letter: dead_letter.DeadLetter, block: str) -> None:
-    dead_letter.notify_block(letter, block)
+from tasks.failures import dead_letter
+from tasks.failures.tasks import notify_block, notify_webhook, read_failed_run, record_failed_job
 
 
 @flow(name="dead-letter", flow_run_name="dead-letter-{flow_run_id}")

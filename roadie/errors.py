@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from roadie.settings import get_settings
 
 
 class RoadieError(Exception):
@@ -27,15 +31,16 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TransientError):
         return True
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    # Deferred like the botocore import below: `roadie analyze` reaches this module and needs neither library.
+    from sqlalchemy.exc import DBAPIError, OperationalError  # noqa: PLC0415
 
     if isinstance(exc, OperationalError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import EndpointConnectionError
+        from botocore.exceptions import ConnectionError as BotoConnectionError  # noqa: PLC0415
+        from botocore.exceptions import EndpointConnectionError  # noqa: PLC0415
     except ImportError:  # pragma: no cover
         return isinstance(exc, (ConnectionError, TimeoutError))
     return isinstance(exc, (ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError))
@@ -63,13 +68,11 @@ _ENV_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CON
 def mask_url(url: str) -> str:
     """A URL fit to show: the password masked (SQLAlchemy's own rendering for database URLs) and every query value
     masked (a webhook's query is its key). Anything unparsable is masked whole rather than shown."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
     if not url:
         return url
     try:
         if "://" in url and "@" in url.split("?", 1)[0]:
-            from sqlalchemy.engine import make_url
+            from sqlalchemy.engine import make_url  # noqa: PLC0415 (start-up, as in is_transient)
 
             parsed = make_url(url)
             if parsed.password is not None:
@@ -88,12 +91,7 @@ def mask_url(url: str) -> str:
 def secret_values(settings: object | None = None) -> list[str]:
     """Every configured secret, as it may appear in text: the S3 keys, the database passwords, the Prefect auth
     string and the webhook's query (whole and value by value), URL-encoded forms too. Longest first."""
-    import os
-    from urllib.parse import parse_qsl, quote, urlsplit
-
     if settings is None:
-        from roadie.settings import get_settings
-
         settings = get_settings()
     found: set[str] = set()
     for name in ("s3_access_key", "s3_secret_key", "prefect_api_auth_string"):
@@ -106,7 +104,7 @@ def secret_values(settings: object | None = None) -> list[str]:
     ]
     for url in filter(None, urls):
         try:
-            from sqlalchemy.engine import make_url
+            from sqlalchemy.engine import make_url  # noqa: PLC0415 (start-up, as in is_transient)
 
             found.add(make_url(url).password or "")
         except Exception:  # noqa: S112 - a URL that does not parse holds no password to hide

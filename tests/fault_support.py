@@ -281,7 +281,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.topology import ensure_topology
-    from roadie.ops.prefect_api import connect
+    from roadie.prefect_api import connect
     from roadie.ops.serve import deploy
 
     home = tmp_path_factory.mktemp("faults")

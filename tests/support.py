@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 import soundfile as sf
 
-from roadie.sample import music_like  # noqa: F401  (re-exported for the tests)
+from roadie.sample_audio import music_like  # noqa: F401  (re-exported for the tests)
 from tasks.media import loudness
 from tasks.media.ffmpeg import ffmpeg_binary
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from roadie import limits
+from roadie import cpu
 from roadie.settings import reload_settings
 
 pytestmark = pytest.mark.skipif(
@@ -37,13 +37,13 @@ def lanes_on(monkeypatch: pytest.MonkeyPatch):
 def test_processes_started_in_a_lane_run_on_its_cpus(lanes_on, lane: str):
     allowed = sorted(os.sched_getaffinity(0))
     expected = allowed[-1:] if lane == "background" else allowed[:-1]
-    with limits.cpu_lane(lane) as pinned:
+    with cpu.cpu_lane(lane) as pinned:
         assert pinned and child_cpus() == expected
     assert sorted(os.sched_getaffinity(0)) == allowed and child_cpus() == allowed
 
 
 def test_lanes_are_off_by_default():
-    with limits.cpu_lane("background") as pinned:
+    with cpu.cpu_lane("background") as pinned:
         assert not pinned and child_cpus() == sorted(os.sched_getaffinity(0))
 
 
@@ -55,7 +55,7 @@ def test_run_niced_lowers_the_priority_of_the_call_and_its_processes_only():
         own = os.getpriority(os.PRIO_PROCESS, 0)
         return own, int(subprocess.run(child_nice, capture_output=True, text=True, check=True).stdout)
 
-    assert limits.run_niced(3, in_thread) == (min(mine + 3, 19), min(mine + 3, 19))
+    assert cpu.run_niced(3, in_thread) == (min(mine + 3, 19), min(mine + 3, 19))
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the caller's thread is untouched
 
 
@@ -64,7 +64,7 @@ def test_run_niced_hands_exceptions_back():
         raise ValueError("bad input")
 
     with pytest.raises(ValueError, match="bad input"):
-        limits.run_niced(3, fails)
+        cpu.run_niced(3, fails)
 
 
 def test_lowered_thread_priority_passes_to_what_the_thread_starts_only():
@@ -75,7 +75,7 @@ def test_lowered_thread_priority_passes_to_what_the_thread_starts_only():
     seen: list[int] = []
 
     def pool_thread_start() -> None:
-        limits.lower_thread_priority(2)
+        cpu.lower_thread_priority(2)
         seen.append(int(subprocess.run(child_nice, capture_output=True, text=True, check=True).stdout))
 
     worker = threading.Thread(target=pool_thread_start)

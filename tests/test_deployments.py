@@ -156,8 +156,8 @@ def test_workers_start_runs_in_the_project_and_the_image():
     docker = yaml.safe_load(FILES["docker"].read_text())
     step = process["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert step["directory"] == "{{ project.directory }}"
-    assert process["build"][0] == {"roadie.ops.steps.project_dir": {"id": "project"}}
-    from roadie.ops.steps import project_dir
+    assert process["build"][0] == {"deployments.build_steps.project_dir": {"id": "project"}}
+    from deployments.build_steps import project_dir
 
     assert Path(project_dir()["directory"]) == Path.cwd().resolve()
     workdir = docker["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
 from roadie.ops.health import OpsServer
-from roadie.ops.prefect_api import connect
+from roadie.prefect_api import connect
 from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.prefect_local import free_port
 from roadie.settings import Settings, reload_settings

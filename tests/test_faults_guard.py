@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from roadie import catalog
-from roadie.ops.dead_letter import FailedRun, fail_stranded_version
+from tasks.failures.dead_letter import FailedRun, fail_stranded_version
 from tests.support import sine, write_wav
 
 

@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from roadie.ops import dead_letter
+from tasks.failures import dead_letter
 from roadie.ops.health import DURATION_BUCKETS, JobMetrics, OpsServer, check_health
-from roadie.ops.prefect_api import connect
+from roadie.prefect_api import connect
 from roadie.params import flow_run_uuid
 from roadie.settings import Settings, reload_settings
 from tests.ops_support import Recorder, make_deployment, set_state, unique

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from roadie.ops.health import OpsServer
-from roadie.ops.prefect_api import connect
+from roadie.prefect_api import connect
 from roadie.prefect_local import free_port
 from roadie.settings import reload_settings
 

@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from roadie.ops.health import OpsServer
-from roadie.ops.prefect_api import connect
+from roadie.prefect_api import connect
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.settings import Settings, reload_settings
 from tests import services

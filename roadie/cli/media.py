@@ -192,7 +192,7 @@ def sample(
     seed: int = typer.Option(0, help="Different seeds give different melodies."),
 ) -> None:
     """Write a music-like sample track (notes, harmonics and a beat) to try roadie with."""
-    from roadie.sample import write_sample
+    from roadie.sample_audio import write_sample
 
     write_sample(out, seconds, rate, channels, seed)
     say(f"wrote {out} ({seconds:g} s, {rate} Hz, {channels} ch)")

@@ -17,7 +17,7 @@ app.add_typer(trigger_app, name="trigger")
 
 def _client(api_url: str | None = None):
     """Prefect's sync client for the configured API (or the local server); use it in a `with`."""
-    from roadie.ops.prefect_api import connect
+    from roadie.prefect_api import connect
 
     return connect(api_url)
 
@@ -25,14 +25,14 @@ def _client(api_url: str | None = None):
 def _api_failure(exc: Exception) -> typer.Exit:
     """A lookup or an API answer that refused the call: one line, without a secret (exit 2)."""
     from roadie.errors import redact
-    from roadie.ops.prefect_api import describe_error
+    from roadie.prefect_api import describe_error
 
     return fail(redact(describe_error(exc)))
 
 
 def _wait_and_exit(client, run_id, timeout: float) -> None:
     """--wait: poll until the run is final, print it, exit 0 only when it completed."""
-    from roadie.ops.prefect_api import state_type, wait_for_flow_run
+    from roadie.prefect_api import state_type, wait_for_flow_run
 
     final = wait_for_flow_run(client, run_id, timeout_s=timeout)
     message = final.state.message if final.state else None
@@ -156,7 +156,7 @@ def failed(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs that failed for good (newest first), or re-queue one."""
-    from roadie.ops import dead_letter
+    from tasks.failures import dead_letter
 
     if sync or retry:
         with _client() as client:
@@ -224,8 +224,8 @@ def trigger_ingest(
     """POST create_flow_run on media-ingest with idempotency key media-ingest:{version_id}; prints the run."""
     import httpx
 
-    from roadie.ops.prefect_api import ingest_idempotency_key, ui_url
-    from roadie.ops.prefect_api import trigger_ingest as start_ingest
+    from roadie.prefect_api import ingest_idempotency_key, ui_url
+    from roadie.prefect_api import trigger_ingest as start_ingest
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     with _client() as client:
@@ -262,7 +262,7 @@ def trigger_job(
     """Start any roadie deployment with parameters (reprocessing one version, a rollup backfill …)."""
     import httpx
 
-    from roadie.ops.prefect_api import create_run, read_deployment, ui_url
+    from roadie.prefect_api import create_run, read_deployment, ui_url
 
     try:
         parameters = json.loads(params)

@@ -1,4 +1,2 @@
-"""Operating roadie on Prefect: the REST client, dead letters, health and metrics.
-
-Nothing here imports Prefect at module level: the health server and the REST client only need httpx.
-"""
+"""Running roadie: `serve` (server, deployments, workers), the warm worker and its zygote, the health and metrics
+server and the container health check. The entry-point layer: it may import everything below it."""

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from roadie.ops.prefect_api import PAGE, all_pages, api_time, describe_error, plain_time, state_type
+from roadie.prefect_api import PAGE, all_pages, api_time, describe_error, plain_time, state_type
 from roadie.settings import Settings, get_settings
 
 if TYPE_CHECKING:

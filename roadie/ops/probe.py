@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = worker_answers(args.worker_url)
     if worker is not None:
         return 0 if worker else 1
-    from roadie.ops.prefect_api import api_url
+    from roadie.prefect_api import api_url
     from roadie.settings import get_settings
 
     # Plain httpx, not Prefect's client: the probe runs every few seconds and importing prefect costs a second.

@@ -87,7 +87,7 @@ def deploy(
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{output[-4000:]}")
-    from roadie.ops.prefect_api import close_parameter_schemas, connect
+    from roadie.prefect_api import close_parameter_schemas, connect
 
     # An unknown parameter is refused by the server (409), not crashed on by the engine (roadie.params).
     with connect(api_url, run_env.get("PREFECT_API_AUTH_STRING")) as client:
@@ -286,7 +286,7 @@ def serve(
     with stop_on_signals():
         try:
             from deployments.topology import ensure_topology
-            from roadie.ops.prefect_api import connect, ui_url
+            from roadie.prefect_api import connect, ui_url
 
             upgrade()
             client = connect(api_url).__enter__()  # left on the way out, after the health server stopped

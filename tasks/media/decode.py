@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from roadie.errors import RoadieError
-from roadie.limits import lower_thread_priority
+from roadie.cpu import lower_thread_priority
 from tasks.media import ffmpeg
 from tasks.media import loudness as loudness_mod
 from tasks.media.ffmpeg import FFmpegError, MediaInfo, UnreadableMedia

@@ -21,7 +21,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from roadie import catalog, limits, progress
+from roadie import catalog, cpu, limits, progress
 from roadie.catalog import results
 from roadie.catalog.results import ArtworkKeys, WaveformKeys
 from roadie.db.session import session_scope
@@ -54,8 +54,8 @@ ENCODE_MARK = "encode slot"
 def analyze_audio(src: Path, info: MediaInfo | None = None, steps: tuple[str, ...] = analysis.STEPS) -> Analysis:
     """One streamed decode feeding the asked-for steps (all by default). `info`: the ingest's one probe. Raises
     InvalidInput (too long, unreadable) only."""
-    with limits.cpu_lane("playable"):  # beside the primary encode, off the secondary renditions' CPU
-        return limits.run_niced(ANALYSIS_NICE, functools.partial(analysis.analyze_file, src, info=info, steps=steps))
+    with cpu.cpu_lane("playable"):  # beside the primary encode, off the secondary renditions' CPU
+        return cpu.run_niced(ANALYSIS_NICE, functools.partial(analysis.analyze_file, src, info=info, steps=steps))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
@@ -226,7 +226,7 @@ def transcode_rendition(
     mark_transcoding(version_id, fmt)
     reporter = _ProgressArtifact(version_id, fmt)
     logger = get_run_logger()
-    with limits.encode_slot(), limits.cpu_lane("playable" if primary else "background") as pinned:
+    with limits.encode_slot(), cpu.cpu_lane("playable" if primary else "background") as pinned:
         # Both lines fall inside the slot's hold: their timestamps bound when the encode really ran, which is what
         # bench/load checks the limit against (Prefect's own slot events are emitted after the release returns).
         logger.info("%s: %s encode started", ENCODE_MARK, fmt)

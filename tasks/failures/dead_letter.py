@@ -20,6 +20,7 @@ from roadie.db.models import FailedJob
 from roadie.db.session import session_scope
 from roadie.errors import redact
 from roadie.params import flow_run_uuid
+from roadie.prefect_api import all_pages, api_time, create_run, plain_time, read_deployment, state_type
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -56,8 +57,6 @@ class DeadLetter:
 def describe_failed_run(client: SyncPrefectClient, flow_run_id: str) -> FailedRun:
     """`flow_run_id` bare or as an event's resource id (`prefect.flow-run.<uuid>`, what the automation passes)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    from roadie.ops.prefect_api import all_pages, plain_time, state_type
 
     run = client.read_flow_run(flow_run_uuid(flow_run_id))
     if state_type(run) not in DEAD_STATE_TYPES:
@@ -222,8 +221,6 @@ def sweep(client: SyncPrefectClient, since: timedelta = timedelta(days=1)) -> li
     )
     from prefect.client.schemas.objects import StateType
 
-    from roadie.ops.prefect_api import all_pages, api_time
-
     dead = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in DEAD_STATE_TYPES])),
         tags=FlowRunFilterTags(all_=[JOB_TAG]),
@@ -266,8 +263,6 @@ def find_failed(job_id: str) -> FailedJob:
 
 def retry(client: SyncPrefectClient, job_id: str) -> tuple[FailedJob, str, bool]:
     """Re-queue a failed job as a new run with the same parameters; retrying the same row twice is one run."""
-    from roadie.ops.prefect_api import create_run, read_deployment
-
     job = find_failed(job_id)
     if not job.deployment_name:
         raise ValueError(f"failed job {job.id} was not started from a deployment; run it again by hand")

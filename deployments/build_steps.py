@@ -1,4 +1,4 @@
-"""Custom `prefect deploy` steps (referenced from prefect.yaml by their dotted path)."""
+"""Custom `prefect deploy` build steps, referenced from prefect.yaml by their dotted path."""
 
 from __future__ import annotations
 

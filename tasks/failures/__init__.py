@@ -1,0 +1,1 @@
+"""Jobs that failed for good: the dead-letter records, their notifications and their re-queueing."""
