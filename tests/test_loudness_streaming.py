@@ -1,8 +1,9 @@
-"""LoudnessMeter, fed chunk by chunk, against the whole-array meter it replaced.
+"""LoudnessMeter, fed chunk by chunk, against an independent whole-array meter.
 
-The reference (tests/reference_loudness.py) is a frozen copy of the old measure_pcm: K-weighting, 100 ms
-sub-blocks and the polyphase true peak each over the entire array. Whatever the chunking, the streamed reading
-must equal it within 0.01 (LUFS, LU, dBTP), and the meter must not hold more memory for a longer signal.
+The reference (tests/reference_loudness.py) is an independent whole-array meter: K-weighting derived from the
+BS.1770 table, every gating block summed on its own and the true peak by upfirdn over the entire array.
+Whatever the chunking, the streamed reading must equal it within 0.01 (LUFS, LU, dBTP), and the meter must not
+hold more memory for a longer signal.
 """
 
 from __future__ import annotations
