@@ -10,6 +10,9 @@ from contextlib import ExitStack, contextmanager
 
 from roadie.settings import get_settings
 
+# Prefect is imported in the functions that talk to it (marked): `roadie rollup` and `roadie distribute` import this
+# module for DB_BATCH_CONCURRENCY and run without Prefect, which costs them ~1 s to import.
+
 # The defaults (settings may change the sizes): at most 2 ffmpeg encodes at once across every worker: encodes
 # are CPU-bound, one core each.
 TRANSCODE_CONCURRENCY = ("transcode", 2, None)
@@ -37,7 +40,7 @@ def ensure_limits() -> None:
 
     The CLI calls this before every flow run: one read of all limits, and a write only for a limit that is missing
     or different (what `upsert_global_concurrency_limit_by_name` would change), instead of a read per limit."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # noqa: PLC0415  (deferred: Prefect, see the top)
 
     with get_client(sync_client=True) as client:
         existing = {current.name: current for current in client.read_global_concurrency_limits(limit=200)}
@@ -60,7 +63,7 @@ _SLOT_REQUESTS = threading.Lock()
 
 def transcode_started() -> None:
     """Take one slot of the per-minute transcode rate (blocks while the rate is exhausted)."""
-    from prefect.concurrency.sync import rate_limit
+    from prefect.concurrency.sync import rate_limit  # noqa: PLC0415  (deferred: Prefect, see the top)
 
     with _SLOT_REQUESTS:
         rate_limit(TRANSCODE_RATE[0], occupy=1, strict=True)
@@ -73,7 +76,7 @@ def _held(name: str) -> Iterator[None]:
     The request is queued behind this process's other slot requests, and may wait there for a free slot: the
     requests queued behind it would need one too. The release is not queued, because a release must never wait
     behind a request that is waiting for that very slot."""
-    from prefect.concurrency.sync import concurrency
+    from prefect.concurrency.sync import concurrency  # noqa: PLC0415  (deferred: Prefect, see the top)
 
     with ExitStack() as held:
         with _SLOT_REQUESTS:

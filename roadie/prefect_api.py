@@ -14,6 +14,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
+import httpx
+
+from roadie.prefect_local import local_api_url
+from roadie.settings import get_settings
+
+# Prefect itself is imported in the functions that call it (each marked): the Docker health probe
+# (roadie.ops.probe, every few seconds) imports this module for api_url alone, and Prefect costs ~1 s there. Prefect
+# also reads PREFECT_API_URL and PREFECT_HOME once, at import: the CLI imports it only after ensure_api() set them.
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
@@ -29,20 +37,15 @@ T = TypeVar("T")
 
 def api_url(url: str | None = None) -> str:
     """`url`, else the configured API (ROADIE_PREFECT_API_URL / PREFECT_API_URL), else the local server's."""
-    from roadie.settings import get_settings
-
     if url or get_settings().prefect_api_url:
         return url or get_settings().prefect_api_url or ""
-    from roadie.prefect_local import local_api_url
-
     return local_api_url()
 
 
 def connect(url: str | None = None, auth_string: str | None = None) -> SyncPrefectClient:
     """Prefect's sync client for `url` (see api_url) with the configured auth string; enter it before use."""
-    from prefect.client.orchestration import SyncPrefectClient
-
-    from roadie.settings import get_settings
+    # deferred: Prefect (see the top of the module)
+    from prefect.client.orchestration import SyncPrefectClient  # noqa: PLC0415
 
     return SyncPrefectClient(api_url(url), auth_string=auth_string or get_settings().prefect_api_auth_string)
 
@@ -54,8 +57,6 @@ def ui_url(client: SyncPrefectClient) -> str:
 def describe_error(exc: BaseException) -> str:
     """One line: `POST <url> -> 409: <the server's detail>` for an error answer (Prefect's own message spans lines
     and repeats the body), the message otherwise. Not redacted: pass it through roadie.errors.redact."""
-    import httpx
-
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
         try:
@@ -94,8 +95,9 @@ def api_time(moment: datetime) -> DateTime:
 
 def read_deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse:
     """`flow/deployment`, or a bare deployment name when exactly one flow has a deployment of that name."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-    from prefect.exceptions import ObjectNotFound
+    # deferred: Prefect (see the top of the module)
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
 
     where = str(client.api_url).rstrip("/")
     if "/" in name:
@@ -119,8 +121,9 @@ def create_run(
     """POST create_flow_run on Prefect's client, and whether this call made the run: a known idempotency key is
     answered 200 with the run that exists (201 when it creates one), which create_flow_run_from_deployment does not
     tell its caller."""
-    from prefect.client.schemas.actions import DeploymentFlowRunCreate
-    from prefect.client.schemas.objects import FlowRun
+    # deferred: Prefect (see the top of the module)
+    from prefect.client.schemas.actions import DeploymentFlowRunCreate  # noqa: PLC0415
+    from prefect.client.schemas.objects import FlowRun  # noqa: PLC0415
 
     body = DeploymentFlowRunCreate(parameters=dict(parameters or {}), idempotency_key=idempotency_key)
     response = client.request(
@@ -168,8 +171,9 @@ def close_parameter_schemas(client: SyncPrefectClient, deployment_names: Sequenc
     field crashes in the engine (SignatureMismatchError, "Process exited with status code: 1") before the flow
     can fail it cleanly. `roadie setup --deploy` and `roadie serve` call this after `prefect deploy`. Returns the
     ids of the deployments it changed."""
-    from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    # deferred: Prefect (see the top of the module)
+    from prefect.client.schemas.actions import DeploymentUpdate  # noqa: PLC0415
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName  # noqa: PLC0415
 
     changed = []
     named = DeploymentFilter(name=DeploymentFilterName(any_=list(deployment_names)))

@@ -66,7 +66,9 @@ def prefect_database_url() -> str | None:
     SQLite serves a laptop's one-at-a-time `roadie ingest`. It does not hold up under bursts (an album's twelve
     triggers, several workers): simultaneous writes fail with "database is locked", the server answers 503, and
     Prefect's clients wait ~2 s before retrying, or give up."""
-    import sqlalchemy as sa
+    # deferred: only a server start needs SQLAlchemy (~0.15 s); the health probe (roadie.ops.probe, every few
+    # seconds) and `roadie server status` import this module without it.
+    import sqlalchemy as sa  # noqa: PLC0415
 
     settings = get_settings()
     if settings.prefect_database_url:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from prefect.context import FlowRunContext, TaskRunContext
+
 Listener = Callable[[str, str, float], None]  # (version_id, step, percent)
 _listeners: list[Listener] = []
 _lock = threading.Lock()
@@ -30,6 +32,4 @@ def report(version_id: str, step: str, percent: float) -> None:
 
 def in_prefect_run() -> bool:
     """Artifacts belong to a flow or task run; a plain call (CLI, tests) makes none."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None

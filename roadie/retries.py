@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.tasks import exponential_backoff
+
 from roadie.errors import is_transient
+from roadie.settings import get_settings
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -18,10 +21,6 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def transient_retries() -> dict[str, Any]:
     """Keyword arguments for @task(...)."""
-    from prefect.tasks import exponential_backoff
-
-    from roadie.settings import get_settings
-
     return {
         "retries": 3,
         "retry_delay_seconds": exponential_backoff(backoff_factor=get_settings().retry_backoff_seconds),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 
 def music_like(seconds: float, sr: int, channels: int = 2, seed: int = 0, gain_db: float = -12.0) -> np.ndarray:
@@ -33,8 +34,6 @@ def music_like(seconds: float, sr: int, channels: int = 2, seed: int = 0, gain_d
 
 
 def write_sample(path: Path, seconds: float = 30.0, sr: int = 48000, channels: int = 2, seed: int = 0) -> Path:
-    import soundfile as sf
-
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), music_like(seconds, sr, channels, seed), sr, subtype="PCM_16")
     return path

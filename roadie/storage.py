@@ -6,20 +6,29 @@ write under `_staging/<token>/`, then `promote` moves everything under its final
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import unquote, urlparse
+
+from pydantic import SecretStr
 
 from roadie.errors import StorageKeyError, TransientError
 from roadie.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+    from prefect_aws import S3Bucket
+
+T = TypeVar("T")
 
 STAGING_ROOT = "_staging"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -82,7 +91,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def list(self, prefix: str) -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
+    def delete(self, keys: builtins.list[str]) -> None: ...
     def move(self, src: str, dst: str) -> None: ...
     def url_for(self, key: str) -> str: ...
 
@@ -236,7 +245,7 @@ class LocalStorage:
             p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part")
         )
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             path = self._path(key)
             path.unlink(missing_ok=True)
@@ -260,10 +269,14 @@ class LocalStorage:
         return self._path(key).as_uri()
 
 
-def _transfer_config():
+# boto3, botocore and prefect_aws (which imports Prefect) are imported where S3 is used, never at the top: they cost
+# ~1.5 s, and a file:// storage (`roadie register`, the laptop's `roadie ingest`, the tests) never needs them.
+
+
+def _transfer_config() -> TransferConfig:
     """Files go up and down in 8 MiB parts, at most four in flight: a 2 GB original streams through 32 MiB of
     buffers (boto3's default of ten parts in flight would take 80 MiB of the flow's memory)."""
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import TransferConfig  # noqa: PLC0415  (deferred: S3 only, see above)
 
     return TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
 
@@ -274,7 +287,7 @@ class S3Storage:
     Every object key is made by `_full` alone (the folder, "/", a validated key), for uploads, downloads and copies
     too, so no second way of joining paths can put an object outside the folder."""
 
-    def __init__(self, bucket_block):
+    def __init__(self, bucket_block: S3Bucket):
         self.block = bucket_block
         self.bucket = bucket_block.bucket_name
         self.prefix = (bucket_block.bucket_folder or "").strip("/")
@@ -288,8 +301,8 @@ class S3Storage:
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
-    def _call(self, fn, *args, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415  (deferred: S3 only)
 
         try:
             return fn(*args, **kwargs)
@@ -304,7 +317,7 @@ class S3Storage:
             raise TransientError(f"S3 unreachable: {exc}") from exc
 
     def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # noqa: PLC0415  (deferred: S3 only)
 
         try:
             self._client.head_bucket(Bucket=self.bucket)
@@ -346,7 +359,7 @@ class S3Storage:
             keys.extend(self._rel(obj["Key"]) for obj in page.get("Contents", []))
         return sorted(keys)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": self._full(k)} for k in keys[start : start + 1000]]
             self._call(self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
@@ -365,12 +378,12 @@ class S3Storage:
         return f"s3://{self.bucket}/{self._full(key)}"
 
 
-def s3_bucket_block(settings: Settings, bucket: str, folder: str):
-    from prefect_aws import AwsCredentials, S3Bucket
+def s3_bucket_block(settings: Settings, bucket: str, folder: str) -> S3Bucket:
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket  # noqa: PLC0415  (deferred: S3 only)
 
     if settings.s3_bucket_block:
-        block = S3Bucket.load(settings.s3_bucket_block)
-        return block
+        # Typed as the block or its coroutine (Prefect's async_dispatch); called from sync code it is the block.
+        return cast("S3Bucket", S3Bucket.load(settings.s3_bucket_block))
     # Endpoint goes through aws_client_parameters: S3Bucket(endpoint_url=...) is silently ignored.
     # One quick retry inside boto, no more: the flows' own transient retries (roadie.retries) wait out an outage,
     # and boto's default retries on top of them made one failed attempt take 15-20 s against a stopped server.
@@ -381,9 +394,9 @@ def s3_bucket_block(settings: Settings, bucket: str, folder: str):
         params["endpoint_url"] = settings.s3_endpoint_url
     credentials = AwsCredentials(
         aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
+        aws_secret_access_key=SecretStr(settings.s3_secret_key) if settings.s3_secret_key is not None else None,
         region_name=settings.s3_region,
-        aws_client_parameters=params,
+        aws_client_parameters=AwsClientParameters.model_validate(params),
     )
     return S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=credentials)
 

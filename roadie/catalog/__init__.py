@@ -12,16 +12,16 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, Update, or_, select, update
 from sqlalchemy.orm import Session
 
 from roadie.db.models import Asset, Report, Track, TrackVersion, Transcode, User, Waveform
 from roadie.db.session import session_scope
 from roadie.errors import InvalidInput, RoadieError
 from roadie.settings import FORMATS, get_settings
-from roadie.storage import Storage, content_type_for, get_storage, join_key, safe_filename
+from roadie.storage import Storage, content_type_for, delete_prefix, get_storage, join_key, safe_filename
 
 DEFAULT_OWNER = "demo-artist"
 
@@ -75,7 +75,9 @@ def current_run_id() -> uuid.UUID | None:
         return override
     if "prefect.context" not in sys.modules:  # the Prefect-free CLI commands are never inside a run
         return None
-    from prefect.context import FlowRunContext, TaskRunContext
+    # deferred: Prefect costs ~1 s, and `roadie register` and `roadie ingest` (before it starts the API) import
+    # the catalogue without it; imported here only once something else has imported it.
+    from prefect.context import FlowRunContext, TaskRunContext  # noqa: PLC0415
 
     task_ctx = TaskRunContext.get()
     if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
@@ -280,15 +282,22 @@ def append_warnings(session: Session, version_id: str, messages: Iterable[str]) 
         version.warnings = existing + [m for m in dict.fromkeys(messages) if m not in existing]
 
 
+def _updated(session: Session, statement: Update) -> int:
+    """The rows an UPDATE matched. Session.execute is typed as returning a Result; for an UPDATE it is a
+    CursorResult, which has the rowcount."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
+
+
 def set_media_info(version_id: str, duration_s: float, sample_rate: int, channels: int) -> None:
     vid = parse_uuid(version_id)
     with session_scope() as session:
-        done = session.execute(
+        changed = _updated(
+            session,
             update(TrackVersion)
             .where(_owned(vid))
-            .values(duration_ms=round(duration_s * 1000), sample_rate=sample_rate, channels=channels)
+            .values(duration_ms=round(duration_s * 1000), sample_rate=sample_rate, channels=channels),
         )
-        if not done.rowcount and claimant(vid) is not None:
+        if not changed and claimant(vid) is not None:
             raise _superseded(vid, "the media info")
 
 
@@ -308,8 +317,7 @@ def mark_failed(version_id: str, message: str, *, stranded_by: uuid.UUID | str |
                 & TrackVersion.status.in_(("pending", "processing"))
                 & or_(TrackVersion.attempt_run_id.is_(None), TrackVersion.attempt_run_id == dead)
             )
-        done = session.execute(update(TrackVersion).where(owned).values(status="failed", error=message))
-        if not done.rowcount:
+        if not _updated(session, update(TrackVersion).where(owned).values(status="failed", error=message)):
             return False
         session.execute(
             update(Transcode)
@@ -322,8 +330,6 @@ def mark_failed(version_id: str, message: str, *, stranded_by: uuid.UUID | str |
 def discard_outputs(version_id: str, storage: Storage | None = None) -> int:
     """A failed version shows nothing: delete every object under its prefix, unless a newer run owns it (its
     objects are not this run's to delete)."""
-    from roadie.storage import delete_prefix
-
     storage = storage or get_storage()
     try:
         with holding(version_id):
@@ -345,8 +351,7 @@ def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None
             playlist = join_key(row.segment_prefix_key or "", "playlist.m3u8")
             if not storage.exists(playlist):
                 raise RuntimeError(f"{fmt} playlist {playlist} is missing from storage")
-        done = session.execute(update(TrackVersion).where(_owned(vid)).values(status="ready", error=None))
-        if not done.rowcount:
+        if not _updated(session, update(TrackVersion).where(_owned(vid)).values(status="ready", error=None)):
             raise _superseded(vid, "`ready`")
 
 
