@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -38,6 +40,24 @@ def _wait_and_exit(client, run_id, timeout: float) -> None:
     message = final.state.message if final.state else None
     emit_json({"flow_run_id": str(final.id), "name": final.name, "state": final.state_name, "message": message})
     raise typer.Exit(0 if state_type(final) == "COMPLETED" else 1)
+
+
+def _start_run(start: Callable[[Any], tuple[Any, bool]], wait: bool, timeout: float, **about: str) -> None:
+    """Create a flow run with `start(client)` (the run and whether this call created it), print it with `about`
+    beside and its UI link, and --wait: poll until it is final, exit 0 only when it completed."""
+    import httpx
+
+    from roadie.prefect_api import ui_url
+
+    with _client() as client:
+        try:
+            run, created = start(client)
+        except (LookupError, httpx.HTTPError) as exc:
+            raise _api_failure(exc) from None
+        ui = f"{ui_url(client)}/runs/flow-run/{run.id}"
+        emit_json({"flow_run_id": str(run.id), "created": created, "state": run.state_name, **about, "ui": ui})
+        if wait:
+            _wait_and_exit(client, run.id, timeout)
 
 
 @app.command()
@@ -222,28 +242,16 @@ def trigger_ingest(
     timeout: float = typer.Option(900.0, help="Seconds --wait waits."),
 ) -> None:
     """POST create_flow_run on media-ingest with idempotency key media-ingest:{version_id}; prints the run."""
-    import httpx
-
-    from roadie.prefect_api import ingest_idempotency_key, ui_url
+    from roadie.prefect_api import ingest_idempotency_key
     from roadie.prefect_api import trigger_ingest as start_ingest
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
-    with _client() as client:
-        try:
-            run, created = start_ingest(client, version_id, wanted)
-        except (LookupError, httpx.HTTPError) as exc:
-            raise _api_failure(exc) from None
-        emit_json(
-            {
-                "flow_run_id": str(run.id),
-                "created": created,
-                "state": run.state_name,
-                "idempotency_key": ingest_idempotency_key(version_id),
-                "ui": f"{ui_url(client)}/runs/flow-run/{run.id}",
-            }
-        )
-        if wait:
-            _wait_and_exit(client, run.id, timeout)
+    _start_run(
+        lambda client: start_ingest(client, version_id, wanted),
+        wait,
+        timeout,
+        idempotency_key=ingest_idempotency_key(version_id),
+    )
 
 
 @trigger_app.command("job")
@@ -260,29 +268,17 @@ def trigger_job(
     timeout: float = typer.Option(900.0),
 ) -> None:
     """Start any roadie deployment with parameters (reprocessing one version, a rollup backfill …)."""
-    import httpx
-
-    from roadie.prefect_api import create_run, read_deployment, ui_url
+    from roadie.prefect_api import create_run, read_deployment
 
     try:
         parameters = json.loads(params)
     except json.JSONDecodeError as exc:
         raise fail(f"--params is not JSON: {exc}") from None
-    with _client() as client:
-        try:
-            run, created = create_run(client, read_deployment(client, deployment).id, parameters, idempotency_key=key)
-        except (LookupError, httpx.HTTPError) as exc:
-            raise _api_failure(exc) from None
-        emit_json(
-            {
-                "flow_run_id": str(run.id),
-                "created": created,
-                "state": run.state_name,
-                "ui": f"{ui_url(client)}/runs/flow-run/{run.id}",
-            }
-        )
-        if wait:
-            _wait_and_exit(client, run.id, timeout)
+    _start_run(
+        lambda client: create_run(client, read_deployment(client, deployment).id, parameters, idempotency_key=key),
+        wait,
+        timeout,
+    )
 
 
 @app.command()
