@@ -23,3 +23,14 @@ def as_chunk(chunk: np.ndarray, channels: int) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != channels:
         raise ValueError(f"a chunk must be frames x {channels} channels, got shape {x.shape}")
     return x
+
+
+class Axis:
+    """A read-only int attribute: the length of one axis of an array attribute, e.g. `frames = Axis("values", 0)`
+    on a class whose `values` is frames x channels."""
+
+    def __init__(self, array: str, axis: int) -> None:
+        self.array, self.axis = array, axis
+
+    def __get__(self, obj: object, owner: type | None = None) -> int:
+        return int(getattr(obj, self.array).shape[self.axis])

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 
 from roadie.errors import InvalidInput
-from tasks.media.pcm import as_chunk, as_frames
+from tasks.media.pcm import Axis, as_chunk, as_frames
 
 INT16_MIN, INT16_MAX = -32768, 32767
 MIN_SAMPLES_PER_PIXEL = 2  # audiowaveform: "Invalid zoom: minimum 2"
@@ -117,14 +117,8 @@ class PreparedSignal:
     finish: Literal["convert", "mix"]
     integer_pcm: bool
     divisor: int
-
-    @property
-    def frames(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def channels(self) -> int:
-        return int(self.values.shape[1])
+    frames = Axis("values", 0)
+    channels = Axis("values", 1)
 
 
 def prepare(samples: np.ndarray, *, integer_pcm: bool, split_channels: bool = False) -> PreparedSignal:
@@ -180,14 +174,8 @@ class Waveform:
     samples_per_pixel: int
     mins: np.ndarray
     maxs: np.ndarray
-
-    @property
-    def channels(self) -> int:
-        return int(self.mins.shape[1])
-
-    @property
-    def length(self) -> int:
-        return int(self.mins.shape[0])
+    length = Axis("mins", 0)
+    channels = Axis("mins", 1)
 
     @property
     def pixels_per_second(self) -> float:
