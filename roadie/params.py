@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, Field
 
 from roadie.settings import FORMATS
