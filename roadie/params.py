@@ -76,31 +76,25 @@ _DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _MONTH = r"^[0-9]{4}-[0-9]{2}$"
 
 
-def _shaped(pattern: str, what: str):
-    def check(value: str) -> str:
-        if not re.fullmatch(pattern, value):
-            raise ValueError(f"{value[:80]!r} is not {what}")
-        return value
+class _Shaped(GroupedMetadata):
+    """An optional string's shape: its pattern and description in the JSON schema (the server checks it), and the
+    flow's own check, which says what was expected."""
 
-    return check
+    def __init__(self, pattern: str, description: str, what: str) -> None:
+        self.pattern, self.description, self.what = pattern, description, what
+
+    def __iter__(self) -> Iterator[object]:
+        yield Field(description=self.description, json_schema_extra={"pattern": self.pattern})
+        yield AfterValidator(self.check)
+
+    def check(self, value: str) -> str:
+        if not re.fullmatch(self.pattern, value):
+            raise ValueError(f"{value[:80]!r} is not {self.what}")
+        return value
 
 
 # A UTC day and a calendar month; whether the date exists is checked by the flow, still before any I/O.
-Day = (
-    Annotated[
-        str,
-        Field(description="A UTC day, YYYY-MM-DD.", json_schema_extra={"pattern": _DAY}),
-        AfterValidator(_shaped(_DAY, "a day (expected YYYY-MM-DD)")),
-    ]
-    | None
-)
-Month = (
-    Annotated[
-        str,
-        Field(description="A month, YYYY-MM.", json_schema_extra={"pattern": _MONTH}),
-        AfterValidator(_shaped(_MONTH, "a month (expected YYYY-MM)")),
-    ]
-    | None
-)
+Day = Annotated[str, _Shaped(_DAY, "A UTC day, YYYY-MM-DD.", "a day (expected YYYY-MM-DD)")] | None
+Month = Annotated[str, _Shaped(_MONTH, "A month, YYYY-MM.", "a month (expected YYYY-MM)")] | None
 
 assert set(Format.__args__) == set(FORMATS), "roadie.params.Format is out of step with roadie.settings.FORMATS"
