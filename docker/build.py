@@ -59,7 +59,7 @@ def log(message: str) -> None:
 
 def _candidates(name: str) -> list[str]:
     seen, out = set(), []
-    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/sbin", "/sbin"]:
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/sbin", "/sbin"]:
         path = Path(folder) / name
         if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in seen:
             seen.add(path.resolve())
@@ -249,7 +249,7 @@ def build_image(
         cmd += ["--build-arg", f"BASE_IMAGE={base}"]
     if ca and Path(ca).is_file():
         cmd += ["--secret", f"id=ca,src={ca}"]
-    cmd += list(extra_args or []) + [str(context)]
+    cmd += [*(extra_args or []), str(context)]
     before = image_id(cli, tag)
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=context, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True)
