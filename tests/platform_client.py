@@ -56,6 +56,22 @@ def ingest_idempotency_key(version_id: str) -> str:
     return f"media-ingest:{version_id}"
 
 
+def run_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields flow runs and task runs share, from the API's JSON: the state is nested in some answers and
+    flat (state_type, state_name) in others."""
+    state = data.get("state") or {}
+    return {
+        "id": data["id"],
+        "name": data["name"],
+        "tags": tuple(data.get("tags") or ()),
+        "state_type": state.get("type") or data.get("state_type"),
+        "state_name": state.get("name") or data.get("state_name"),
+        "run_count": int(data.get("run_count") or 0),
+        "start_time": parse_time(data.get("start_time")),
+        "end_time": parse_time(data.get("end_time")),
+    }
+
+
 @dataclass(frozen=True)
 class FlowRun:
     id: str
@@ -77,20 +93,12 @@ class FlowRun:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> FlowRun:
-        state = data.get("state") or {}
         return cls(
-            id=data["id"],
-            name=data["name"],
+            **run_fields(data),
             flow_id=data["flow_id"],
             deployment_id=data.get("deployment_id"),
             parameters=data.get("parameters") or {},
-            tags=tuple(data.get("tags") or ()),
-            state_type=state.get("type") or data.get("state_type"),
-            state_name=state.get("name") or data.get("state_name"),
-            state_message=state.get("message"),
-            run_count=int(data.get("run_count") or 0),
-            start_time=parse_time(data.get("start_time")),
-            end_time=parse_time(data.get("end_time")),
+            state_message=(data.get("state") or {}).get("message"),
             expected_start_time=parse_time(data.get("expected_start_time")),
             total_run_time=float(data.get("total_run_time") or 0.0),
             work_queue_name=data.get("work_queue_name"),

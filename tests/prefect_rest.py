@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.platform_client import FlowRun, PlatformClient, parse_time
+from tests.platform_client import FlowRun, PlatformClient, parse_time, run_fields
 
 PAGE = 200  # the API's default maximum page size
 
@@ -60,19 +60,7 @@ class TaskRun:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> TaskRun:
-        state = data.get("state") or {}
-        return cls(
-            id=data["id"],
-            name=data["name"],
-            task_key=data.get("task_key", ""),
-            flow_run_id=data.get("flow_run_id"),
-            state_type=state.get("type") or data.get("state_type"),
-            state_name=state.get("name") or data.get("state_name"),
-            run_count=int(data.get("run_count") or 0),
-            start_time=parse_time(data.get("start_time")),
-            end_time=parse_time(data.get("end_time")),
-            tags=tuple(data.get("tags") or ()),
-        )
+        return cls(**run_fields(data), task_key=data.get("task_key", ""), flow_run_id=data.get("flow_run_id"))
 
 
 @dataclass(frozen=True)
