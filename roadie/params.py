@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, Field
@@ -97,4 +97,4 @@ class _Shaped(GroupedMetadata):
 Day = Annotated[str, _Shaped(_DAY, "A UTC day, YYYY-MM-DD.", "a day (expected YYYY-MM-DD)")] | None
 Month = Annotated[str, _Shaped(_MONTH, "A month, YYYY-MM.", "a month (expected YYYY-MM)")] | None
 
-assert set(Format.__args__) == set(FORMATS), "roadie.params.Format is out of step with roadie.settings.FORMATS"
+assert set(get_args(Format)) == set(FORMATS), "roadie.params.Format is out of step with roadie.settings.FORMATS"
