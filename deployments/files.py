@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import flows
+
 PROCESS_FILE = "prefect.yaml"  # the process pool (`roadie serve`, one machine)
 DOCKER_FILE = "prefect.docker.yaml"  # the Docker pool (production)
 
@@ -22,8 +24,6 @@ def deployment_file(name: str = PROCESS_FILE) -> Path:
 def code_root() -> Path:
     """The directory the entrypoints (flows/ingest.py:media_ingest …) are relative to: the one holding the
     imported flows package, i.e. the checkout, or site-packages of an installed wheel. Workers start runs there."""
-    import flows
-
     return Path(str(flows.__file__)).resolve().parent.parent
 
 

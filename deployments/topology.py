@@ -11,7 +11,16 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.events.schemas.automations import AutomationCore
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+from roadie.limits import ensure_limits as create_limits
 from roadie.prefect_api import connect
+from roadie.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -78,9 +87,6 @@ def zombie_automation(within_seconds: int) -> dict[str, Any]:
 
 def default_job_template(pool_type: str) -> dict[str, Any]:
     """The worker type's own base job template (offline: Prefect ships the Docker one in its registry)."""
-    from prefect.utilities.asyncutils import run_coro_as_sync
-    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
-
     template = run_coro_as_sync(get_default_base_job_template_for_infrastructure_type(pool_type))
     if not template:
         raise RuntimeError(f"no base job template known for work pool type {pool_type!r}")
@@ -89,9 +95,6 @@ def default_job_template(pool_type: str) -> dict[str, Any]:
 
 def ensure_pool(client: SyncPrefectClient, name: str, pool_type: str, description: str) -> bool:
     """Create the pool if missing. Returns True when created. An existing pool keeps its template."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
     try:
         client.read_work_pool(name)
         return False
@@ -108,8 +111,6 @@ def ensure_pool(client: SyncPrefectClient, name: str, pool_type: str, descriptio
 
 
 def ensure_queue(client: SyncPrefectClient, pool: str, queue: Queue) -> None:
-    from prefect.exceptions import ObjectAlreadyExists
-
     try:
         client.create_work_queue(
             queue.name, description=queue.description, priority=queue.priority, work_pool_name=pool
@@ -120,8 +121,6 @@ def ensure_queue(client: SyncPrefectClient, pool: str, queue: Queue) -> None:
 
 
 def upsert_automation(client: SyncPrefectClient, spec: dict[str, Any]) -> str:
-    from prefect.events.schemas.automations import AutomationCore
-
     automation = AutomationCore.model_validate(spec)
     found = client.read_automations_by_name(spec["name"])
     if found:
@@ -134,18 +133,12 @@ def upsert_automation(client: SyncPrefectClient, spec: dict[str, Any]) -> str:
 
 def ensure_limits(api_url: str) -> None:
     """The global transcode (2 at once, 10 a minute) and db-batch limits, via roadie.limits."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from roadie.limits import ensure_limits as create_limits
-
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         create_limits()
 
 
 def ensure_topology(client: SyncPrefectClient, *, docker: bool = True, zombie_after_seconds: int | None = None) -> dict:
     """Everything the deployments need, safe to run any number of times. Returns what it did."""
-    from roadie.settings import get_settings
-
     within = zombie_after_seconds or get_settings().zombie_after_seconds
     created = []
     pools = [(PROCESS_POOL, "process", "roadie workers as local processes (roadie serve, one machine)")]

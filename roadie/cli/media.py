@@ -1,34 +1,45 @@
-"""`roadie ingest`: register uploads and run the media pipeline on them, on whatever backends are configured."""
+"""`roadie ingest`: register uploads and run the media pipeline on them, on whatever backends are configured.
+
+Each command imports what it needs in its own body (each such import marked `noqa: PLC0415`, with what it costs):
+`roadie --help` imports none of it, not even the settings (pydantic-settings), and starts in ~0.25 s
+(tests/test_cli_startup.py). Prefect comes only after ensure_api(): it reads PREFECT_API_URL and PREFECT_HOME once, at
+import."""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 
 from roadie.cli.app import app, emit_json, say
 
+if TYPE_CHECKING:
+    from roadie.params import Format
+
 
 def prepare_database() -> None:
     """The embedded SQLite database migrates itself; a shared PostgreSQL is migrated by `roadie db upgrade`."""
-    from roadie.db.session import upgrade_if_behind
-    from roadie.settings import get_settings
+    # deferred: SQLAlchemy, settings
+    from roadie.db.session import upgrade_if_behind  # noqa: PLC0415
+    from roadie.settings import get_settings  # noqa: PLC0415
 
     if get_settings().database_url.startswith("sqlite"):
         upgrade_if_behind()  # Alembic only when the schema is behind: one SELECT otherwise
 
 
 def prepare_prefect(verbose: bool) -> str:
-    from roadie.prefect_local import ensure_api
+    from roadie.prefect_local import ensure_api  # noqa: PLC0415  (deferred: settings, httpx)
 
     if not verbose:
         # Runs still log everything to the server (the UI shows it); only the terminal is spared Prefect's lines
         # and the tracebacks of expected failures, which `_show` reports in one line each.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     url = ensure_api()
-    from roadie.limits import ensure_limits
+    from roadie.limits import ensure_limits  # noqa: PLC0415  (deferred: settings; Prefect after ensure_api())
 
     ensure_limits()
     return url
@@ -66,11 +77,13 @@ def ingest(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
     """Register each upload and run the media-ingest flow on it. Exit code 1 if any input failed."""
-    from roadie.catalog import parse_formats
-    from roadie.errors import InvalidInput
+    # deferred: SQLAlchemy, settings
+    from roadie.catalog import parse_formats  # noqa: PLC0415
+    from roadie.errors import InvalidInput  # noqa: PLC0415
 
     try:
-        wanted = list(parse_formats(formats))
+        # parse_formats refuses any name not in FORMATS, which roadie.params.Format spells out (it asserts so).
+        wanted = cast("list[Format]", list(parse_formats(formats)))
     except InvalidInput as exc:
         say(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -78,11 +91,12 @@ def ingest(
     api = prepare_prefect(verbose)
     if not as_json:
         say(f"Prefect UI: {api.removesuffix('/api')}")
-    from flows.ingest import media_ingest
-    from roadie import progress
-    from roadie.catalog import describe_version, register_upload
-    from roadie.settings import get_settings
-    from tasks.versions.report import failure_message
+    # deferred: Prefect (the flow), only now that prepare_prefect() has pointed it at the server
+    from flows.ingest import media_ingest  # noqa: PLC0415
+    from roadie import progress  # noqa: PLC0415
+    from roadie.catalog import describe_version, register_upload  # noqa: PLC0415
+    from roadie.settings import get_settings  # noqa: PLC0415
+    from tasks.versions.report import failure_message  # noqa: PLC0415
 
     printer = ProgressPrinter()
     progress.add_listener(printer)
@@ -133,7 +147,7 @@ def ingest(
 def _expected(exc: BaseException) -> bool:
     """Failures the pipeline is built to meet (bad input, a missing tool, storage or database down after retries)
     are reported in one line; anything else is a bug in roadie and keeps its traceback."""
-    from roadie.errors import RoadieError, is_transient
+    from roadie.errors import RoadieError, is_transient  # noqa: PLC0415  (deferred: settings)
 
     return isinstance(exc, RoadieError) or is_transient(exc)
 
@@ -144,13 +158,11 @@ def _reraise_bugs(exc: BaseException) -> None:
 
 
 def _print_traceback(exc: BaseException) -> None:
-    import traceback
-
     sys.stderr.write("".join(traceback.format_exception(exc)))
 
 
 def _advice(exc: BaseException | None) -> str:
-    from roadie.errors import InvalidInput, is_transient
+    from roadie.errors import InvalidInput, is_transient  # noqa: PLC0415  (deferred: settings)
 
     if isinstance(exc, InvalidInput):
         return "nothing was published; fix or re-export the file, then ingest it again"
@@ -192,7 +204,7 @@ def sample(
     seed: int = typer.Option(0, help="Different seeds give different melodies."),
 ) -> None:
     """Write a music-like sample track (notes, harmonics and a beat) to try roadie with."""
-    from roadie.sample_audio import write_sample
+    from roadie.sample_audio import write_sample  # noqa: PLC0415  (deferred: numpy, soundfile)
 
     write_sample(out, seconds, rate, channels, seed)
     say(f"wrote {out} ({seconds:g} s, {rate} Hz, {channels} ch)")

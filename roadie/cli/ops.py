@@ -1,15 +1,26 @@
-"""Operating roadie on Prefect: setup, serve, health, failed, trigger, register."""
+"""Operating roadie on Prefect: setup, serve, health, failed, trigger, register.
+
+Each command imports what it needs in its own body (each such import marked `noqa: PLC0415`, with what it costs):
+`roadie --help` imports none of it, not even the settings (pydantic-settings), and starts in ~0.25 s
+(tests/test_cli_startup.py). Prefect is imported only after ensure_api(), where a command calls it: Prefect reads
+PREFECT_API_URL and PREFECT_HOME once, at import."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import typer
 
 from roadie.cli.app import app, emit_json, fail, say
+from roadie.cli.media import prepare_database
+from roadie.ops.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 trigger_app = typer.Typer(
     help="Start a deployed job over Prefect's REST API (what the platform's API does).", no_args_is_help=True
@@ -17,24 +28,25 @@ trigger_app = typer.Typer(
 app.add_typer(trigger_app, name="trigger")
 
 
-def _client(api_url: str | None = None):
+def _client(api_url: str | None = None) -> SyncPrefectClient:
     """Prefect's sync client for the configured API (or the local server); use it in a `with`."""
-    from roadie.prefect_api import connect
+    from roadie.prefect_api import connect  # noqa: PLC0415  (deferred: settings, httpx, then Prefect)
 
     return connect(api_url)
 
 
 def _api_failure(exc: Exception) -> typer.Exit:
     """A lookup or an API answer that refused the call: one line, without a secret (exit 2)."""
-    from roadie.errors import redact
-    from roadie.prefect_api import describe_error
+    # deferred: settings, httpx
+    from roadie.errors import redact  # noqa: PLC0415
+    from roadie.prefect_api import describe_error  # noqa: PLC0415
 
     return fail(redact(describe_error(exc)))
 
 
-def _wait_and_exit(client, run_id, timeout: float) -> None:
+def _wait_and_exit(client: SyncPrefectClient, run_id: UUID, timeout: float) -> None:
     """--wait: poll until the run is final, print it, exit 0 only when it completed."""
-    from roadie.prefect_api import state_type, wait_for_flow_run
+    from roadie.prefect_api import state_type, wait_for_flow_run  # noqa: PLC0415  (deferred: settings, httpx)
 
     final = wait_for_flow_run(client, run_id, timeout_s=timeout)
     message = final.state.message if final.state else None
@@ -45,9 +57,10 @@ def _wait_and_exit(client, run_id, timeout: float) -> None:
 def _start_run(start: Callable[[Any], tuple[Any, bool]], wait: bool, timeout: float, **about: str) -> None:
     """Create a flow run with `start(client)` (the run and whether this call created it), print it with `about`
     beside and its UI link, and --wait: poll until it is final, exit 0 only when it completed."""
-    import httpx
+    # deferred: httpx, settings
+    import httpx  # noqa: PLC0415
 
-    from roadie.prefect_api import ui_url
+    from roadie.prefect_api import ui_url  # noqa: PLC0415
 
     with _client() as client:
         try:
@@ -74,19 +87,22 @@ def setup(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create pools, prioritised work queues, global limits and crash detection. Safe to run again."""
-    from deployments.topology import ensure_topology
-    from roadie.prefect_local import ensure_api
+    from roadie.prefect_local import ensure_api  # noqa: PLC0415  (deferred: settings, httpx)
 
     url = api_url or ensure_api()
+    # deferred: Prefect, and only now that ensure_api() has pointed it at the server (see the top)
+    from deployments.topology import ensure_topology  # noqa: PLC0415
+
     if db:
-        from roadie.db.session import upgrade
+        from roadie.db.session import upgrade  # noqa: PLC0415  (deferred: SQLAlchemy and Alembic, only with --db)
 
         upgrade()
     with _client(url) as client:
         done = ensure_topology(client, docker=docker)
     if deploy:
-        from roadie.ops.serve import deploy as run_deploy
-        from roadie.ops.serve import project_root
+        # deferred: psutil, PyYAML and SQLAlchemy, only with --deploy
+        from roadie.ops.serve import deploy as run_deploy  # noqa: PLC0415
+        from roadie.ops.serve import project_root  # noqa: PLC0415
 
         root = project_root()
         result = run_deploy(url, prefect_file=root / prefect_file if prefect_file else None, root=root)
@@ -113,8 +129,9 @@ def serve(
 ) -> None:
     """Everything on one machine: a Prefect server (unless one is configured), setup, deployments, N workers
     and the health endpoint. Ctrl-C stops all of it."""
-    from roadie.ops.serve import serve as run_serve
-    from roadie.settings import get_settings
+    # deferred: psutil, PyYAML, SQLAlchemy, settings
+    from roadie.ops.serve import serve as run_serve  # noqa: PLC0415
+    from roadie.settings import get_settings  # noqa: PLC0415
 
     run_serve(
         workers=workers,
@@ -135,10 +152,10 @@ def health(
     api_url: str | None = typer.Option(None),
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
-    from roadie.errors import mask_url
-    from roadie.ops.health import OpsServer, check_health
-    from roadie.ops.signals import stop_on_signals
-    from roadie.settings import get_settings
+    # deferred: settings; Prefect and prometheus_client (roadie.ops.health)
+    from roadie.errors import mask_url  # noqa: PLC0415
+    from roadie.ops.health import OpsServer, check_health  # noqa: PLC0415
+    from roadie.settings import get_settings  # noqa: PLC0415
 
     settings = get_settings()
     with _client(api_url) as client:
@@ -176,7 +193,7 @@ def failed(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs that failed for good (newest first), or re-queue one."""
-    from tasks.failures import dead_letter
+    from tasks.failures import dead_letter  # noqa: PLC0415  (deferred: Prefect, SQLAlchemy)
 
     if sync or retry:
         with _client() as client:
@@ -242,8 +259,9 @@ def trigger_ingest(
     timeout: float = typer.Option(900.0, help="Seconds --wait waits."),
 ) -> None:
     """POST create_flow_run on media-ingest with idempotency key media-ingest:{version_id}; prints the run."""
-    from roadie.prefect_api import ingest_idempotency_key
-    from roadie.prefect_api import trigger_ingest as start_ingest
+    # deferred: settings, httpx
+    from roadie.prefect_api import ingest_idempotency_key  # noqa: PLC0415
+    from roadie.prefect_api import trigger_ingest as start_ingest  # noqa: PLC0415
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     _start_run(
@@ -268,7 +286,7 @@ def trigger_job(
     timeout: float = typer.Option(900.0),
 ) -> None:
     """Start any roadie deployment with parameters (reprocessing one version, a rollup backfill …)."""
-    from roadie.prefect_api import create_run, read_deployment
+    from roadie.prefect_api import create_run, read_deployment  # noqa: PLC0415  (deferred: settings, httpx)
 
     try:
         parameters = json.loads(params)
@@ -291,9 +309,9 @@ def register(
 ) -> None:
     """What the API does before it triggers media-ingest: store the original, create the asset, track and
     version rows (`pending`). Runs no flow."""
-    from roadie.catalog import register_upload
-    from roadie.cli.media import prepare_database
-    from roadie.errors import InvalidInput
+    # deferred: SQLAlchemy, settings
+    from roadie.catalog import register_upload  # noqa: PLC0415
+    from roadie.errors import InvalidInput  # noqa: PLC0415
 
     prepare_database()
     try:

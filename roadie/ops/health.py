@@ -12,19 +12,35 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import httpx
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    DeploymentFilterTags,
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from roadie.errors import redact
 from roadie.prefect_api import PAGE, all_pages, api_time, describe_error, plain_time, state_type
 from roadie.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import DeploymentFilter
     from prefect.client.schemas.responses import DeploymentResponse
 
 JOB_TAG = "roadie-job"
@@ -68,15 +84,11 @@ class HealthReport:
 
 def api_failure(exc: BaseException, settings: Settings) -> str:
     """The reason /health gives when the API fails: the cause, without a URL password or any secret."""
-    from roadie.errors import redact
-
     return redact(f"Prefect API: {type(exc).__name__}: {describe_error(exc)}", settings)
 
 
 def job_deployments(client: SyncPrefectClient) -> list[DeploymentResponse]:
     """roadie's job deployments (tag `roadie-job`), one per name: a Docker and a process variant count as one."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
     tagged = DeploymentFilter(tags=DeploymentFilterTags(all_=[JOB_TAG]))
     found = all_pages(
         lambda limit, offset: client.read_deployments(deployment_filter=tagged, limit=limit, offset=offset)
@@ -92,21 +104,11 @@ def _by_name(deployments: Iterable[DeploymentResponse]) -> dict[str, list[UUID]]
 
 
 def _of(deployment_ids: Iterable[UUID]) -> DeploymentFilter:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
     return DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids)))
 
 
 def count_due(client: SyncPrefectClient, deployment_ids: list[UUID], now: datetime) -> int:
     """Runs due to start: Scheduled with a start time already past, or Pending."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     due = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
         expected_start_time=FlowRunFilterExpectedStartTime(before_=api_time(now)),
@@ -117,14 +119,6 @@ def count_due(client: SyncPrefectClient, deployment_ids: list[UUID], now: dateti
 def queue_figures(
     client: SyncPrefectClient, deployment_ids: list[UUID], now: datetime, window: timedelta
 ) -> QueueFigures:
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterEndTime,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     def of_types(*types: StateType) -> FlowRunFilterState:
         return FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
 
@@ -143,8 +137,6 @@ def queue_figures(
 
 
 def workers_online(client: SyncPrefectClient, pool: str) -> int:
-    import httpx
-
     try:
         workers = client.read_workers_for_work_pool(pool, limit=PAGE)
     except httpx.HTTPStatusError as exc:
@@ -272,15 +264,6 @@ class JobMetrics:
         self.durations: dict[str, _Durations] = {}
 
     def refresh(self) -> dict[UUID, DeploymentResponse]:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterEndTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import FlowRun, StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-
         deployments = {d.id: d for d in job_deployments(self.client)}
         now = datetime.now(UTC)
         since = (
@@ -322,9 +305,7 @@ class JobMetrics:
         self._recent = {rid: end for rid, end in self._recent.items() if end >= horizon}
         return deployments
 
-    def collect(self):  # prometheus_client Collector protocol
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
+    def collect(self) -> Iterator[Metric]:  # prometheus_client Collector protocol
         with self._lock:
             deployments = self.refresh()
             names = sorted({d.name for d in deployments.values()})
@@ -359,9 +340,7 @@ class JobMetrics:
             )
 
 
-def metrics_registry(client: SyncPrefectClient, settings: Settings | None = None):
-    from prometheus_client import CollectorRegistry
-
+def metrics_registry(client: SyncPrefectClient, settings: Settings | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobMetrics(client, settings))
     return registry
@@ -384,8 +363,6 @@ class OpsServer:
         port: int | None = None,
         settings: Settings | None = None,
     ):
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         self.client, self.settings = client, settings or get_settings()
         host = self.settings.health_host if host is None else host
         port = self.settings.health_port if port is None else port

@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     worker = worker_answers(args.worker_url)
     if worker is not None:
         return 0 if worker else 1
-    from roadie.prefect_api import api_url
-    from roadie.settings import get_settings
+    # deferred: a worker container (answered above) never needs the settings, whose pydantic-settings costs ~0.1 s
+    # on every probe (every few seconds); plain httpx, not Prefect's client, which costs a second to import.
+    from roadie.prefect_api import api_url  # noqa: PLC0415
+    from roadie.settings import get_settings  # noqa: PLC0415
 
-    # Plain httpx, not Prefect's client: the probe runs every few seconds and importing prefect costs a second.
     auth = get_settings().prefect_api_auth_string
     try:
         headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}

@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import yaml
 
+from deployments.files import code_root, process_file
+from roadie.db.session import upgrade
 from roadie.ops.signals import stop_on_signals
+from roadie.prefect_api import close_parameter_schemas, connect, ui_url
+from roadie.prefect_local import ensure_api, local_api_url, prefect_api_healthy, running_server_database, stop_local
+from roadie.settings import get_settings
+
+# What imports Prefect (deployments.topology, roadie.ops.health) is imported in serve() only after ensure_api():
+# Prefect reads PREFECT_API_URL and PREFECT_HOME once, when it is imported.
 
 PROCESS_POOL = "roadie-process"
 
@@ -32,20 +41,17 @@ def project_root() -> Path:
     here = Path.cwd()
     if (here / "prefect.yaml").exists():
         return here.resolve()
-    from deployments.files import code_root
-
     return code_root()
 
 
 def deployment_specs(prefect_file: Path) -> list[dict]:
-    import yaml
-
     return list((yaml.safe_load(prefect_file.read_text()) or {}).get("deployments") or [])
 
 
 def split_by_presence(prefect_file: Path, root: Path) -> tuple[list[str], list[str]]:
     """(names whose entrypoint file exists, names whose file has not landed yet)."""
-    present, missing = [], []
+    present: list[str] = []
+    missing: list[str] = []
     for spec in deployment_specs(prefect_file):
         path = spec["entrypoint"].split(":", 1)[0]
         (present if (root / path).exists() else missing).append(spec["name"])
@@ -73,8 +79,6 @@ def deploy(
     """`prefect --no-prompt deploy` every deployment of the file whose flow module exists."""
     root = root or project_root()
     if prefect_file is None:
-        from deployments.files import process_file
-
         prefect_file = process_file(root)  # from an installed wheel: the copy in the package
     prefect_file = prefect_file.resolve()
     present, missing = split_by_presence(prefect_file, root)
@@ -87,8 +91,6 @@ def deploy(
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{output[-4000:]}")
-    from roadie.prefect_api import close_parameter_schemas, connect
-
     # An unknown parameter is refused by the server (409), not crashed on by the engine (roadie.params).
     with connect(api_url, run_env.get("PREFECT_API_AUTH_STRING")) as client:
         close_parameter_schemas(client, present)
@@ -182,8 +184,6 @@ class WorkerProcess:
 def warm_workers() -> bool:
     """ROADIE_WORKER_WARM (default true): workers fork flow runs from a pre-imported interpreter
     (roadie.ops.warm_worker); false: plain `prefect worker start`, a fresh interpreter per run."""
-    from roadie.settings import get_settings
-
     return get_settings().worker_warm
 
 
@@ -236,9 +236,6 @@ class Serving:
 def warn_about_sqlite(started_server: bool, say: Callable[[str], None]) -> None:
     """serve takes bursts (an album is a dozen triggers at once) from several workers: on SQLite, Prefect's server
     refuses simultaneous writes with 503 and its clients wait seconds (roadie.prefect_local.prefect_database_url)."""
-    from roadie.prefect_local import running_server_database
-    from roadie.settings import get_settings
-
     if running_server_database() != "sqlite":
         return
     settings = get_settings()
@@ -265,10 +262,6 @@ def serve(
     ready: Callable[[dict], None] | None = None,
 ) -> None:
     """Run until interrupted (SIGINT/SIGTERM); everything started here is stopped on the way out."""
-    from roadie.db.session import upgrade
-    from roadie.prefect_local import ensure_api, local_api_url, prefect_api_healthy, stop_local
-    from roadie.settings import get_settings
-
     settings = get_settings()
     started_server = not settings.prefect_api_url and not prefect_api_healthy(local_api_url())
     if started_server:
@@ -278,15 +271,20 @@ def serve(
         warn_about_sqlite(started_server, say)
     serving = Serving(api_url)
     if started_server:
-        serving.stop_callbacks.append(lambda: (say("stopping the Prefect server"), stop_local()))
+
+        def stop_server() -> None:
+            say("stopping the Prefect server")
+            stop_local()
+
+        serving.stop_callbacks.append(stop_server)
 
     # Our own handlers (also when started with SIGINT ignored, as a background job), and so the workers, which
     # inherit an ignored signal but not a handler, can be drained with SIGINT; a second Ctrl-C during the drain
     # kills them.
     with stop_on_signals():
         try:
-            from deployments.topology import ensure_topology
-            from roadie.prefect_api import connect, ui_url
+            # deferred: Prefect, only now that ensure_api() has pointed it at the server (see the top)
+            from deployments.topology import ensure_topology  # noqa: PLC0415
 
             upgrade()
             client = connect(api_url).__enter__()  # left on the way out, after the health server stopped
@@ -308,8 +306,7 @@ def serve(
 
             health_url = None
             if health:
-                from roadie.ops.health import OpsServer
-                from roadie.settings import get_settings
+                from roadie.ops.health import OpsServer  # noqa: PLC0415  (deferred: Prefect, see the top)
 
                 ops = OpsServer(client, get_settings().health_host, port).start()
                 serving.stop_callbacks.append(ops.stop)

@@ -31,12 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import yaml
+from prefect.cli import app
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.runner._workspace_starter import WorkspaceResolvingEngineCommandStarter
 from prefect.settings import get_current_settings
 from prefect.utilities.processutils import sanitize_subprocess_env
+
+from deployments.files import process_file
 
 with warnings.catch_warnings():  # same dispatch key as Prefect's class: this one replaces it in this process
     warnings.simplefilter("ignore")
@@ -128,10 +132,6 @@ if TYPE_CHECKING:
 
 def flow_modules(root: Path) -> list[str]:
     """`flows.ingest` etc.: the modules of prefect.yaml's entrypoints that exist (what the zygote pre-imports)."""
-    import yaml
-
-    from deployments.files import process_file
-
     try:
         specs = (yaml.safe_load(process_file(root).read_text()) or {}).get("deployments") or []
     except OSError:
@@ -310,7 +310,10 @@ class ZygoteStarter:
                     if first and "pid" in first:
                         process = ForkedProcess(int(first["pid"]))
                         handle = ProcessHandle(
-                            process, termination_scope=create_isolated_termination_scope(process.pid)
+                            # ForkedProcess has all ProcessHandle uses of a process (pid, returncode): its
+                            # annotation names only the classes Prefect starts itself.
+                            process,  # type: ignore[arg-type]
+                            termination_scope=create_isolated_termination_scope(process.pid),
                         )
                         handed_off = True
                         self.logger.info(
@@ -366,12 +369,11 @@ async def _exit_code(pid: int, message: dict | None, logger: Any) -> int:
 
 def main() -> None:
     """`prefect worker start ARGS` with this worker class in place of Prefect's process worker."""
-    from prefect.cli import app
-
     sys.argv = ["prefect", "worker", "start", *sys.argv[1:]]
     if "--type" not in sys.argv:
         sys.argv += ["--type", "process"]
-    sys.exit(app())
+    app()  # exits by itself (Typer's standalone mode); returning is a success, as sys.exit(None) was
+    sys.exit(0)
 
 
 if __name__ == "__main__":

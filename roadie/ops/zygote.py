@@ -22,11 +22,13 @@ import contextlib
 import importlib
 import json
 import os
+import runpy
 import selectors
 import signal
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -247,8 +249,6 @@ class Zygote:
 
 def run_child(request: dict) -> None:
     """Become `python -m prefect.engine` for the requested flow run (never returns: the engine exits)."""
-    import runpy
-
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -257,19 +257,19 @@ def run_child(request: dict) -> None:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
-    # Settings were read from the zygote's environment at import; read them again from the run's.
-    from prefect.context import refresh_global_settings_context
+    # Settings were read from the zygote's environment at import; read them again from the run's. Prefect and roadie
+    # are imported by preload() (after the BLAS settings, each import timed and allowed to fail), never at the top:
+    # by now they are loaded, as a rule, and these imports look them up.
+    from prefect.context import refresh_global_settings_context  # noqa: PLC0415
 
     refresh_global_settings_context()
     try:
-        from roadie.settings import reload_settings
+        from roadie.settings import reload_settings  # noqa: PLC0415  (loaded by preload(), see above)
 
         reload_settings()
     except Exception:  # noqa: S110 - a bad environment fails the run itself, with its own message
         pass
     sys.argv = [sys.argv[0]]
-    import warnings
-
     # runpy warns that prefect.engine is already imported (by the preload): expected, it runs as __main__ anyway.
     warnings.filterwarnings("ignore", message=".*'prefect.engine' found in sys.modules.*", category=RuntimeWarning)
     runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
 
 from roadie.db import models  # noqa: F401  (registers every table on Base.metadata)
 from roadie.db.models import Base
@@ -33,7 +34,7 @@ def run_migrations_online() -> None:
         _run(connection)
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     # Batch mode lets ALTERs work on SQLite as well as PostgreSQL.
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
