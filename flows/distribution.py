@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from roadie.errors import InvalidInput
 from roadie.params import Month
@@ -16,8 +17,6 @@ def _period(month: str | None) -> Period:
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
     try:
         return f"distribution-{_period(flow_run.parameters.get('month')).label}"
     except InvalidInput:

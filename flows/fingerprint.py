@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from roadie.params import VersionId
-from tasks.media.analysis import require
+from tasks.media.analysis import require_fingerprint
 from tasks.media.tasks import analyze_audio, record_fingerprint
 from tasks.versions.scratch import scratch_dir
 from tasks.versions.tasks import fetch_original, load_job
@@ -17,10 +17,10 @@ def fingerprint(version_id: VersionId) -> dict:
     job = load_job(version_id)
     with scratch_dir("fingerprint") as workdir:
         src = fetch_original(job, workdir)
-        result = require(analyze_audio(src, steps=("fingerprint",)), "fingerprint")
-    matches = record_fingerprint(version_id, result.fingerprint)
+        fp = require_fingerprint(analyze_audio(src, steps=("fingerprint",)))
+    matches = record_fingerprint(version_id, fp)
     return {
         "version_id": version_id,
-        "items": len(result.fingerprint.items),
+        "items": len(fp.items),
         "duplicates": [m.as_dict() for m in matches],
     }

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 
 from roadie.params import Formats, VersionId
 from tasks.media.tasks import (
@@ -28,6 +31,8 @@ from tasks.versions.tasks import (
     start_processing,
 )
 
+T = TypeVar("T")
+
 
 @flow(name="media-ingest", flow_run_name="ingest-{version_id}", log_prints=False)
 def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
@@ -38,7 +43,7 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
     job = start_processing(version_id, formats)
     timings: dict[str, float] = {}
     with scratch_dir("ingest") as workdir:
-        submitted = []
+        submitted: list[PrefectFuture[Any]] = []
         try:
             src = fetch_original(job, workdir)
             info = probe_original(version_id, src)
@@ -76,7 +81,9 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
     return ingest_report(version_id, result, waveform_keys, artwork_keys, duplicates or [], timings)
 
 
-def _finish_as_warning(version_id: str, what: str, step, failed_rendition: str | None = None):
+def _finish_as_warning(
+    version_id: str, what: str, step: Callable[[], T], failed_rendition: str | None = None
+) -> T | None:
     """Work after `ready`: a failure is recorded on the playable version, never fails it."""
     try:
         return step()

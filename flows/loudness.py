@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from roadie.params import VersionId
-from tasks.media.analysis import require
+from tasks.media.analysis import require_loudness
 from tasks.media.tasks import analyze_audio, record_loudness
 from tasks.versions.scratch import scratch_dir
 from tasks.versions.tasks import fetch_original, load_job
@@ -17,6 +17,7 @@ def loudness(version_id: VersionId) -> dict:
     job = load_job(version_id)
     with scratch_dir("loudness") as workdir:
         src = fetch_original(job, workdir)
-        result = require(analyze_audio(src, steps=("loudness",)), "loudness")
-    record_loudness(version_id, result.loudness)
+        result = analyze_audio(src, steps=("loudness",))
+        measured = require_loudness(result)
+    record_loudness(version_id, measured)
     return result.as_dict()["loudness"]

@@ -30,7 +30,7 @@ from tasks.media.fingerprint import Fingerprint
 from tasks.media.loudness import LoudnessReading, LoudnessResult
 
 WAVEFORM_PPS = 20  # the original design's 20 px/s, 8-bit JSON (peaks.js reads 8-bit)
-WAVEFORM_BITS = 8
+WAVEFORM_BITS: wf.Bits = 8
 PNG_SIZE = (1800, 280)
 STEPS = ("waveform", "loudness", "fingerprint")  # the reprocessing flows run one of them alone
 HELPER_NICE = 2  # the steps beside ebur128 yield to it (bench/analyze)
@@ -52,7 +52,7 @@ class Analysis:
     channels: int
     duration_s: float
     waveform: wf.Waveform | None  # WAVEFORM_BITS-bit JSON source at the asked pixels per second
-    waveform_bits: int
+    waveform_bits: wf.Bits
     png: bytes | None  # the whole track
     loudness: LoudnessResult | None
     fingerprint: Fingerprint | None
@@ -242,6 +242,24 @@ def analyze_file(
 def require(result: Analysis, step: str) -> Analysis:
     """For a flow that runs `step` alone: its failure is the run's failure, with the reason."""
     if getattr(result, step) is None:
-        reasons = [w for w in result.warnings if w.startswith(f"{step} unavailable")]
-        raise AnalysisStepFailed("; ".join(reasons) or f"{step} unavailable")
+        raise _step_failed(result, step)
     return result
+
+
+def require_loudness(result: Analysis) -> LoudnessResult:
+    """`require(result, "loudness").loudness`, typed as present."""
+    if result.loudness is None:
+        raise _step_failed(result, "loudness")
+    return result.loudness
+
+
+def require_fingerprint(result: Analysis) -> Fingerprint:
+    """`require(result, "fingerprint").fingerprint`, typed as present."""
+    if result.fingerprint is None:
+        raise _step_failed(result, "fingerprint")
+    return result.fingerprint
+
+
+def _step_failed(result: Analysis, step: str) -> AnalysisStepFailed:
+    reasons = [w for w in result.warnings if w.startswith(f"{step} unavailable")]
+    return AnalysisStepFailed("; ".join(reasons) or f"{step} unavailable")

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError
 
 from roadie import catalog
+from roadie.errors import InvalidInput, is_transient, redact
 from tasks.media import ffmpeg
+
+if TYPE_CHECKING:
+    from roadie.catalog.results import ArtworkKeys, WaveformKeys
+    from tasks.media.analysis import Analysis
+    from tasks.media.fingerprint import DuplicateMatch
 
 
 def failure_message(exc: BaseException) -> str:
     """What a person reads in track_versions.error: the cause, and what to do about it (never a secret)."""
-    from roadie.errors import InvalidInput, is_transient, redact
-
     if isinstance(exc, InvalidInput):
         return redact(exc)
     if isinstance(exc, ffmpeg.FFmpegError):
         return redact(f"could not transcode the upload ({exc}); check that it is a complete, playable audio file")
     if is_transient(exc):
-        from sqlalchemy.exc import DBAPIError
-
         what = "database" if isinstance(exc, DBAPIError) else "storage"
         return redact(f"{what} unavailable after retries ({type(exc).__name__}: {exc}); retry the job")
     return redact(f"internal error ({type(exc).__name__}: {exc}); retry the job, and report it if it persists")
 
 
 def ingest_report(
-    version_id: str, analysis, waveform_keys, artwork_keys, duplicates, timings: dict[str, float]
+    version_id: str,
+    analysis: Analysis,
+    waveform_keys: WaveformKeys | None,
+    artwork_keys: ArtworkKeys | None,
+    duplicates: Sequence[DuplicateMatch],
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     """What `roadie ingest --json` and the flow's result show: the version as stored, plus what only this run
     knows (both loudness meters and their comparison, whether the cover was embedded, the duplicate scores)."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from roadie.settings import get_settings
 
 OWNER_LOCK = ".owner"
 
@@ -15,11 +20,6 @@ def scratch_dir(job: str) -> Iterator[Path]:
     """A private working folder under ROADIE_TMP_DIR, removed however the run ends. A run killed outright (SIGKILL,
     OOM) cannot remove its own: the folder's owner lock (flock, released by the kernel when the process dies) lets
     the next run on the machine find such leftovers and remove them."""
-    import fcntl
-    import os
-
-    from roadie.settings import get_settings
-
     parent = get_settings().tmp_dir
     remove_dead_scratch_dirs(Path(parent) if parent else Path(tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=f"roadie-{job}-", dir=parent) as tmp:
@@ -33,10 +33,7 @@ def scratch_dir(job: str) -> Iterator[Path]:
 
 def remove_dead_scratch_dirs(parent: Path) -> list[Path]:
     """Remove roadie-* working folders whose owner process is gone (their lock is free)."""
-    import fcntl
-    import shutil
-
-    removed = []
+    removed: list[Path] = []
     for directory in parent.glob("roadie-*"):
         try:
             with open(directory / OWNER_LOCK) as lock:

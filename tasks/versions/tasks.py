@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import task
@@ -15,7 +16,7 @@ RETRY = transient_retries()
 
 
 @task(**RETRY)
-def start_processing(version_id: str, formats: list[str] | None) -> catalog.VersionJob:
+def start_processing(version_id: str, formats: Sequence[str] | None) -> catalog.VersionJob:
     return catalog.start_processing(version_id, formats)
 
 
