@@ -120,15 +120,15 @@ def reference_rollup(plays, engagements, day):
     rows = defaultdict(
         lambda: {"plays": 0, "listeners": set(), "completions": 0, "likes": 0, "reposts": 0, "downloads": 0}
     )
-    for track, user, ip, started, completed in plays:
-        if lo <= started < hi:
-            r = rows[track]
-            r["plays"] += 1
-            r["completions"] += int(completed)
-            if user is not None:
-                r["listeners"].add(("user", user))
-            elif ip is not None:
-                r["listeners"].add(("ip", ip))
+    of_the_day = [(track, user, ip, completed) for track, user, ip, started, completed in plays if lo <= started < hi]
+    for track, user, ip, completed in of_the_day:
+        r = rows[track]
+        r["plays"] += 1
+        r["completions"] += int(completed)
+        # A listener is the signed-in user, else the ip hash; a play with neither counts no listener.
+        listener = ("user", user) if user is not None else ("ip", ip)
+        if listener[1] is not None:
+            r["listeners"].add(listener)
     for kind, track, created in engagements:
         if lo <= created < hi:
             rows[track][kind] += 1
