@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tests import services
 from roadie.settings import reload_settings
+from tests import services
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 LOCAL_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -25,12 +25,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie.ops.serve import WorkerProcess, worker_command
+from roadie.ops.serve import Serving, WorkerProcess, worker_command
 from roadie.settings import reload_settings
 from tests import services
 from tests.platform_client import FlowRun
 from tests.prefect_rest import PrefectREST
-from tests.support import wait_for
+from tests.support import stack_env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "roadie-process"
@@ -281,8 +281,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.topology import ensure_topology
-    from roadie.prefect_api import connect
     from roadie.ops.serve import deploy
+    from roadie.prefect_api import connect
 
     home = tmp_path_factory.mktemp("faults")
     tmp = home / "tmp"
@@ -316,13 +316,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
             prefect = services.start_prefect_server(home / "prefect-server", port=port, database_url=prefect_db)
             prefix = f"faults-{uuid.uuid4().hex[:8]}"
             roadie_env = {
-                "ROADIE_HOME": str(home / "home"),
-                "ROADIE_TMP_DIR": str(tmp),
-                "ROADIE_DATABASE_URL": db_url,
-                "ROADIE_STORAGE_URL": f"s3://roadie/{prefix}",
-                "ROADIE_S3_ENDPOINT_URL": s3_service.url,
-                "ROADIE_S3_ACCESS_KEY": "roadie",
-                "ROADIE_S3_SECRET_KEY": "roadie-secret",
+                **stack_env(home, db_url, s3_service.url, prefix),  # ROADIE_TMP_DIR: `tmp`
                 "ROADIE_ZOMBIE_AFTER_SECONDS": str(ZOMBIE_AFTER_S),
                 "ROADIE_RETRY_BACKOFF_SECONDS": str(RETRY_BACKOFF_S),
                 "ROADIE_PREFECT_API_URL": prefect.url,
@@ -359,13 +353,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
                     print(f"fault stack up in {time.monotonic() - started:.1f} s")
                     yield stack
                 finally:
-                    for worker in stack.workers:
-                        worker.drain()
-                    deadline = time.monotonic() + 15
-                    while any(w.alive for w in stack.workers) and time.monotonic() < deadline:
-                        time.sleep(0.2)
-                    for worker in stack.workers:
-                        worker.kill()
+                    Serving(prefect.url, stack.workers).stop(grace_s=15, say=print)  # drain, wait, kill
                     client.close()
                     stack.prefect.stop()
             from roadie.db.session import engine_for

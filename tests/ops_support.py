@@ -4,12 +4,19 @@ and finding the processes of a flow run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import psutil
 
+from roadie.ops.serve import kill_tree
 from tests.prefect_rest import PrefectREST
 
 
@@ -75,3 +82,32 @@ def flow_run_pids(flow_run_id: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return pids
+
+
+@contextmanager
+def roadie_serve(
+    cwd: Path, env: Mapping[str, str], *args: str
+) -> Iterator[tuple[subprocess.Popen, dict[str, Any], Path]]:
+    """A real `python -m roadie serve --json *args`, up: yields the process, the JSON line it prints once everything
+    is up, and the file its stderr goes to (a file, not an unread pipe: the workers' logs would fill it and block
+    them). Its process tree is killed on the way out if it still runs."""
+    stderr_path = Path(cwd) / "serve-stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roadie", "serve", "--json", *args],
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # one JSON line once everything is up
+            assert line, stderr_path.read_text()[-3000:]
+            yield proc, json.loads(line), stderr_path
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()

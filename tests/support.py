@@ -16,6 +16,27 @@ from tasks.media import loudness
 from tasks.media.ffmpeg import ffmpeg_binary
 
 
+def stack_env(
+    home: Path,
+    database_url: str,
+    s3_endpoint: str,
+    storage_prefix: str,
+    key: str = "roadie",
+    secret: str = "roadie-secret",
+) -> dict[str, str]:
+    """The ROADIE_* settings of a whole roadie under test: its home and scratch folder under `home`, its database,
+    and its objects under s3://roadie/<storage_prefix> on an S3 endpoint that takes `key` and `secret`."""
+    return {
+        "ROADIE_HOME": str(home / "home"),
+        "ROADIE_TMP_DIR": str(home / "tmp"),
+        "ROADIE_DATABASE_URL": database_url,
+        "ROADIE_STORAGE_URL": f"s3://roadie/{storage_prefix}",
+        "ROADIE_S3_ENDPOINT_URL": s3_endpoint,
+        "ROADIE_S3_ACCESS_KEY": key,
+        "ROADIE_S3_SECRET_KEY": secret,
+    }
+
+
 def sine(
     freq: float, seconds: float, sr: int, dbfs: float = -20.0, channels: int = 2, phase: float = 0.0
 ) -> np.ndarray:

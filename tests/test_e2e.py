@@ -26,14 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
 from roadie.ops.health import OpsServer
+from roadie.ops.serve import Serving, WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.prefect_api import connect
-from roadie.ops.serve import WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.prefect_local import free_port
 from roadie.settings import Settings, reload_settings
-from tests.ops_support import Recorder, flow_run_pids
+from tests.ops_support import Recorder, flow_run_pids, roadie_serve
 from tests.platform_client import FlowRun
 from tests.prefect_rest import PrefectREST
-from tests.support import run_sql, sine, wait_for, write_wav
+from tests.support import run_sql, sine, stack_env, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -101,13 +101,7 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
     (home / "tmp").mkdir()
     hook = Recorder()
     roadie_env = {
-        "ROADIE_HOME": str(home / "home"),
-        "ROADIE_TMP_DIR": str(home / "tmp"),
-        "ROADIE_DATABASE_URL": pg_url,
-        "ROADIE_STORAGE_URL": f"s3://roadie/e2e-{uuid.uuid4().hex[:8]}",
-        "ROADIE_S3_ENDPOINT_URL": s3_server,
-        "ROADIE_S3_ACCESS_KEY": "roadie",
-        "ROADIE_S3_SECRET_KEY": "roadie-secret",
+        **stack_env(home, pg_url, s3_server, f"e2e-{uuid.uuid4().hex[:8]}"),
         "ROADIE_DEAD_LETTER_WEBHOOK_URL": f"{hook.url}/dead-letters",
         "ROADIE_ZOMBIE_AFTER_SECONDS": str(ZOMBIE_AFTER_S),
     }
@@ -142,13 +136,7 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
             s.wait_online([w.name for w in s.workers])
             yield s
         finally:
-            for worker in s.workers:
-                worker.drain()
-            deadline = time.monotonic() + 30
-            while any(w.alive for w in s.workers) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            for worker in s.workers:
-                worker.kill()
+            Serving(prefect_api, s.workers).stop(grace_s=30, say=print)  # drain, wait for runs in flight, kill
             client.close()
             hook.close()
     reload_settings()
@@ -299,7 +287,7 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
         again = stack.client.trigger_ingest(twice, UPLOADS[2][3])  # after it finished, too
         assert not again.created and again.flow_run.id == triggered[twice]
 
-    for (vid, run), reg in zip(final.items(), regs, strict=False):
+    for vid, run in final.items():
         assert run.state_type == "COMPLETED", (run.name, run.state_message)
         assert run.name == f"ingest-{vid}" and run.run_count == 1
         states = [s["type"] for s in stack.client.flow_run_states(run.id)]
@@ -577,21 +565,8 @@ def test_the_image_healthcheck_probe(stack):
 
 def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
     env = {**stack.env, "ROADIE_PREFECT_API_URL": stack.api, "ROADIE_HOME": str(tmp_path / "serve-home")}
-    stderr_path = tmp_path / "serve-stderr.txt"
-    stderr = open(stderr_path, "w")  # a file, not an unread pipe: the workers' logs would fill it and block them
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roadie", "serve", "--workers", "1", "--port", "0", "--json", "--grace", "20"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        line = proc.stdout.readline()  # one JSON line once everything is up
-        assert line, stderr_path.read_text()[-3000:]
-        info = json.loads(line)
+    serve_args = ["--workers", "1", "--port", "0", "--grace", "20"]
+    with roadie_serve(tmp_path, env, *serve_args) as (proc, info, stderr_path):
         assert info["ui"] == stack.api.removesuffix("/api")
         health = httpx.get(info["health"], timeout=60).json()
         assert set(health) >= {"status", "queues"} and "media-ingest" in health["queues"]
@@ -608,11 +583,6 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
         assert all(_gone(pid) for pid in worker_pids)
         with pytest.raises(httpx.HTTPError):
             httpx.get(info["health"], timeout=5)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-            proc.wait()
-        stderr.close()
 
 
 def _cmdline(entry: Path) -> bytes:

@@ -410,8 +410,8 @@ def seed_month(engine, month: date) -> None:
             for k in range(1 + i % 3):
                 conn.execute(
                     sa.text(
-                        "INSERT INTO contributions (id, user_id, amount_cents, artist_percent, charity_percent, status, "
-                        "created_at) VALUES (:id, :user, :amount, :pct, 0, 'succeeded', :at)"
+                        "INSERT INTO contributions (id, user_id, amount_cents, artist_percent, charity_percent, "
+                        "status, created_at) VALUES (:id, :user, :amount, :pct, 0, 'succeeded', :at)"
                     ),
                     {
                         "id": uid(f"contribution-{i}-{k}"),

@@ -23,11 +23,11 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.failures import dead_letter
 from roadie.ops.health import DURATION_BUCKETS, JobMetrics, OpsServer, check_health
-from roadie.prefect_api import connect
 from roadie.params import flow_run_uuid
+from roadie.prefect_api import connect
 from roadie.settings import Settings, reload_settings
+from tasks.failures import dead_letter
 from tests.ops_support import Recorder, make_deployment, set_state, unique
 from tests.platform_client import PrefectAPIError
 from tests.prefect_rest import PrefectREST
@@ -670,35 +670,34 @@ def test_health_serve_cli_answers_and_stops_on_ctrl_c(prefect_api, worker_pool, 
     port = free_port()
     env = {**_cli_env(prefect_api), "ROADIE_WORK_POOL": worker_pool}
     # stderr to a file, not an unread pipe: a full pipe would block the server's writes, and so its exit.
-    stderr = open(tmp_path / "stderr.txt", "w")
-    background = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "background" in stop else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-        stderr=stderr,
-        text=True,
-        preexec_fn=background,
-    )
-    try:
-        report = None
-        deadline = time.monotonic() + 60
-        while report is None and time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
-                report = response.json()
-            except httpx.ConnectError:
-                time.sleep(0.3)
-        assert report is not None and report["workers_online"] == 1 and set(report) >= {"status", "queues"}
-        assert response.status_code == (200 if report["status"] == "healthy" else 503)
-        assert "roadie_workers_online 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        os.kill(proc.pid, signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        background = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "background" in stop else None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roadie", "health", "--serve", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stderr=stderr,
+            text=True,
+            preexec_fn=background,
+        )
         try:
-            returncode = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        assert returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stderr.close()
+            report = None
+            deadline = time.monotonic() + 60
+            while report is None and time.monotonic() < deadline:
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                    report = response.json()
+                except httpx.ConnectError:
+                    time.sleep(0.3)
+            assert report is not None and report["workers_online"] == 1 and set(report) >= {"status", "queues"}
+            assert response.status_code == (200 if report["status"] == "healthy" else 503)
+            assert "roadie_workers_online 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+            os.kill(proc.pid, signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)
+            try:
+                returncode = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            assert returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -4,20 +4,18 @@ PostgreSQL beside roadie's own data when roadie is on PostgreSQL, SQLite only wh
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from roadie.ops.serve import kill_tree, warn_about_sqlite
+from roadie.ops.serve import warn_about_sqlite
 from roadie.prefect_local import database_kind, prefect_database_url, running_server_database
 from roadie.settings import reload_settings
 from tests import services
+from tests.ops_support import roadie_serve
 
 
 @pytest.fixture
@@ -115,33 +113,16 @@ def test_roadie_serve_on_postgres_keeps_prefect_state_there(tmp_path, pg_server_
                 "ROADIE_STORAGE_URL": (tmp_path / "storage").as_uri(),
             }
         )
-        stderr_path = tmp_path / "serve-stderr.txt"
-        with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "roadie", "serve", "--workers", "1", "--no-health", "--json", "--grace", "5"],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                start_new_session=True,
-            )
-            try:
-                line = proc.stdout.readline()
-                assert line, stderr_path.read_text()[-3000:]
-                json.loads(line)
-                prefect_db = sa.make_url(roadie_url).set(database=f"{name}_prefect")
-                engine = sa.create_engine(prefect_db)
-                with engine.connect() as conn:
-                    deployed = set(conn.execute(sa.text("SELECT name FROM deployment")).scalars())
-                engine.dispose()
-                assert "media-ingest" in deployed
-                os.kill(proc.pid, signal.SIGINT)
-                assert proc.wait(timeout=90) == 0, stderr_path.read_text()[-3000:]
-            finally:
-                if proc.poll() is None:
-                    kill_tree(proc.pid)
-                    proc.wait()
+        serve_args = ["--workers", "1", "--no-health", "--grace", "5"]
+        with roadie_serve(tmp_path, env, *serve_args) as (proc, _info, stderr_path):
+            prefect_db = sa.make_url(roadie_url).set(database=f"{name}_prefect")
+            engine = sa.create_engine(prefect_db)
+            with engine.connect() as conn:
+                deployed = set(conn.execute(sa.text("SELECT name FROM deployment")).scalars())
+            engine.dispose()
+            assert "media-ingest" in deployed
+            os.kill(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=90) == 0, stderr_path.read_text()[-3000:]
         said = stderr_path.read_text()
         assert "SQLite" not in said, said[-3000:]
         assert not (Path(tmp_path / "home" / "prefect" / "prefect.db")).exists()

@@ -29,13 +29,13 @@ import pytest
 import sqlalchemy as sa
 
 from roadie.ops.health import OpsServer
-from roadie.prefect_api import connect
 from roadie.ops.serve import WorkerProcess, worker_command
+from roadie.prefect_api import connect
 from roadie.settings import Settings, reload_settings
 from tests import services
 from tests.ops_support import Recorder
 from tests.prefect_rest import PrefectREST
-from tests.support import run_sql, sine, wait_for, write_wav
+from tests.support import run_sql, sine, stack_env, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -116,13 +116,7 @@ def secure(pg_server_url: str, s3_server: str, tmp_path_factory) -> Iterator[Sec
             extra_env={"PREFECT_SERVER_API_AUTH_STRING": AUTH_STRING},
         )
         roadie_env = {
-            "ROADIE_HOME": str(home / "home"),
-            "ROADIE_TMP_DIR": str(home / "tmp"),
-            "ROADIE_DATABASE_URL": db_url,
-            "ROADIE_STORAGE_URL": f"s3://roadie/sec-{uuid.uuid4().hex[:8]}",
-            "ROADIE_S3_ENDPOINT_URL": s3_server,
-            "ROADIE_S3_ACCESS_KEY": S3_ACCESS_KEY,
-            "ROADIE_S3_SECRET_KEY": S3_SECRET_KEY,
+            **stack_env(home, db_url, s3_server, f"sec-{uuid.uuid4().hex[:8]}", S3_ACCESS_KEY, S3_SECRET_KEY),
             "ROADIE_DEAD_LETTER_WEBHOOK_URL": f"{hook.url}/dead-letters?token={WEBHOOK_TOKEN}",
             "ROADIE_PREFECT_API_URL": server.url,
             "ROADIE_WORK_POOL": POOL,
