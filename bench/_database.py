@@ -48,6 +48,18 @@ def load(url: str, statements: list[tuple[str, dict]]) -> None:
     engine.dispose()
 
 
+def user_rows(users: int) -> list[tuple[str, dict]]:
+    """`load` statements for `users` users and the temp table user_ix (n -> id) the other rows draw users from."""
+    return [
+        (
+            "INSERT INTO users (id, username, lossless_enabled, created_at) "
+            "SELECT gen_random_uuid(), 'bench-user-' || g, false, now() FROM generate_series(1, :n) g",
+            {"n": users},
+        ),
+        ("CREATE TEMP TABLE user_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users", {}),
+    ]
+
+
 def machine(url: str) -> str:
     import platform
 

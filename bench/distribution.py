@@ -18,7 +18,7 @@ import argparse
 import time
 
 import sqlalchemy as sa
-from _database import bench_database, load, machine  # also puts the repo on sys.path
+from _database import bench_database, load, machine, user_rows  # also puts the repo on sys.path
 from sqlalchemy.orm import Session
 
 from roadie.db.session import engine_for
@@ -35,12 +35,7 @@ def generate(url: str, users: int, artists: int, plays: int) -> None:
     load(
         url,
         [
-            (
-                "INSERT INTO users (id, username, lossless_enabled, created_at) "
-                "SELECT gen_random_uuid(), 'bench-user-' || g, false, now() FROM generate_series(1, :n) g",
-                {"n": users},
-            ),
-            ("CREATE TEMP TABLE user_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users", {}),
+            *user_rows(users),
             (
                 "INSERT INTO charities (id, name, created_at) "
                 "SELECT gen_random_uuid(), 'bench-charity-' || g, now() FROM generate_series(1, 10) g",

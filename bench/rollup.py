@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
 import sqlalchemy as sa
-from _database import bench_database, load, machine  # also puts the repo on sys.path
+from _database import bench_database, load, machine, user_rows  # also puts the repo on sys.path
 from sqlalchemy.orm import Session
 
 from roadie.db.session import engine_for
@@ -36,12 +36,7 @@ def generate(url: str, plays: int, days: int, tracks: int, users: int) -> None:
     load(
         url,
         [
-            (
-                "INSERT INTO users (id, username, lossless_enabled, created_at) "
-                "SELECT gen_random_uuid(), 'bench-user-' || g, false, now() FROM generate_series(1, :n) g",
-                {"n": users},
-            ),
-            ("CREATE TEMP TABLE user_ix AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users", {}),
+            *user_rows(users),
             (
                 "INSERT INTO tracks (id, owner_user_id, title, created_at) "
                 "SELECT gen_random_uuid(), u.id, 'bench-track-' || g, now() "
