@@ -30,12 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
+from analyze import naive_pyloudnorm  # the original design's numpy meter, as bench/analyze times it
 
-from tasks.media import fingerprint as fpm  # noqa: E402
-from tasks.media import loudness  # noqa: E402
-from tests.support import both_meters, music_like  # noqa: E402
+from tasks.media import fingerprint as fpm
+from tasks.media import loudness
+from tests.support import both_meters, music_like
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
@@ -45,18 +46,6 @@ def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
         result = fn()
         best = min(best, time.perf_counter() - started)
     return best, result
-
-
-def naive_numpy_loudness(path: Path) -> loudness.LoudnessReading:
-    import pyloudnorm
-    from scipy.signal import resample_poly
-
-    data, rate = sf.read(str(path))
-    meter = pyloudnorm.Meter(rate)
-    integrated = meter.integrated_loudness(data)
-    lra = meter.loudness_range(data) if hasattr(meter, "loudness_range") else None
-    peak = max(np.abs(resample_poly(data[:, c], 4, 1)).max() for c in range(data.shape[1]))
-    return loudness.LoudnessReading(integrated, lra, 20 * math.log10(peak))
 
 
 def fpcalc_via_temp_wav(samples: np.ndarray, rate: int) -> fpm.Fingerprint:
@@ -97,7 +86,7 @@ def main() -> None:
         samples, _ = sf.read(str(wav), dtype="float32")  # what a decode of the file gives
         print(f"{args.seconds:.0f} s stereo {rate} Hz music-like track, best of {repeat}\n")
 
-        naive_np_s, naive_np = best_of(repeat, lambda: naive_numpy_loudness(wav))
+        naive_np_s, naive_np = best_of(repeat, lambda: naive_pyloudnorm(wav))
         roadie_np_s, roadie_np = best_of(repeat, lambda: loudness.measure_pcm(samples, rate))
         ffmpeg_s, from_ffmpeg = best_of(repeat, lambda: loudness.measure_ffmpeg(wav, 2))
         both_s, both = best_of(repeat, lambda: both_meters(wav, samples, rate))
