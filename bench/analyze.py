@@ -36,15 +36,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
-from roadie.sample_audio import music_like  # noqa: E402
-from tasks.media import analysis, loudness  # noqa: E402
+from roadie.sample_audio import music_like
+from tasks.media import analysis, loudness
 from tasks.media import fingerprint as fpm
 from tasks.media import waveform as wf
-from tasks.media.decode import decode, measure_ebur128  # noqa: E402
-from tasks.media.ffmpeg import build_ebur128_cmd  # noqa: E402
+from tasks.media.decode import decode, measure_ebur128
+from tasks.media.ffmpeg import build_ebur128_cmd
 
 OUT = ROOT / "bench" / "out"
 
@@ -135,12 +135,17 @@ def whole_process(cmd: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def audio_args(description: str | None) -> argparse.Namespace:
+    """--seconds and --rate of the synthesized stereo track, --repeat: how many timed runs of each step."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--rate", type=int, default=48000)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = audio_args(__doc__)
 
     OUT.mkdir(parents=True, exist_ok=True)
     wav = OUT / f"analyze-{args.seconds:g}s-{args.rate}.wav"

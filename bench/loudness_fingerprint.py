@@ -19,7 +19,6 @@ and prints the readings, the times and the ratios.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import soundfile as sf
-from analyze import naive_pyloudnorm  # the original design's numpy meter, as bench/analyze times it
+from analyze import audio_args, naive_pyloudnorm  # the original design's numpy meter, as bench/analyze times it
 
 from tasks.media import fingerprint as fpm
 from tasks.media import loudness
@@ -72,11 +71,7 @@ def row(label: str, naive_s: float, roadie_s: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=240.0)
-    parser.add_argument("--rate", type=int, default=48000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = audio_args(__doc__)
     rate, repeat = args.rate, args.repeat
 
     samples = music_like(args.seconds, rate, channels=2, seed=1).astype(np.float32)
