@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from roadie.db.session import session_scope
+
 UTC = UTC
 
 # Typed binds: SQLite keeps dates and timestamps as text, and only a typed bind renders them in that format.
@@ -48,8 +50,6 @@ def transaction(session: Session | None) -> Iterator[Session]:
     """One unit of work. Without a session: a new one, committed on success. With the caller's session: a
     transaction (or a savepoint, if one is open) inside it, so an error leaves the caller's work intact."""
     if session is None:
-        from roadie.db.session import session_scope
-
         with session_scope() as own:
             yield own
         return

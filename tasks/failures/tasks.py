@@ -3,6 +3,8 @@ the row write retries on transient database errors only."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.client.orchestration import get_client
 
@@ -10,7 +12,7 @@ from roadie.retries import transient_retries
 from tasks.failures import dead_letter
 
 RETRY = transient_retries()
-NETWORK_RETRY = {"retries": 3, "retry_delay_seconds": [5, 10, 20], "retry_jitter_factor": 0.2}
+NETWORK_RETRY: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [5, 10, 20], "retry_jitter_factor": 0.2}
 
 
 @task(**NETWORK_RETRY)

@@ -161,7 +161,13 @@ def last_month(now: datetime | None = None) -> Period:
 # Every statement takes :ps (period start, a date) and the window :lo/:hi; money is BIGINT throughout (the CASTs
 # keep PostgreSQL's SUM(bigint) -> numeric from turning integer division into exact division).
 
-_PERIOD_BINDS = {"ps": DAY, "pe": DAY, "lo": TIMESTAMP, "hi": TIMESTAMP, "now": TIMESTAMP}
+_PERIOD_BINDS: dict[str, sa.types.TypeEngine[Any]] = {
+    "ps": DAY,
+    "pe": DAY,
+    "lo": TIMESTAMP,
+    "hi": TIMESTAMP,
+    "now": TIMESTAMP,
+}
 
 _SUCCEEDED = "status = 'succeeded' AND created_at >= :lo AND created_at < :hi"
 
