@@ -15,7 +15,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
 from roadie.errors import RoadieError
+from tasks.media import ffmpeg
 
 THUMBNAIL_SIZE = (200, 200)
 THUMBNAIL_QUALITY = 88
@@ -59,16 +63,12 @@ class Artwork:
 
 
 def has_embedded_cover(src: Path) -> bool:
-    from tasks.media import ffmpeg
-
     return ffmpeg.probe(Path(src)).has_cover
 
 
 def extract_cover(src: Path, workdir: Path, *, has_cover: bool | None = None) -> bytes | None:
     """The embedded picture's bytes exactly as stored, or None when there is none. `has_cover` (from an earlier
     probe) saves probing again. A picture ffmpeg cannot copy out raises BrokenArtwork."""
-    from tasks.media import ffmpeg
-
     src = Path(src)
     if has_cover is None:
         has_cover = has_embedded_cover(src)
@@ -93,10 +93,8 @@ def extract_cover(src: Path, workdir: Path, *, has_cover: bool | None = None) ->
 # ---------------------------------------------------------------- images
 
 
-def _open_checked(data: bytes):
+def _open_checked(data: bytes) -> Image.Image:
     """Decode fully (verify() alone misses truncated pixel data) and refuse decompression bombs."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,10 +117,8 @@ def _open_checked(data: bytes):
     return image
 
 
-def _rgb(image):
+def _rgb(image: Image.Image) -> Image.Image:
     """Flatten transparency onto white (a thumbnail is a JPEG) and normalise CMYK, palette and grey images."""
-    from PIL import Image
-
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         ground = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -131,10 +127,8 @@ def _rgb(image):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def make_thumbnail(image, size: tuple[int, int] = THUMBNAIL_SIZE) -> bytes:
+def make_thumbnail(image: Image.Image, size: tuple[int, int] = THUMBNAIL_SIZE) -> bytes:
     """A centre crop to the target's aspect ratio, scaled with Lanczos, as a JPEG."""
-    from PIL import Image, ImageOps
-
     thumb = ImageOps.fit(_rgb(image), size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
@@ -155,9 +149,6 @@ def artwork_from_bytes(data: bytes, *, embedded: bool = True) -> Artwork:
 
 def draw_default_artwork(size: int = DEFAULT_ARTWORK_SIZE) -> bytes:
     """The default cover: a dusk gradient, a record's grooves and a small waveform. Deterministic."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     y, x = np.mgrid[0:size, 0:size].astype(np.float64) / (size - 1)
     t = (0.65 * y + 0.35 * x)[..., None]
     top, bottom = np.array([38, 32, 84]), np.array([22, 128, 142])  # indigo to teal

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from roadie.errors import RoadieError
 from roadie.cpu import lower_thread_priority
+from roadie.errors import RoadieError
+from roadie.settings import get_settings
 from tasks.media import ffmpeg
 from tasks.media import loudness as loudness_mod
 from tasks.media.ffmpeg import FFmpegError, MediaInfo, UnreadableMedia
@@ -102,8 +103,6 @@ def decode_stream(
     shorter). Raises UnreadableMedia for a decode error anywhere in the file (truncated or corrupt data), for a
     file with no audio samples, and for audio longer than `max_seconds` (ROADIE_MAX_DURATION_S by default) however
     long its header says it is; a missing ffmpeg raises FFmpegError (not the upload's fault)."""
-    from roadie.settings import get_settings
-
     limit_s = max_seconds if max_seconds is not None else get_settings().max_duration_s
     limit_frames = int(limit_s * info.sample_rate)
     chunker = _Chunker(info.channels, chunk_frames, limit_frames, on_chunk)
@@ -230,7 +229,7 @@ def measure_ebur128(chunks: Iterable[np.ndarray], info: MediaInfo, timeout_s: fl
     cmd = ffmpeg.build_measure_pcm_cmd(
         info.sample_rate, info.channels, loudness_mod.ebur128_filter(info.channels), info.channel_layout
     )
-    feed = (memoryview(np.ascontiguousarray(chunk, dtype="<f4")).cast("B") for chunk in chunks)
+    feed = (np.ascontiguousarray(chunk, dtype="<f4").data.cast("B") for chunk in chunks)
     result = ffmpeg.run(cmd, stdin_data=feed, timeout_s=timeout_s)
     return loudness_mod.parse_ebur128_summary(result.stderr)
 

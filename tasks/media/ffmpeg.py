@@ -10,19 +10,23 @@ output (`compile` refuses a graph without one), while the probe is ffprobe and i
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import ffmpeg as ffmpeg_python
+import imageio_ffmpeg
 
 from roadie.errors import InvalidInput, RoadieError
 from roadie.settings import get_settings
@@ -95,8 +99,6 @@ def ffmpeg_binary() -> str:
     found = shutil.which("ffmpeg")
     if found:
         return found
-    import imageio_ffmpeg
-
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -193,7 +195,7 @@ def run(
     timeout_s: float | None = None,
     capture_stdout: bool = False,
     on_stdout: Callable[[bytes], None] | None = None,
-    stdin_data: bytes | memoryview | Iterable[bytes] | None = None,
+    stdin_data: bytes | memoryview | Iterable[bytes | memoryview] | None = None,
 ) -> FFmpegRun:
     """Run one ffmpeg/ffprobe command. Progress (0-100) is reported from `-progress pipe:1` lines.
 
@@ -203,8 +205,6 @@ def run(
     stops the process.
     With `stdin_data`, those bytes (or each chunk of an iterable, as it comes) are fed to stdin from a thread
     (PCM read as `pipe:0`)."""
-    import time
-
     if isinstance(cmd, str):  # a shell string is never acceptable here
         raise TypeError("ffmpeg commands are argument lists, not strings")
     if capture_stdout and stdout_path:
@@ -234,7 +234,7 @@ def run(
             stderr_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
     def feed_stdin() -> None:
-        assert proc.stdin is not None
+        assert proc.stdin is not None and stdin_data is not None  # only started with a pipe and data for it
         try:
             if isinstance(stdin_data, (bytes, bytearray, memoryview)):
                 proc.stdin.write(stdin_data)
@@ -255,7 +255,8 @@ def run(
     captured = b""
     try:
         if proc.stdout is not None and on_stdout:
-            while chunk := proc.stdout.read1(STDOUT_CHUNK_BYTES):
+            # Popen's pipes are buffered (bufsize -1), so stdout is a BufferedReader; typeshed says IO[bytes].
+            while chunk := cast(io.BufferedReader, proc.stdout).read1(STDOUT_CHUNK_BYTES):
                 on_stdout(chunk)
         elif proc.stdout is not None and capture_stdout:
             captured = proc.stdout.read()

@@ -24,6 +24,7 @@ from typing import IO
 import numpy as np
 
 from roadie.errors import RoadieError
+from roadie.settings import get_settings
 from tasks.media.pcm import as_frames
 
 # Chromaprint's default algorithm: 4096-sample frames at 11025 Hz, hopping a third of a frame.
@@ -112,8 +113,6 @@ class DuplicateMatch:
 
 
 def fpcalc_binary(fpcalc: str | None = None) -> str:
-    from roadie.settings import get_settings
-
     name = fpcalc or get_settings().fpcalc_binary
     found = shutil.which(name)
     if not found:

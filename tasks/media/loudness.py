@@ -18,10 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from tasks.media import ffmpeg
 from tasks.media.ffmpeg import ParseError
 from tasks.media.pcm import as_chunk, as_frames
+
+# scipy (~0.5 s to import, and pyloudnorm imports it) is imported inside the functions that meter:
+# `roadie waveform` imports this module (through tasks.media.decode) and never meters, so it need not wait for it.
 
 ABSOLUTE_GATE_LUFS = -70.0
 RELATIVE_GATE_LU = -10.0  # BS.1770-4 integrated loudness
@@ -162,7 +166,7 @@ def k_weighting_sos(sample_rate: int) -> np.ndarray:
     """pyloudnorm's "DeMan" K-weighting: libebur128's (and so ffmpeg's) filter constants.
 
     The default "K-weighting" class reads case 1 as -23.035 LUFS; DeMan reads -22.99, like ffmpeg."""
-    import pyloudnorm
+    import pyloudnorm  # noqa: PLC0415 - it imports scipy (~0.5 s), which `roadie waveform` never needs
 
     meter = pyloudnorm.Meter(sample_rate, filter_class="DeMan")
     stages = list(meter._filters.values())  # high shelf, then high pass (pyloudnorm keeps them in this order)
@@ -213,7 +217,7 @@ def _oversampler(factor: int, block: int) -> tuple[np.ndarray, int]:
 
     The interpolation filter is resample_poly's (Kaiser, beta 5, 10 zero crossings per side): its phase 0 is the
     original samples, so only phases 1..factor-1 are computed and the sample peak covers phase 0."""
-    from scipy.signal import firwin
+    from scipy.signal import firwin  # noqa: PLC0415 - scipy (~0.5 s): `roadie waveform` never needs it
 
     half_len = 10 * factor
     taps = firwin(2 * half_len + 1, 1.0 / factor, window=("kaiser", 5.0)) * factor
@@ -229,24 +233,16 @@ def _oversampler(factor: int, block: int) -> tuple[np.ndarray, int]:
 
 
 @lru_cache(maxsize=1)
-def _blas_controller():
+def _blas_controller() -> ThreadpoolController:
     """threadpoolctl's scan of the loaded libraries costs ~0.6 ms; the meter limits BLAS once per 64 k frames, so
     the scan is done once. BLAS is loaded with numpy, before the first call."""
-    from threadpoolctl import ThreadpoolController
-
     return ThreadpoolController()
 
 
 def _single_threaded_blas():
     """These products are small: a second BLAS thread only spins against ffmpeg and the transcodes for the other
     core (measured 5x slower on a busy 2-core machine)."""
-    try:
-        controller = _blas_controller()
-    except ImportError:  # pragma: no cover - a dependency, but only a speed-up
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 class _TruePeak:
@@ -283,7 +279,7 @@ class _TruePeak:
             return
         signal = np.concatenate([self._history, x.T], axis=1)  # channels x (history + frames)
         rows = (signal.shape[1] - (self._width - 1)) // self._block
-        self._oversample(signal, rows)
+        self._oversample(self._matrix, signal, rows)
         self._history = signal[:, rows * self._block :].copy()  # a copy, so the chunk itself is not kept alive
 
     def finish(self) -> float:
@@ -295,21 +291,21 @@ class _TruePeak:
             tail = np.zeros((self._history.shape[0], rows * self._block + self._width - 1), dtype=np.float32)
             tail[:, : self._history.shape[1]] = self._history
             with _single_threaded_blas():
-                self._oversample(tail, rows)
+                self._oversample(self._matrix, tail, rows)
             self._history = self._history[:, :0]
         return self.peak
 
-    def _oversample(self, signal: np.ndarray, rows: int) -> None:
+    def _oversample(self, matrix: np.ndarray, signal: np.ndarray, rows: int) -> None:
         if rows <= 0:  # fewer than `block` outputs ready: the signal may be shorter than one window
             return
-        span = self._matrix.shape[0]  # block + width - 1 inputs make `block` outputs of every phase
+        span = matrix.shape[0]  # block + width - 1 inputs make `block` outputs of every phase
         for channel in signal:
             all_windows = np.lib.stride_tricks.sliding_window_view(channel, span)[:: self._block]
             for start in range(0, rows, self._rows):
                 count = min(self._rows, rows - start)
                 windows, out = self._windows[:count], self._out[:count]
                 np.copyto(windows, all_windows[start : start + count])
-                np.matmul(windows, self._matrix, out=out)
+                np.matmul(windows, matrix, out=out)
                 self.peak = max(self.peak, float(out.max()), -float(out.min()))
 
 
@@ -427,7 +423,7 @@ class LoudnessMeter:
 
     def _process(self, x: np.ndarray) -> None:
         """K-weight a float32 slice, fold its squares into 100 ms sub-blocks and feed the true peak."""
-        from scipy.signal import sosfilt
+        from scipy.signal import sosfilt  # noqa: PLC0415 - scipy (~0.5 s): `roadie waveform` never needs it
 
         with _single_threaded_blas():
             self._peak.feed(x)

@@ -11,6 +11,8 @@ import base64
 import functools
 import time
 from pathlib import Path
+from typing import cast
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -27,6 +29,7 @@ from roadie.catalog.results import ArtworkKeys, WaveformKeys
 from roadie.db.session import session_scope
 from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
+from roadie.settings import get_settings
 from roadie.storage import get_storage
 from tasks.media import analysis, artwork, duplicates, fingerprint, hls
 from tasks.media.analysis import Analysis
@@ -111,7 +114,7 @@ def waveform_artifact(version_id: str, result: Analysis, keys: WaveformKeys) -> 
 
 
 def loudness_table(result: LoudnessResult) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for meter, reading in (("ffmpeg ebur128", result.ffmpeg), ("pyloudnorm + numpy", result.pyloudnorm)):
         rows.append(
             {
@@ -203,8 +206,12 @@ class _ProgressArtifact:
     def __init__(self, version_id: str, fmt: str):
         self.version_id, self.fmt, self.last = version_id, fmt, 0.0
         self.last_at = time.monotonic()
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}"
+        # Called from sync code, this returns the id: Prefect's async_dispatch types it as maybe a coroutine.
+        self.artifact_id = cast(
+            UUID,
+            create_progress_artifact(
+                progress=0.0, key=f"transcode-{fmt.replace('_', '-')}", description=f"{fmt} encode of {version_id}"
+            ),
         )
 
     def __call__(self, percent: float) -> None:
@@ -219,8 +226,6 @@ class _ProgressArtifact:
 def transcode_rendition(
     version_id: str, src: Path, info: MediaInfo, fmt: str, workdir: Path, primary: bool
 ) -> hls.Rendition:
-    from roadie.settings import get_settings
-
     if primary:  # one slot of the per-minute rate per version, taken here so the analysis need not wait for it
         limits.transcode_started()
     mark_transcoding(version_id, fmt)
