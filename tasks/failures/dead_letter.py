@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from sqlalchemy import select
 
 from roadie.catalog import mark_failed
@@ -25,8 +26,8 @@ from roadie.prefect_api import all_pages, api_time, create_run, plain_time, read
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
-# Prefect (~0.5 s to import) and httpx (~40 ms) are imported by the functions that use them: `roadie failed` imports
-# this module to list failed jobs from the database alone, and should not wait for either.
+# Prefect (~0.5 s to import) is imported by the functions that use it: `roadie failed` imports this module to list
+# failed jobs from the database alone, and should not wait for it.
 
 DEAD_STATE_TYPES = ("FAILED", "CRASHED")
 JOB_TAG = "roadie-job"
@@ -181,8 +182,6 @@ def emit(letter: DeadLetter) -> None:
 
 def notify_webhook(letter: DeadLetter, url: str, timeout_s: float = 10.0) -> int:
     """POST the failed job as JSON; a non-2xx answer raises (the task retries it)."""
-    import httpx  # noqa: PLC0415 - `roadie failed` lists without httpx
-
     subject, body = notification_text(letter)
     try:
         response = httpx.post(url, json={**payload(letter), "subject": subject, "text": body}, timeout=timeout_s)
