@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
+import httpx
+import sqlalchemy as sa
 
 TARGETS = {"trigger->1st task": 2.0, "trigger->ready": 5.0}
 ROADIE = str(Path(sys.executable).with_name("roadie"))
@@ -82,7 +82,7 @@ class Serve:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 self.stop()
-                raise SystemExit(f"roadie serve did not get ready; see {home / 'serve.log'}")
+                raise SystemExit(f"roadie serve did not get ready; see {home / 'serve.log'}") from None
             if line.startswith("{"):
                 self.info = json.loads(line)
                 return

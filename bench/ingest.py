@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from roadie.sample_audio import write_sample  # noqa: E402
-from tasks.media.ffmpeg import ffmpeg_binary  # noqa: E402
+from roadie.sample_audio import write_sample
+from tasks.media.ffmpeg import ffmpeg_binary
 
 
 def timed(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> float:

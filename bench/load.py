@@ -39,10 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from bench.api_latency import ROADIE, Bench, Serve, percentile  # noqa: E402
-from bench.ingest import original_recipe  # noqa: E402
+from bench.api_latency import ROADIE, Bench, Serve, percentile
+from bench.ingest import original_recipe
 
 
 @dataclass
