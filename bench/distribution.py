@@ -22,7 +22,8 @@ from _database import bench_database, load, machine, user_rows  # also puts the 
 from sqlalchemy.orm import Session
 
 from roadie.db.session import engine_for
-from tasks.payouts.distribution import Period, distribute_month
+from tasks.payouts.distribution import distribute_month
+from tasks.payouts.period import Period
 
 PERIOD = Period.of("2026-10")
 TRACKS_PER_ARTIST = 5

@@ -8,7 +8,8 @@ from prefect.runtime import flow_run
 
 from roadie.errors import InvalidInput
 from roadie.params import Month
-from tasks.payouts.distribution import ArtistTotal, DistributionResult, Period, last_month
+from tasks.payouts.period import Period, last_month
+from tasks.payouts.report import ArtistTotal, DistributionResult
 from tasks.payouts.tasks import distribute_month, top_artists
 
 

@@ -19,18 +19,10 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from roadie.errors import InvalidInput
-from tasks.payouts.distribution import (
-    LOCK_NAMESPACE,
-    InvalidContributions,
-    InvariantViolation,
-    Period,
-    PeriodPaid,
-    distribute_month,
-    last_month,
-    mark_paid,
-    parse_month,
-    top_artists,
-)
+from tasks.payouts.distribution import LOCK_NAMESPACE, PeriodPaid, distribute_month, mark_paid
+from tasks.payouts.invariants import InvalidContributions, InvariantViolation
+from tasks.payouts.period import Period, last_month, parse_month
+from tasks.payouts.report import top_artists
 from tests.batch_support import World, at, fresh_database, last_instant, month_days, period_rows
 
 M = Period.of("2031-03")

@@ -94,9 +94,10 @@ def distribute(
 
     from roadie.errors import InvalidInput, RoadieError  # noqa: PLC0415
     from tasks.payouts import distribution as dist  # noqa: PLC0415
+    from tasks.payouts.period import Period, last_month  # noqa: PLC0415
 
     try:
-        period = dist.Period.of(month) if month is not None else dist.last_month()
+        period = Period.of(month) if month is not None else last_month()
     except InvalidInput as exc:
         raise fail(str(exc), 2) from None
     _prepare_database()
