@@ -1,6 +1,6 @@
 """The catalogue's side of the analysis: what the media steps compute (tasks.media.*, pure and session-free) is
 stored here. Each function takes a session and the caller's transaction decides when it lands; a rerun replaces
-rows and objects, never adds to them. The media types are read, never imported at run time (the core sits below
+rows and objects, never adds to them. The media results are read through the protocols below (the core sits below
 tasks.media); matching fingerprints (numpy) is tasks.media.duplicates', which passes the matches back here.
 """
 
@@ -10,7 +10,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -21,11 +21,64 @@ from roadie.db.models import Waveform as WaveformRow
 from roadie.errors import InvalidInput
 from roadie.storage import Storage, join_key, staged
 
-if TYPE_CHECKING:
-    from tasks.media.analysis import Analysis
-    from tasks.media.artwork import Artwork
-    from tasks.media.fingerprint import DuplicateMatch, Fingerprint
-    from tasks.media.loudness import LoudnessResult
+# What the catalogue reads of each analysis result. The core declares the shapes it needs (tasks.media's frozen
+# dataclasses have them), so it never imports the layer above it, not even for annotations.
+
+
+class Analysis(Protocol):
+    @property
+    def waveform_json(self) -> str | None: ...
+    @property
+    def png(self) -> bytes | None: ...
+
+
+class LoudnessResult(Protocol):
+    @property
+    def integrated_lufs(self) -> float | None: ...
+    @property
+    def loudness_range_lu(self) -> float | None: ...
+    @property
+    def true_peak_dbtp(self) -> float | None: ...
+    @property
+    def warnings(self) -> tuple[str, ...]: ...
+
+
+class Artwork(Protocol):
+    @property
+    def full(self) -> bytes: ...
+    @property
+    def full_name(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def thumbnail(self) -> bytes: ...
+    @property
+    def thumbnail_name(self) -> str: ...
+    @property
+    def embedded(self) -> bool: ...
+
+
+class Fingerprint(Protocol):
+    @property
+    def items(self) -> tuple[int, ...]: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class DuplicateMatch(Protocol):
+    @property
+    def version_id(self) -> str: ...
+    @property
+    def track_id(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def ber(self) -> float: ...
+    @property
+    def offset_s(self) -> float: ...
+
 
 # ---------------------------------------------------------------- waveform
 
