@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from roadie import catalog
+from roadie.catalog import inputs, views
 from roadie.params import Formats, VersionId
 from tasks.media.tasks import transcode_rendition
 from tasks.versions.report import failure_message
@@ -16,7 +16,7 @@ from tasks.versions.tasks import fetch_original, load_job, probe_original, recor
 def transcode(version_id: VersionId, formats: Formats = None) -> dict:
     """Re-encode and republish the given renditions. The version keeps its status; failures are recorded per
     rendition and fail the run."""
-    wanted = catalog.parse_formats(formats)
+    wanted = inputs.parse_formats(formats)
     job = load_job(version_id)
     with scratch_dir("transcode") as workdir:
         src = fetch_original(job, workdir)
@@ -33,4 +33,4 @@ def transcode(version_id: VersionId, formats: Formats = None) -> dict:
                 failed.append(f"{fmt}: {failure_message(exc)}")
     if failed:
         raise RuntimeError("; ".join(failed))
-    return catalog.describe_version(version_id)
+    return views.describe_version(version_id)

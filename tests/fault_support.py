@@ -159,7 +159,7 @@ class FaultStack:
     def register(
         self, tmp_path: Path, name: str, seconds: float, rate: int = 44100, channels: int = 2, freq: float = 330.0
     ):
-        from roadie.catalog import register_upload
+        from roadie.catalog.registration import register_upload
         from tests.support import music_like, write_wav
 
         wav = write_wav(tmp_path / f"{name}.wav", music_like(seconds, rate, channels), rate)

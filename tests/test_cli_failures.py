@@ -88,7 +88,11 @@ def test_storage_down_at_registration_still_gives_json(roadie_env, prefect_api, 
 @pytest.mark.parametrize("where", ["registration", "inside the flow"])
 def test_a_bug_keeps_its_traceback(roadie_env, prefect_api, tmp_path, where):
     song = write_wav(tmp_path / "song.wav", music_like(2.0, 44100, 2, seed=2), 44100)
-    target = "roadie.catalog.register_upload" if where == "registration" else "tasks.media.analysis.analyze_file"
+    target = (
+        "roadie.catalog.registration.register_upload"
+        if where == "registration"
+        else "tasks.media.analysis.analyze_file"
+    )
     module, name = target.rsplit(".", 1)
     prelude = f"""
         import importlib

@@ -199,7 +199,7 @@ def dstack(image, prefect_api: str, pg_url: str, s3_server: str) -> Iterator[Doc
 
 
 def register(tmp_path: Path, name: str, path: Path | None = None, seconds: float = 3.0):
-    from roadie.catalog import register_upload
+    from roadie.catalog.registration import register_upload
 
     path = path or write_wav(tmp_path / f"{name}.wav", sine(330, seconds, 48000), 48000)
     return register_upload(path, title=name, owner="docker-artist")
@@ -223,7 +223,7 @@ def test_setup_deployed_the_docker_variant_with_the_overrides(dstack):
 
 
 def test_two_uploads_ingest_in_new_containers(dstack, tmp_path):
-    from roadie.catalog import master_key
+    from roadie.catalog.views import master_key
     from roadie.storage import get_storage
 
     regs = [register(tmp_path, f"docker-take-{i}", seconds=3.0 + i) for i in range(2)]

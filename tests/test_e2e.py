@@ -143,7 +143,7 @@ def stack(prefect_api: str, pg_url: str, s3_server: str, tmp_path_factory) -> It
 
 
 def register(tmp_path: Path, name: str, seconds: float, rate: int, channels: int, lossless: bool = False):
-    from roadie.catalog import register_upload
+    from roadie.catalog.registration import register_upload
 
     wav = write_wav(tmp_path / f"{name}.wav", sine(220 + 110 * channels, seconds, rate, channels=channels), rate)
     return register_upload(wav, title=name, owner="e2e-artist", lossless=lossless)
@@ -297,7 +297,7 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
     stack.ingests = final
 
     # The rows the API reads.
-    from roadie.catalog import master_key
+    from roadie.catalog.views import master_key
     from roadie.storage import get_storage
 
     storage = get_storage()
@@ -359,7 +359,7 @@ def test_six_ingests_through_rest_complete_exactly_once(stack, tmp_path):
 
 
 def test_bad_input_run_lands_in_failed_jobs(stack, tmp_path):
-    from roadie.catalog import register_upload
+    from roadie.catalog.registration import register_upload
 
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import pytest
 
 from roadie import catalog
+from roadie.catalog import views
+from roadie.catalog.registration import register_upload
 from tasks.failures.dead_letter import FailedRun, fail_stranded_version
 from tests.support import sine, write_wav
 
@@ -34,7 +36,7 @@ def failed_run(run_id: uuid.UUID, version_id: str) -> FailedRun:
 def test_every_write_of_a_superseded_run_is_refused(roadie_env, tmp_path):
     from roadie.storage import get_storage
 
-    reg = catalog.register_upload(write_wav(tmp_path / "a.wav", sine(440, 1, 44100), 44100))
+    reg = register_upload(write_wav(tmp_path / "a.wav", sine(440, 1, 44100), 44100))
     vid = reg.version_id
     storage = get_storage()
     old, new = uuid.uuid4(), uuid.uuid4()
@@ -61,7 +63,7 @@ def test_every_write_of_a_superseded_run_is_refused(roadie_env, tmp_path):
         assert catalog.discard_outputs(vid) == 0  # the newer run's objects stay
         assert catalog.mark_failed(vid, "late failure") is False
     assert fail_stranded_version(failed_run(old, vid)) is False  # a late dead letter of the original, too
-    state = catalog.describe_version(vid)
+    state = views.describe_version(vid)
     assert (state["status"], state["error"], state["warnings"]) == ("ready", None, [])
     assert state["transcodes"] == {
         "hls_opus": {
@@ -81,14 +83,14 @@ def test_every_write_of_a_superseded_run_is_refused(roadie_env, tmp_path):
     with catalog.as_run(new):
         catalog.start_processing(vid, ["hls_opus"])
     assert fail_stranded_version(failed_run(new, vid)) is True
-    assert catalog.describe_version(vid)["status"] == "failed"
+    assert views.describe_version(vid)["status"] == "failed"
 
 
 @pytest.mark.parametrize("roadie_env", ["file"], indirect=True)
 def test_a_claim_waits_for_a_publish_in_progress(roadie_env, tmp_path):
     """holding() keeps the version share-locked: a newer claim waits until the older run's block is over, and
     afterwards the older run can publish nothing more."""
-    reg = catalog.register_upload(write_wav(tmp_path / "b.wav", sine(440, 1, 44100), 44100))
+    reg = register_upload(write_wav(tmp_path / "b.wav", sine(440, 1, 44100), 44100))
     vid = reg.version_id
     old, new = uuid.uuid4(), uuid.uuid4()
     with catalog.as_run(old):
@@ -111,4 +113,4 @@ def test_a_claim_waits_for_a_publish_in_progress(roadie_env, tmp_path):
         assert claimed.is_set()
         with pytest.raises(catalog.Superseded):
             catalog.record_transcode(vid, "hls_opus", status="failed")
-    assert catalog.ready_transcodes(vid)[0].format == "hls_opus"
+    assert views.ready_transcodes(vid)[0].format == "hls_opus"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from roadie.catalog import register_upload
+from roadie.catalog.registration import register_upload
 from roadie.db.models import TrackVersion, Transcode
 from roadie.db.session import session_scope
 from roadie.storage import get_storage

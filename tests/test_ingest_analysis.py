@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from sqlalchemy import func, select
 
-from roadie.catalog import register_upload
+from roadie.catalog.registration import register_upload
 from roadie.db.models import AudioFingerprint, Report, Track, TrackVersion, Waveform
 from roadie.db.session import session_scope
 from roadie.settings import reload_settings

@@ -260,7 +260,7 @@ def test_only_failed_or_crashed_runs_are_dead_letters(client, prefect):
 
 
 def test_crashed_ingest_fails_its_stranded_version(ops_env, tmp_path, pg_url):
-    from roadie.catalog import register_upload
+    from roadie.catalog.registration import register_upload
 
     wav = write_wav(tmp_path / "take.wav", sine(440, 1.0, 44100), 44100)
     stranded = register_upload(wav, title="stranded")

@@ -302,7 +302,7 @@ def test_an_unknown_field_forced_past_the_schema_does_no_io(secure):
 
 
 def register(tmp_path: Path, name: str, audio: bool):
-    from roadie.catalog import register_upload
+    from roadie.catalog.registration import register_upload
 
     path = tmp_path / f"{name}.wav"
     if audio:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roadie.catalog import register_upload
+from roadie.catalog.registration import register_upload
 from roadie.storage import get_storage
 from tasks.media.hls import parse_master_playlist
 from tests.support import music_like, write_wav

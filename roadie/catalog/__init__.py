@@ -1,52 +1,28 @@
-"""The catalogue: every change of a track version's state (registration, processing, ready, failed, warnings, media
-info, transcodes; analysis results, fingerprints and duplicate reports in `results`) is one function here, behind
-the late-result guard. Core: it imports roadie's core modules only, never tasks, flows or the entry points."""
+"""The catalogue: every change of a track version's state (processing, ready, failed, warnings, media info,
+transcodes; analysis results, fingerprints and duplicate reports in `results`) is one function here, behind the
+late-result guard. Registering an upload (its `pending` rows) is `registration`'s; reading a version's state is
+`views`'. Core: it imports roadie's core modules only, never tasks, flows or the entry points."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, or_, select, update
 from sqlalchemy.orm import Session
 
-from roadie.db.models import Asset, Report, Track, TrackVersion, Transcode, User, Waveform
+from roadie.catalog.assets import upsert_asset
+from roadie.catalog.inputs import parse_formats, parse_uuid
+from roadie.catalog.views import VersionJob
+from roadie.db.models import Asset, Track, TrackVersion, Transcode, User
 from roadie.db.session import session_scope
 from roadie.errors import InvalidInput, RoadieError
-from roadie.settings import FORMATS, get_settings
-from roadie.storage import Storage, content_type_for, delete_prefix, get_storage, join_key, safe_filename
-
-DEFAULT_OWNER = "demo-artist"
-
-
-@dataclass(frozen=True)
-class Registration:
-    version_id: str
-    track_id: str
-    asset_id: str
-    asset_key: str
-    storage_url: str
-
-
-@dataclass(frozen=True)
-class VersionJob:
-    """What an ingest run needs to know about one version."""
-
-    version_id: str
-    track_id: str
-    original_key: str
-    original_name: str
-    formats: tuple[str, ...]
-    warnings: tuple[str, ...]
-    attempt: int = 0
-
+from roadie.storage import Storage, delete_prefix, get_storage, join_key
 
 # ---------------------------------------------------------------- the late-result guard
 #
@@ -145,86 +121,6 @@ def _owned(vid: uuid.UUID):
 
 def _superseded(vid: uuid.UUID, what: str) -> Superseded:
     return Superseded(f"track version {vid} was claimed by a newer run; not applying {what} of run {claimant(vid)}")
-
-
-def parse_formats(formats: Iterable[str] | str | None) -> tuple[str, ...]:
-    if formats is None:
-        return tuple(get_settings().default_formats)
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    cleaned = tuple(dict.fromkeys(f.strip() for f in items if f and f.strip()))
-    unknown = [f for f in cleaned if f not in FORMATS]
-    if unknown:
-        raise InvalidInput(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    if not cleaned:
-        raise InvalidInput("no output format asked for")
-    return cleaned
-
-
-def parse_uuid(value: str, what: str = "version id") -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidInput(f"{what} {value!r} is not a UUID") from None
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def ensure_user(session: Session, username: str, lossless: bool = False) -> User:
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        user = User(username=username, lossless_enabled=lossless)
-        session.add(user)
-        session.flush()
-    elif lossless and not user.lossless_enabled:
-        user.lossless_enabled = True
-    return user
-
-
-def register_upload(
-    path: Path,
-    *,
-    title: str | None = None,
-    owner: str | None = None,
-    lossless: bool = False,
-    storage: Storage | None = None,
-) -> Registration:
-    """What the API does before it triggers an ingest: store the original, create its rows (`pending`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"{path} is not a file")
-    storage = storage or get_storage()
-    sha256, size = file_digest(path)
-    asset_id = uuid.uuid4()
-    key = join_key("originals", str(asset_id), safe_filename(path.name))
-    storage.put_file(key, path, content_type_for(path.name))
-    try:
-        with session_scope() as session:
-            user = ensure_user(session, owner or DEFAULT_OWNER, lossless=lossless)
-            asset = Asset(
-                id=asset_id,
-                bucket=storage.bucket,
-                key=key,
-                content_type=content_type_for(path.name),
-                size_bytes=size,
-                sha256=sha256,
-            )
-            track = Track(owner_user_id=user.id, title=(title or path.stem)[:500])
-            session.add_all([asset, track])
-            session.flush()
-            version = TrackVersion(track_id=track.id, original_asset_id=asset.id, status="pending", warnings=[])
-            session.add(version)
-            session.flush()
-            return Registration(str(version.id), str(track.id), str(asset.id), key, storage.url)
-    except BaseException:
-        storage.delete([key])  # no orphan object when the rows could not be written
-        raise
 
 
 def start_processing(version_id: str, formats: Iterable[str] | None) -> VersionJob:
@@ -355,19 +251,6 @@ def mark_ready(version_id: str, required: Iterable[str], storage: Storage | None
             raise _superseded(vid, "`ready`")
 
 
-def upsert_asset(session: Session, storage: Storage, key: str, size_bytes: int, sha256: str | None = None) -> Asset:
-    asset = session.scalar(select(Asset).where(Asset.bucket == storage.bucket, Asset.key == key))
-    if asset is None:
-        asset = Asset(
-            bucket=storage.bucket, key=key, size_bytes=size_bytes, sha256=sha256, content_type=content_type_for(key)
-        )
-        session.add(asset)
-    else:
-        asset.size_bytes, asset.sha256 = size_bytes, sha256
-    session.flush()
-    return asset
-
-
 def record_transcode(
     version_id: str,
     fmt: str,
@@ -405,112 +288,3 @@ def record_transcode(
             )
         for name, value in values.items():
             setattr(row, name, value)
-
-
-def master_key(version_id: str) -> str:
-    """The multivariant playlist listing the version's ready renditions."""
-    return join_key(version_id, "master.m3u8")
-
-
-def ready_transcodes(version_id: str) -> list[Transcode]:
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Transcode).where(
-                    Transcode.track_version_id == parse_uuid(version_id), Transcode.status == "ready"
-                )
-            )
-        )
-
-
-def describe_version(version_id: str, storage: Storage | None = None) -> dict[str, Any]:
-    """The state of one version as the CLI and API report it."""
-    storage = storage or get_storage()
-    vid = parse_uuid(version_id)
-    with session_scope() as session:
-        version = session.get(TrackVersion, vid)
-        if version is None:
-            raise InvalidInput(f"track version {version_id} does not exist")
-        transcodes: dict[str, Any] = {}
-        for t in session.scalars(select(Transcode).where(Transcode.track_version_id == vid).order_by(Transcode.format)):
-            entry: dict[str, Any] = {"status": t.status}
-            if t.status == "ready" and t.segment_prefix_key:
-                keys = storage.list(t.segment_prefix_key)
-                entry.update(
-                    playlist_key=join_key(t.segment_prefix_key, "playlist.m3u8"),
-                    init_key=join_key(t.segment_prefix_key, "init.mp4"),
-                    segment_keys=sorted(k for k in keys if k.endswith(".m4s")),
-                    duration_s=(t.duration_ms or 0) / 1000,
-                    bandwidth=t.bandwidth,
-                )
-            if t.error:
-                entry["error"] = t.error
-            transcodes[t.format] = entry
-        master = master_key(version_id)
-        return {
-            "version_id": str(version.id),
-            "track_id": str(version.track_id),
-            "status": version.status,
-            "error": version.error,
-            "storage_url": storage.url,
-            "master_key": master if version.status == "ready" and storage.exists(master) else None,
-            "duration_s": (version.duration_ms or 0) / 1000 if version.duration_ms else None,
-            "sample_rate": version.sample_rate,
-            "channels": version.channels,
-            "loudness": {
-                "integrated_lufs": version.loudness_lufs,
-                "loudness_range_lu": version.loudness_range,
-                "true_peak_dbtp": version.true_peak,
-            },
-            "transcodes": transcodes,
-            "waveform": _waveform_keys(session, vid),
-            "artwork": _artwork_keys(session, version.track_id),
-            "duplicate_reports": _duplicate_reports(session, vid),
-            "warnings": list(version.warnings or []),
-        }
-
-
-def _asset_key(session: Session, asset_id: uuid.UUID | None) -> str | None:
-    return session.scalar(select(Asset.key).where(Asset.id == asset_id)) if asset_id is not None else None
-
-
-def _waveform_keys(session: Session, vid: uuid.UUID) -> dict[str, str | None] | None:
-    row = session.scalar(select(Waveform).where(Waveform.track_version_id == vid))
-    if row is None:
-        return None
-    return {"json_key": _asset_key(session, row.json_asset_id), "png_key": _asset_key(session, row.png_asset_id)}
-
-
-def _artwork_keys(session: Session, track_id: uuid.UUID) -> dict[str, str | None] | None:
-    track = session.get(Track, track_id)
-    if track is None or track.artwork_asset_id is None:
-        return None
-    return {
-        "full_key": _asset_key(session, track.artwork_asset_id),
-        "thumbnail_key": _asset_key(session, track.artwork_thumb_asset_id),
-    }
-
-
-def _duplicate_reports(session: Session, vid: uuid.UUID) -> list[str]:
-    return list(
-        session.scalars(
-            select(Report.description)
-            .where(Report.target_type == "track_version", Report.target_id == vid, Report.reason == "duplicate")
-            .order_by(Report.created_at)
-        )
-    )
-
-
-def load_job(version_id: str) -> VersionJob:
-    """The version and its original, without changing its status (for reprocessing flows)."""
-    vid = parse_uuid(version_id)
-    with session_scope() as session:
-        row = session.execute(
-            select(TrackVersion, Asset)
-            .join(Asset, Asset.id == TrackVersion.original_asset_id)
-            .where(TrackVersion.id == vid)
-        ).one_or_none()
-        if row is None:
-            raise InvalidInput(f"track version {version_id} does not exist")
-        version, asset = row
-        return VersionJob(str(version.id), str(version.track_id), asset.key, Path(asset.key).name, (), ())

@@ -78,7 +78,7 @@ def ingest(
 ) -> None:
     """Register each upload and run the media-ingest flow on it. Exit code 1 if any input failed."""
     # deferred: SQLAlchemy, settings
-    from roadie.catalog import parse_formats  # noqa: PLC0415
+    from roadie.catalog.inputs import parse_formats  # noqa: PLC0415
     from roadie.errors import InvalidInput  # noqa: PLC0415
 
     try:
@@ -94,7 +94,8 @@ def ingest(
     # deferred: Prefect (the flow), only now that prepare_prefect() has pointed it at the server
     from flows.ingest import media_ingest  # noqa: PLC0415
     from roadie import progress  # noqa: PLC0415
-    from roadie.catalog import describe_version, register_upload  # noqa: PLC0415
+    from roadie.catalog.registration import register_upload  # noqa: PLC0415
+    from roadie.catalog.views import describe_version  # noqa: PLC0415
     from roadie.settings import get_settings  # noqa: PLC0415
     from tasks.versions.report import failure_message  # noqa: PLC0415
 

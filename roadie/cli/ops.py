@@ -310,7 +310,7 @@ def register(
     """What the API does before it triggers media-ingest: store the original, create the asset, track and
     version rows (`pending`). Runs no flow."""
     # deferred: SQLAlchemy, settings
-    from roadie.catalog import register_upload  # noqa: PLC0415
+    from roadie.catalog.registration import register_upload  # noqa: PLC0415
     from roadie.errors import InvalidInput  # noqa: PLC0415
 
     prepare_database()

@@ -24,7 +24,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from roadie import catalog, cpu, limits, progress
-from roadie.catalog import results
+from roadie.catalog import results, views
 from roadie.catalog.results import ArtworkKeys, WaveformKeys
 from roadie.db.session import session_scope
 from roadie.progress import in_prefect_run
@@ -288,8 +288,8 @@ def publish_master(version_id: str) -> str:
             None,
             hls.HLS_FORMATS[t.format][1],
         )
-        for t in catalog.ready_transcodes(version_id)
+        for t in views.ready_transcodes(version_id)
     ]
-    key = catalog.master_key(version_id)
+    key = views.master_key(version_id)
     storage.put_bytes(key, hls.build_master_playlist(variants).encode(), "application/vnd.apple.mpegurl")
     return key

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
-from roadie import catalog
+from roadie.catalog import views
 from roadie.errors import InvalidInput, is_transient, redact
 from tasks.media import ffmpeg
 
@@ -39,7 +39,7 @@ def ingest_report(
 ) -> dict[str, Any]:
     """What `roadie ingest --json` and the flow's result show: the version as stored, plus what only this run
     knows (both loudness meters and their comparison, whether the cover was embedded, the duplicate scores)."""
-    report = catalog.describe_version(version_id)
+    report = views.describe_version(version_id)
     if analysis.loudness is not None:
         report["loudness"] = analysis.as_dict()["loudness"]
     if waveform_keys is not None:

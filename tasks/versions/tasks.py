@@ -8,6 +8,8 @@ from pathlib import Path
 from prefect import task
 
 from roadie import catalog
+from roadie.catalog import views
+from roadie.catalog.views import VersionJob
 from roadie.retries import transient_retries
 from roadie.storage import get_storage, safe_filename
 from tasks.media import ffmpeg
@@ -16,12 +18,12 @@ RETRY = transient_retries()
 
 
 @task(**RETRY)
-def start_processing(version_id: str, formats: Sequence[str] | None) -> catalog.VersionJob:
+def start_processing(version_id: str, formats: Sequence[str] | None) -> VersionJob:
     return catalog.start_processing(version_id, formats)
 
 
 @task(**RETRY)
-def fetch_original(job: catalog.VersionJob, workdir: Path) -> Path:
+def fetch_original(job: VersionJob, workdir: Path) -> Path:
     """Download the original once per run; every step reads this one local copy."""
     dst = workdir / f"original-{safe_filename(job.original_name)}"
     get_storage().download(job.original_key, dst)
@@ -67,5 +69,5 @@ def discard_outputs(version_id: str) -> int:
 
 
 @task(**RETRY)
-def load_job(version_id: str) -> catalog.VersionJob:
-    return catalog.load_job(version_id)
+def load_job(version_id: str) -> VersionJob:
+    return views.load_job(version_id)
