@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
-from roadie.ops.health import OpsServer
+from roadie.ops.health_server import OpsServer
 from roadie.ops.serve import Serving, WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
 from roadie.prefect_api import connect
 from roadie.prefect_local import free_port

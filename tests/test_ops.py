@@ -23,7 +23,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from roadie.ops.health import DURATION_BUCKETS, JobMetrics, OpsServer, check_health
+from roadie.ops.health import check_health
+from roadie.ops.health_server import OpsServer
+from roadie.ops.metrics import DURATION_BUCKETS, JobMetrics
 from roadie.params import flow_run_uuid
 from roadie.prefect_api import connect
 from roadie.settings import Settings, reload_settings

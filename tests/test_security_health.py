@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from roadie.ops.health import OpsServer
+from roadie.ops.health_server import OpsServer
 from roadie.prefect_api import connect
 from roadie.prefect_local import free_port
 from roadie.settings import reload_settings

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from roadie.ops.health import OpsServer
+from roadie.ops.health_server import OpsServer
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.prefect_api import connect
 from roadie.settings import Settings, reload_settings

@@ -152,9 +152,10 @@ def health(
     api_url: str | None = typer.Option(None),
 ) -> None:
     """Print the health report as JSON (exit 1 when unhealthy), or serve it with the Prometheus metrics."""
-    # deferred: settings; Prefect and prometheus_client (roadie.ops.health)
+    # deferred: settings; Prefect and prometheus_client (roadie.ops.health, roadie.ops.health_server)
     from roadie.errors import mask_url  # noqa: PLC0415
-    from roadie.ops.health import OpsServer, check_health  # noqa: PLC0415
+    from roadie.ops.health import check_health  # noqa: PLC0415
+    from roadie.ops.health_server import OpsServer  # noqa: PLC0415
     from roadie.settings import get_settings  # noqa: PLC0415
 
     settings = get_settings()

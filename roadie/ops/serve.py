@@ -26,7 +26,7 @@ from roadie.prefect_api import close_parameter_schemas, connect, ui_url
 from roadie.prefect_local import ensure_api, local_api_url, prefect_api_healthy, running_server_database, stop_local
 from roadie.settings import get_settings
 
-# What imports Prefect (deployments.topology, roadie.ops.health) is imported in serve() only after ensure_api():
+# What imports Prefect (deployments.topology, roadie.ops.health_server) is imported in serve() only after ensure_api():
 # Prefect reads PREFECT_API_URL and PREFECT_HOME once, when it is imported.
 
 PROCESS_POOL = "roadie-process"
@@ -306,7 +306,7 @@ def serve(
 
             health_url = None
             if health:
-                from roadie.ops.health import OpsServer  # noqa: PLC0415  (deferred: Prefect, see the top)
+                from roadie.ops.health_server import OpsServer  # noqa: PLC0415  (deferred: Prefect, see the top)
 
                 ops = OpsServer(client, get_settings().health_host, port).start()
                 serving.stop_callbacks.append(ops.stop)
