@@ -40,7 +40,7 @@ import numpy as np
 import soundfile as sf
 
 from roadie.sample_audio import music_like
-from tasks.media import analysis, loudness
+from tasks.media import analysis, loudness, loudness_meter, waveform_builder
 from tasks.media import fingerprint as fpm
 from tasks.media import waveform as wf
 from tasks.media.decode import decode, measure_ebur128
@@ -83,7 +83,7 @@ def naive_waveform(path: Path) -> tuple[str, bytes]:
 def _waveform_of(samples: np.ndarray, rate: int, integer_pcm: bool) -> tuple[str, bytes]:
     prepared = wf.prepare(samples, integer_pcm=integer_pcm)
     data = wf.summarize(prepared, rate, wf.samples_per_pixel(rate, pixels_per_second=20))
-    return data.to_json(8), wf.whole_track_png(prepared, rate, 1800, 280)
+    return data.to_json(8), waveform_builder.whole_track_png(prepared, rate, 1800, 280)
 
 
 def naive_sequence(path: Path) -> dict[str, float]:
@@ -106,7 +106,7 @@ def separate_fast_passes(path: Path) -> None:
     loudness.measure_ffmpeg(path, 2)
     fpm.fingerprint_file(path)
     data, rate = sf.read(str(path), dtype="float32")
-    loudness.measure_pcm(data, rate)
+    loudness_meter.measure_pcm(data, rate)
     naive_waveform(path)
 
 
@@ -121,7 +121,7 @@ def previous_design(path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = [
             pool.submit(measure_ebur128, [x], decoded.stream),
-            pool.submit(loudness.measure_pcm, x, rate),
+            pool.submit(loudness_meter.measure_pcm, x, rate),
             pool.submit(_waveform_of, x, rate, decoded.stream.integer_pcm),
             pool.submit(fpm.fingerprint_pcm, x, rate),
         ]
@@ -204,7 +204,9 @@ def main() -> None:
     for step, seconds in result.timings:
         print(f"  {step:<22} {seconds:7.3f} s")
     samples = decode(wav).samples
-    wave_s, _, _ = timed(lambda: wf.compute(samples, args.rate, args.rate // 20, integer_pcm=True).to_json(8))
+    wave_s, _, _ = timed(
+        lambda: waveform_builder.compute(samples, args.rate, args.rate // 20, integer_pcm=True).to_json(8)
+    )
     print(f"  (waveform JSON alone, {args.seconds:g} s stereo: {wave_s:.3f} s)\n")
 
     print(f"{'':<46} {'wall':>8} {'cpu':>8}")

@@ -34,7 +34,7 @@ import soundfile as sf
 from analyze import audio_args, naive_pyloudnorm  # the original design's numpy meter, as bench/analyze times it
 
 from tasks.media import fingerprint as fpm
-from tasks.media import loudness
+from tasks.media import fingerprint_match, loudness, loudness_meter
 from tests.support import both_meters, music_like
 
 
@@ -82,7 +82,7 @@ def main() -> None:
         print(f"{args.seconds:.0f} s stereo {rate} Hz music-like track, best of {repeat}\n")
 
         naive_np_s, naive_np = best_of(repeat, lambda: naive_pyloudnorm(wav))
-        roadie_np_s, roadie_np = best_of(repeat, lambda: loudness.measure_pcm(samples, rate))
+        roadie_np_s, roadie_np = best_of(repeat, lambda: loudness_meter.measure_pcm(samples, rate))
         ffmpeg_s, from_ffmpeg = best_of(repeat, lambda: loudness.measure_ffmpeg(wav, 2))
         both_s, both = best_of(repeat, lambda: both_meters(wav, samples, rate))
         flac = Path(tmp) / "track.flac"
@@ -97,7 +97,7 @@ def main() -> None:
         flac_s, _ = best_of(repeat, lambda: fpm.fingerprint_file(flac))
         temp_s, from_temp = best_of(repeat, lambda: fpcalc_via_temp_wav(samples, rate))
         pipe_s, from_pipe = best_of(repeat, lambda: fpm.fingerprint_pcm(samples, rate))
-        score_s, match = best_of(repeat, lambda: fpm.match_score(from_pipe, from_file))
+        score_s, match = best_of(repeat, lambda: fingerprint_match.match_score(from_pipe, from_file))
 
         print("times")
         print(row("numpy loudness (re-read vs decoded PCM)", naive_np_s, roadie_np_s))

@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 
 from roadie.sample_audio import music_like  # noqa: F401  (re-exported for the tests)
-from tasks.media import loudness
+from tasks.media import loudness, loudness_meter
 from tasks.media.ffmpeg import ffmpeg_binary
 
 
@@ -84,7 +84,9 @@ def both_meters(path: Path, samples: np.ndarray, sample_rate: int) -> loudness.L
     frames = np.asarray(samples)
     channels = 1 if frames.ndim == 1 else frames.shape[1]
     measured = loudness.measure_ffmpeg(Path(path), channels)
-    return loudness.compare_loudness(measured, loudness.measure_pcm(frames, sample_rate), len(frames) / sample_rate)
+    return loudness.compare_loudness(
+        measured, loudness_meter.measure_pcm(frames, sample_rate), len(frames) / sample_rate
+    )
 
 
 T = TypeVar("T")

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from roadie.catalog import results
 from roadie.settings import reload_settings
-from tasks.media import analysis, loudness
-from tasks.media import waveform as wf
+from tasks.media import analysis, loudness, loudness_meter
+from tasks.media import waveform_builder as wf
 from tasks.media.decode import decode
 from tasks.media.ffmpeg import UnreadableMedia
 from tests.support import encode, music_like, new_version, sine, write_wav
@@ -119,7 +119,7 @@ class _BrokenStep:
 
 def test_failing_numpy_meter_keeps_ffmpeg_values(song: Path, monkeypatch: pytest.MonkeyPatch):
     broken = type("BrokenMeter", (_BrokenStep,), {"error": MemoryError("no room for the meter")})
-    monkeypatch.setattr(loudness, "LoudnessMeter", broken)
+    monkeypatch.setattr(loudness_meter, "LoudnessMeter", broken)
     result = analysis.analyze_file(song)
     assert result.loudness.integrated_lufs is not None and result.loudness.pyloudnorm.integrated_lufs is None
     assert not result.loudness.agrees

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 from roadie.catalog import results
 from tasks.media import duplicates
 from tasks.media import fingerprint as fpm
-from tasks.media.fingerprint import FpcalcFailed, FpcalcNotFound, match_score
+from tasks.media import fingerprint_match as fpmatch
+from tasks.media.fingerprint import FpcalcFailed, FpcalcNotFound
+from tasks.media.fingerprint_match import match_score
 from tests.support import encode, music_like, write_wav
 
 SECONDS = 35
@@ -61,22 +63,22 @@ def audio(request, tmp_path_factory) -> dict[str, object]:
 def test_copies_are_flagged(audio, copy: str) -> None:
     prints = audio["fingerprints"]
     match = match_score(prints[copy], prints["original"])
-    assert match.score >= fpm.DUPLICATE_THRESHOLD + 0.3, match
+    assert match.score >= fpmatch.DUPLICATE_THRESHOLD + 0.3, match
     assert match.ber < 0.1
     if copy == "aac trimmed -4 dB":
         assert match.offset_s == pytest.approx(7.3, abs=fpm.ITEM_SECONDS)
     else:
         assert match.offset == 0
     # The index would put the original among the copy's candidates.
-    shared = set(fpm.index_keys(prints[copy])) & set(fpm.index_keys(prints["original"]))
-    assert len(shared) >= 5 * fpm.MIN_INDEX_HITS
+    shared = set(fpmatch.index_keys(prints[copy])) & set(fpmatch.index_keys(prints["original"]))
+    assert len(shared) >= 5 * fpmatch.MIN_INDEX_HITS
 
 
 def test_unrelated_audio_is_never_flagged(audio) -> None:
     prints = audio["fingerprints"]
     for name in ("original", "mp3", "aac trimmed -4 dB", "resampled"):
         match = match_score(prints["unrelated"], prints[name])
-        assert match.score < fpm.DUPLICATE_THRESHOLD - 0.2, (name, match)
+        assert match.score < fpmatch.DUPLICATE_THRESHOLD - 0.2, (name, match)
         assert match.ber > 0.3
 
 
@@ -86,7 +88,7 @@ def test_unrelated_seeds_stay_far_below_the_threshold() -> None:
     scores = [
         match_score(fpm.fingerprint_pcm(music_like(SECONDS, sr, seed=seed), sr), base).score for seed in range(20, 28)
     ]
-    assert max(scores) < fpm.DUPLICATE_THRESHOLD - 0.2, scores
+    assert max(scores) < fpmatch.DUPLICATE_THRESHOLD - 0.2, scores
 
 
 def test_pcm_and_file_fingerprints_agree(audio) -> None:
@@ -159,7 +161,7 @@ def test_match_score_against_reference() -> None:
     assert match.ber == pytest.approx(0.05, abs=0.01)
     assert match.score == pytest.approx(expected_overlap / 280 * (1 - 2 * expected_ber), abs=1e-12)
     # Every other offset in range is worse, as the reference says.
-    for offset in range(-fpm.MAX_OFFSET_ITEMS, fpm.MAX_OFFSET_ITEMS + 1):
+    for offset in range(-fpmatch.MAX_OFFSET_ITEMS, fpmatch.MAX_OFFSET_ITEMS + 1):
         ber, overlap = reference_ber(a.tolist(), b.tolist(), offset)
         assert overlap / 280 * (1 - 2 * ber) <= match.score + 1e-12
 
@@ -276,13 +278,13 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
         (upload, "mp3 upload"),
         (stranger, "unrelated"),
     ):
-        results.store_fingerprint(db, vid, prints[name], fpm.index_keys(prints[name]))
+        results.store_fingerprint(db, vid, prints[name], fpmatch.index_keys(prints[name]))
 
     row = db.scalar(sa.select(AudioFingerprint).where(AudioFingerprint.track_version_id == upload))
     assert row.chromaprint_data == list(prints["mp3 upload"].items) and row.item_count == len(row.chromaprint_data)
     assert row.fingerprint_hash == prints["mp3 upload"].sha256 != prints["original"].sha256
     index_rows = db.scalar(sa.select(sa.func.count()).where(FingerprintIndex.track_version_id == upload))
-    assert index_rows == len(fpm.index_keys(prints["mp3 upload"])) > 0
+    assert index_rows == len(fpmatch.index_keys(prints["mp3 upload"])) > 0
 
     # The upload finds both versions of the original track through the index, and nothing else.
     found = duplicates.find_duplicates(db, upload, prints["mp3 upload"])
@@ -305,7 +307,7 @@ def test_store_find_and_report_duplicates(db: Session, tmp_path: Path) -> None:
 
     # A rerun stores, indexes and reports the same things once, and keeps the moderator's verdict.
     report.status = "reviewed"
-    results.store_fingerprint(db, upload, prints["mp3 upload"], fpm.index_keys(prints["mp3 upload"]))
+    results.store_fingerprint(db, upload, prints["mp3 upload"], fpmatch.index_keys(prints["mp3 upload"]))
     again = duplicates.find_duplicates(db, upload, prints["mp3 upload"])
     assert again == found
     assert results.report_duplicates(db, upload, again) == report_id

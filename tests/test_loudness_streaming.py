@@ -14,8 +14,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tasks.media import loudness
-from tasks.media.loudness import LoudnessMeter, LoudnessReading, measure_pcm
+from tasks.media import loudness_meter
+from tasks.media.loudness import LoudnessReading
+from tasks.media.loudness_meter import LoudnessMeter, measure_pcm
 from tests import reference_loudness
 from tests.support import music_like, sine
 
@@ -230,7 +231,7 @@ def held_bytes(meter: LoudnessMeter) -> int:
                 while isinstance(value.base, np.ndarray):  # a view holds its base alive
                     value = value.base
                 arrays[id(value)] = value
-            elif type(value).__module__ == loudness.__name__ and hasattr(value, "__dict__"):
+            elif type(value).__module__ == loudness_meter.__name__ and hasattr(value, "__dict__"):
                 objects.append(value)
     return sum(a.nbytes for a in arrays.values())
 

@@ -24,6 +24,8 @@ from PIL import Image
 
 from roadie.errors import InvalidInput
 from tasks.media import waveform as wf
+from tasks.media import waveform_builder as wfb
+from tasks.media import waveform_png
 from tasks.media.decode import decode
 from tests.support import music_like
 
@@ -114,7 +116,7 @@ def write_pcm(path: Path, ints: np.ndarray, sr: int, subtype: str) -> Path:
 
 def roadie_waveform(path: Path, spp: int, split: bool) -> wf.Waveform:
     decoded = decode(path)
-    return wf.compute(
+    return wfb.compute(
         decoded.samples, decoded.sample_rate, spp, integer_pcm=decoded.stream.integer_pcm, split_channels=split
     )
 
@@ -157,7 +159,7 @@ def test_24_bit_flac_reads_as_its_top_16_bits(tmp_path: Path, sr: int):
     ints16 = (ints24 >> 8).astype(np.int16)
     np.testing.assert_array_equal(wf.to_int16(decoded.samples, integer_pcm=True), ints16)
     spp = 512
-    got = wf.compute(decoded.samples, sr, spp, integer_pcm=True)
+    got = wfb.compute(decoded.samples, sr, spp, integer_pcm=True)
     assert got.to_json(16) == reference_json(reference_pixels(ints16, spp, False), sr, spp, 16)
 
 
@@ -176,7 +178,7 @@ def test_float_wav_is_scaled_by_32767_and_truncated(tmp_path: Path, channels: in
     ints = np.clip(np.trunc(x * np.float32(32767)), -32768, 32767).astype(np.int16)
     np.testing.assert_array_equal(wf.to_int16(decoded.samples, integer_pcm=False), ints)
     spp = 300
-    got = wf.compute(decoded.samples, sr, spp, integer_pcm=False)
+    got = wfb.compute(decoded.samples, sr, spp, integer_pcm=False)
     assert got.to_json(8) == reference_json(reference_pixels(ints, spp, False), sr, spp, 8)
 
 
@@ -194,7 +196,7 @@ def test_vectorised_path_equals_the_reference_on_any_int16_signal(channels, fram
     low, high = (-32768, 32768) if extreme else (-600, 600)
     ints = rng.integers(low, high, (frames, channels)).astype(np.int16)
     samples = ints.astype(np.float32) / 32768  # what ffmpeg's decoder gives for s16
-    got = wf.compute(samples, 8000, spp, integer_pcm=True, split_channels=split)
+    got = wfb.compute(samples, 8000, spp, integer_pcm=True, split_channels=split)
     pixels = reference_pixels(ints, spp, split)
     assert got.length == len(pixels)
     assert got.to_json(8) == reference_json(pixels, 8000, spp, 8)
@@ -203,7 +205,7 @@ def test_vectorised_path_equals_the_reference_on_any_int16_signal(channels, fram
 
 def test_json_is_one_line_with_a_trailing_newline_and_keys_in_order():
     ints = np.array([[-3, 0], [1, 2], [100, -300], [7, 7], [-32768, 32767]], dtype=np.int16)
-    text = wf.compute(ints / np.float32(32768), 8000, 2, integer_pcm=True).to_json(16)
+    text = wfb.compute(ints / np.float32(32768), 8000, 2, integer_pcm=True).to_json(16)
     assert text.endswith("}\n") and text.count("\n") == 1 and " " not in text
     assert list(json.loads(text)) == [
         "version",
@@ -218,7 +220,7 @@ def test_json_is_one_line_with_a_trailing_newline_and_keys_in_order():
 
 
 def test_empty_audio_has_no_pixels():
-    got = wf.compute(np.zeros((0, 2), dtype=np.float32), 48000, 256, integer_pcm=True)
+    got = wfb.compute(np.zeros((0, 2), dtype=np.float32), 48000, 256, integer_pcm=True)
     assert got.length == 0
     assert (
         got.to_json(8) == '{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,'
@@ -283,9 +285,9 @@ def test_png_shows_the_whole_track():
     x[: sr // 2, 0] = 0.3 * square[: sr // 2]  # a short, quiet start on the left channel
     x[-sr:, 1] = 0.9 * square  # a loud last second on the right channel
     prepared = wf.prepare(x, integer_pcm=False, split_channels=True)
-    image = np.asarray(Image.open(io.BytesIO(wf.whole_track_png(prepared, sr, width, height))))
+    image = np.asarray(Image.open(io.BytesIO(wfb.whole_track_png(prepared, sr, width, height))))
     assert image.shape == (height, width, 3)
-    wave = np.all(image == wf.WAVE, axis=2)
+    wave = np.all(image == waveform_png.WAVE, axis=2)
     band = height // 2
     left, right = wave[:band].sum(axis=0), wave[band:].sum(axis=0)
     per_second = width // seconds
@@ -297,16 +299,16 @@ def test_png_shows_the_whole_track():
 def test_mono_png_is_one_band():
     sr = 8000
     x = (0.5 * np.sign(np.sin(np.arange(sr * 3) / 2.0))).astype(np.float32)[:, None]
-    png = wf.whole_track_png(wf.prepare(x, integer_pcm=False), sr, 300, 100)
-    wave = np.all(np.asarray(Image.open(io.BytesIO(png))) == wf.WAVE, axis=2)
+    png = wfb.whole_track_png(wf.prepare(x, integer_pcm=False), sr, 300, 100)
+    wave = np.all(np.asarray(Image.open(io.BytesIO(png))) == waveform_png.WAVE, axis=2)
     rows = np.flatnonzero(wave.any(axis=1))
     assert wave.all(axis=1).sum() >= 45 and rows.min() >= 20 and rows.max() <= 80  # +-0.5: the middle half
 
 
 def test_png_size_and_validity(tmp_path: Path):
     x = music_like(3.0, 22050, 1, seed=1).astype(np.float32)
-    png = wf.compute(x, 22050, wf.fit_samples_per_pixel(len(x), 640), integer_pcm=False).to_png(640, 120)
+    png = wfb.compute(x, 22050, wf.fit_samples_per_pixel(len(x), 640), integer_pcm=False).to_png(640, 120)
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (640, 120)
     with pytest.raises(InvalidInput):
-        wf.compute(x, 22050, 256, integer_pcm=False).to_png(0, 120)
+        wfb.compute(x, 22050, 256, integer_pcm=False).to_png(0, 120)

@@ -16,6 +16,8 @@ from PIL import Image
 
 from roadie.errors import InvalidInput
 from tasks.media import waveform as wf
+from tasks.media import waveform_builder as wfb
+from tasks.media import waveform_png
 
 RATES = [44100, 48000, 96000]
 CHUNKS = [1, 4799, 48000]
@@ -68,8 +70,8 @@ def build(
     split: bool = False,
     png_width: int | None = 1800,
     mono_1d: bool = False,
-) -> wf.WaveformBuilder:
-    builder = wf.WaveformBuilder(
+) -> wfb.WaveformBuilder:
+    builder = wfb.WaveformBuilder(
         sr, x.shape[1], spp, integer_pcm=integer_pcm, split_channels=split, png_width=png_width
     )
     for chunk in chunked(x, sizes):
@@ -106,7 +108,7 @@ def test_any_chunking_gives_the_whole_array_waveform(sr: int, channels: int, chu
     x = signal(frames, channels, integer_pcm, seed=sr + channels)
     for spp in (sr // 20, 300):  # 300 divides none of the chunk sizes: pixels straddle chunk edges
         assert frames % spp
-        want = wf.compute(x, sr, spp, integer_pcm=integer_pcm)
+        want = wfb.compute(x, sr, spp, integer_pcm=integer_pcm)
         assert_same_waveform(want, whole_array(x, sr, spp, integer_pcm=integer_pcm))
         got = build(x, sr, spp, [chunk], integer_pcm=integer_pcm, mono_1d=channels == 1 and chunk == 4799)
         assert_same_waveform(got.finish(), want)
@@ -119,7 +121,7 @@ def test_split_channels_any_chunking(channels: int, chunk: int):
     sr = 48000
     x = signal(int(sr * (0.5 if chunk == 1 else 2.1)) + 3, channels, True, seed=channels)
     for spp in (sr // 20, 256):
-        want = wf.compute(x, sr, spp, integer_pcm=True, split_channels=True)
+        want = wfb.compute(x, sr, spp, integer_pcm=True, split_channels=True)
         assert want.channels == channels
         assert_same_waveform(want, whole_array(x, sr, spp, integer_pcm=True, split=True))
         assert_same_waveform(build(x, sr, spp, [chunk], integer_pcm=True, split=True).finish(), want)
@@ -145,27 +147,27 @@ def test_random_chunk_sizes(frames, channels, spp, sizes, integer_pcm, split, se
 def test_a_pixel_spanning_many_chunks_and_a_chunk_spanning_many_pixels():
     sr, spp = 48000, 2400
     x = signal(sr * 3 + 11, 2, True, seed=5)
-    want = wf.compute(x, sr, spp, integer_pcm=True)
+    want = wfb.compute(x, sr, spp, integer_pcm=True)
     # 70-frame chunks (above the tiny-chunk stage): ~34 chunks per pixel; then 1M frames: the whole track at once.
     for sizes in ([70], [1 << 20], [0, 70, 0, 1, 2399, 2401, 0, 100000]):
         assert_same_waveform(build(x, sr, spp, sizes, integer_pcm=True).finish(), want)
 
 
 def test_no_frames_and_empty_chunks():
-    builder = wf.WaveformBuilder(48000, 2, 256, integer_pcm=True)
+    builder = wfb.WaveformBuilder(48000, 2, 256, integer_pcm=True)
     builder.feed(np.zeros((0, 2), np.float32))
     got = builder.finish()
     assert builder.frames == 0
-    assert_same_waveform(got, wf.compute(np.zeros((0, 2), np.float32), 48000, 256, integer_pcm=True))
+    assert_same_waveform(got, wfb.compute(np.zeros((0, 2), np.float32), 48000, 256, integer_pcm=True))
     assert got.to_json(8) == (
         '{"version":2,"channels":1,"sample_rate":48000,"samples_per_pixel":256,"bits":8,"length":0,"data":[]}\n'
     )
     image = Image.open(io.BytesIO(builder.png(300, 50)))
-    assert image.size == (300, 50) and not np.all(np.asarray(image) == wf.WAVE, axis=2).any()
+    assert image.size == (300, 50) and not np.all(np.asarray(image) == waveform_png.WAVE, axis=2).any()
 
 
 def test_finish_is_idempotent_and_a_short_track_is_one_partial_pixel():
-    builder = wf.WaveformBuilder(8000, 2, 2400, integer_pcm=True)
+    builder = wfb.WaveformBuilder(8000, 2, 2400, integer_pcm=True)
     builder.feed(np.array([[-3 / 32768, 0.0]], np.float32))
     builder.feed(np.array([[5 / 32768, 5 / 32768]], np.float32))
     first = builder.finish()
@@ -175,10 +177,10 @@ def test_finish_is_idempotent_and_a_short_track_is_one_partial_pixel():
 
 def test_misuse_is_refused():
     with pytest.raises(InvalidInput):
-        wf.WaveformBuilder(48000, 2, 1, integer_pcm=True)
+        wfb.WaveformBuilder(48000, 2, 1, integer_pcm=True)
     with pytest.raises(InvalidInput):
-        wf.WaveformBuilder(48000, wf.MAX_CHANNELS + 1, 256, integer_pcm=True)
-    builder = wf.WaveformBuilder(48000, 2, 256, integer_pcm=True, png_width=600)
+        wfb.WaveformBuilder(48000, wf.MAX_CHANNELS + 1, 256, integer_pcm=True)
+    builder = wfb.WaveformBuilder(48000, 2, 256, integer_pcm=True, png_width=600)
     with pytest.raises(ValueError):
         builder.feed(np.zeros(10, np.float32))  # 1-D is for mono only
     with pytest.raises(ValueError):
@@ -191,7 +193,7 @@ def test_misuse_is_refused():
         builder.feed(np.zeros((10, 2), np.float32))
     with pytest.raises(InvalidInput):
         builder.png(601, 100)  # wider than the envelope was kept for
-    no_png = wf.WaveformBuilder(48000, 1, 256, integer_pcm=True, png_width=None)
+    no_png = wfb.WaveformBuilder(48000, 1, 256, integer_pcm=True, png_width=None)
     no_png.finish()
     with pytest.raises(InvalidInput):
         no_png.png(100, 100)
@@ -203,7 +205,7 @@ def test_misuse_is_refused():
 def wave_mask(png: bytes, size: tuple[int, int]) -> np.ndarray:
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == size
-    return np.all(np.asarray(image.convert("RGB")) == wf.WAVE, axis=2)
+    return np.all(np.asarray(image.convert("RGB")) == waveform_png.WAVE, axis=2)
 
 
 def burst_track(sr: int, seconds: float, at: float, burst_s: float, channels: int) -> np.ndarray:
@@ -246,7 +248,7 @@ def test_png_is_the_same_whatever_the_chunking_and_matches_whole_track_png():
             other.finish()
             assert other.png(width, height) == one_frame
         prepared = wf.prepare(x, integer_pcm=False, split_channels=split)
-        assert wf.whole_track_png(prepared, sr, width, height) == one_frame
+        assert wfb.whole_track_png(prepared, sr, width, height) == one_frame
         assert wave_mask(one_frame, (width, height)).mean() > 0.5  # loud random audio: mostly wave
         pictures.append(one_frame)
     assert pictures[0] != pictures[1]  # one mixed band, then one band per channel
@@ -258,7 +260,7 @@ def test_png_of_any_length_is_valid_and_filled_edge_to_edge(frames: int):
     least 2 frames (audiowaveform's minimum zoom, as `fit_samples_per_pixel`), so each column has both extremes,
     except where an odd-length track's last block is its lone final sample: a dot, over its share of the width."""
     x = np.where(np.arange(frames) % 2, 0.5, -0.5).astype(np.float32)
-    builder = wf.WaveformBuilder(44100, 1, 256, integer_pcm=False)
+    builder = wfb.WaveformBuilder(44100, 1, 256, integer_pcm=False)
     builder.feed(x)
     builder.finish()
     for width, height in ((1800, 280), (640, 100), (1, 2)):
@@ -281,7 +283,7 @@ def test_png_envelope_block_size_depends_on_the_length_only():
             builder.feed(x[sr * 2 :])
         builder.finish()
         envelope = builder._envelope
-        assert envelope.length <= envelope.capacity == wf.PNG_CAPACITY * 100
+        assert envelope.length <= envelope.capacity == wfb.PNG_CAPACITY * 100
         envelopes.append(
             (
                 envelope.blocks.size,
@@ -304,7 +306,7 @@ def test_memory_does_not_grow_with_the_track():
     sr, spp = 48000, 2400
     period = np.where(np.arange(96) < 48, 0.5, -0.5).astype(np.float32)
     chunk = np.tile(period, 5000)[:, None].repeat(2, axis=1)  # 480000 frames: 10 s
-    builder = wf.WaveformBuilder(sr, 2, spp, integer_pcm=False)
+    builder = wfb.WaveformBuilder(sr, 2, spp, integer_pcm=False)
     tracemalloc.start()
     try:
         for _ in range(6):
@@ -321,7 +323,7 @@ def test_memory_does_not_grow_with_the_track():
     after_600 = builder.working_nbytes
     envelope = builder._envelope
     assert after_60 == after_600 < 128 * 1024
-    assert envelope.length <= wf.PNG_CAPACITY * 1800
+    assert envelope.length <= wfb.PNG_CAPACITY * 1800
     pixel_bytes = 2 * 2 * (600 - 60) * 20  # mins and maxs, int16, one mixed channel, 20 px/s
     assert memory_600 - memory_60 < 4 * pixel_bytes + 16 * 1024  # the pixel arrays double when full
     assert peak - memory_60 < 8 * 1024 * 1024  # per-piece temporaries only: 540 s of frames would be 207 MB

@@ -109,6 +109,7 @@ def waveform(
     # deferred: numpy, settings
     from roadie.errors import InvalidInput, RoadieError  # noqa: PLC0415
     from tasks.media import waveform as wf  # noqa: PLC0415
+    from tasks.media import waveform_builder  # noqa: PLC0415
     from tasks.media.decode import decode_stream  # noqa: PLC0415
     from tasks.media.ffmpeg import UnreadableMedia, check_duration, probe  # noqa: PLC0415
 
@@ -132,7 +133,7 @@ def waveform(
         info = probe(src)
         check_duration(info)
         spp = wf.samples_per_pixel(info.sample_rate, pixels_per_second=pixels_per_second, zoom=zoom)
-        builder = wf.WaveformBuilder(
+        builder = waveform_builder.WaveformBuilder(
             info.sample_rate,
             info.channels,
             spp,

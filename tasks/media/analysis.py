@@ -23,6 +23,7 @@ import numpy as np
 from roadie.errors import RoadieError
 from tasks.media import fingerprint as fp_mod
 from tasks.media import loudness as loudness_mod
+from tasks.media import loudness_meter, waveform_builder
 from tasks.media import waveform as wf
 from tasks.media.decode import PcmFanout, StepResult, decode_stream, measure_ebur128, queue_depth
 from tasks.media.ffmpeg import MediaInfo, check_duration, probe
@@ -117,7 +118,7 @@ def _waveform_step(
     spp = wf.samples_per_pixel(info.sample_rate, pixels_per_second=pps)
 
     def consume(chunks: Iterator[np.ndarray]) -> WaveformOutput:
-        builder = wf.WaveformBuilder(
+        builder = waveform_builder.WaveformBuilder(
             info.sample_rate,
             info.channels,
             spp,
@@ -134,7 +135,7 @@ def _waveform_step(
 
 def _numpy_meter_step(info: MediaInfo) -> Callable[[Iterator[np.ndarray]], LoudnessReading]:
     def consume(chunks: Iterator[np.ndarray]) -> LoudnessReading:
-        meter = loudness_mod.LoudnessMeter(info.sample_rate, info.channels)
+        meter = loudness_meter.LoudnessMeter(info.sample_rate, info.channels)
         for chunk in chunks:
             meter.feed(chunk)
         return meter.finish()

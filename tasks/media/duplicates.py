@@ -8,12 +8,12 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from roadie.catalog import results
-from tasks.media.fingerprint import (
+from tasks.media.fingerprint import Fingerprint
+from tasks.media.fingerprint_match import (
     DUPLICATE_THRESHOLD,
     MAX_CANDIDATES,
     MIN_INDEX_HITS,
     DuplicateMatch,
-    Fingerprint,
     index_keys,
     match_score,
 )

@@ -31,11 +31,12 @@ from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
 from roadie.settings import get_settings
 from roadie.storage import get_storage
-from tasks.media import analysis, artwork, duplicates, fingerprint, hls
+from tasks.media import analysis, artwork, duplicates, fingerprint_match, hls
 from tasks.media.analysis import Analysis
 from tasks.media.artwork import Artwork
 from tasks.media.ffmpeg import MediaInfo
-from tasks.media.fingerprint import DuplicateMatch, Fingerprint
+from tasks.media.fingerprint import Fingerprint
+from tasks.media.fingerprint_match import DuplicateMatch
 from tasks.media.loudness import LoudnessResult
 
 RETRY = transient_retries()
@@ -167,12 +168,12 @@ def publish_artwork(version_id: str, art: Artwork) -> ArtworkKeys:
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def record_fingerprint(
-    version_id: str, fp: Fingerprint, threshold: float = fingerprint.DUPLICATE_THRESHOLD
+    version_id: str, fp: Fingerprint, threshold: float = fingerprint_match.DUPLICATE_THRESHOLD
 ) -> list[DuplicateMatch]:
     """Store the fingerprint, look for other tracks with the same audio, report each one found. One transaction,
     so a retry after a lost connection starts clean."""
     with session_scope() as session:
-        results.store_fingerprint(session, version_id, fp, fingerprint.index_keys(fp))
+        results.store_fingerprint(session, version_id, fp, fingerprint_match.index_keys(fp))
         matches = duplicates.find_duplicates(session, version_id, fp, threshold)
         results.report_duplicates(session, version_id, matches)
     if matches:

@@ -14,7 +14,7 @@ from tasks.media import ffmpeg
 if TYPE_CHECKING:
     from roadie.catalog.results import ArtworkKeys, WaveformKeys
     from tasks.media.analysis import Analysis
-    from tasks.media.fingerprint import DuplicateMatch
+    from tasks.media.fingerprint_match import DuplicateMatch
 
 
 def failure_message(exc: BaseException) -> str:
