@@ -194,8 +194,8 @@ def save_artwork(session: Session, storage: Storage, version_id: str, artwork: A
 
 
 def store_fingerprint(session: Session, version_id: str | uuid.UUID, fp: Fingerprint, keys: Iterable[int]) -> None:
-    """Write the fingerprint (raw items too) and its index rows (`keys`: tasks.media.fingerprint.index_keys). A rerun
-    replaces both."""
+    """Write the fingerprint (raw items too) and its index rows (`keys`: tasks.media.fingerprint_match.index_keys).
+    A rerun replaces both."""
     vid = _version(session, version_id).id
     row = session.scalar(select(AudioFingerprint).where(AudioFingerprint.track_version_id == vid))
     if row is None:
