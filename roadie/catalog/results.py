@@ -43,21 +43,6 @@ class LoudnessResult(Protocol):
     def warnings(self) -> tuple[str, ...]: ...
 
 
-class Artwork(Protocol):
-    @property
-    def full(self) -> bytes: ...
-    @property
-    def full_name(self) -> str: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def thumbnail(self) -> bytes: ...
-    @property
-    def thumbnail_name(self) -> str: ...
-    @property
-    def embedded(self) -> bool: ...
-
-
 class Fingerprint(Protocol):
     @property
     def items(self) -> tuple[int, ...]: ...
@@ -78,6 +63,28 @@ class DuplicateMatch(Protocol):
     def ber(self) -> float: ...
     @property
     def offset_s(self) -> float: ...
+
+
+# A cover as the catalogue stores it; tasks.media.artwork extracts or draws it.
+@dataclass(frozen=True)
+class Artwork:
+    full: bytes  # the cover as embedded (JPEG or PNG), or re-encoded as PNG
+    full_extension: str  # "jpg" or "png"
+    width: int
+    height: int
+    thumbnail: bytes  # 200x200 JPEG, centre-cropped
+    embedded: bool  # False: the bundled default
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        return f"cover.{self.full_extension}"
+
+    @property
+    def content_type(self) -> str:
+        return "image/png" if self.full_extension == "png" else "image/jpeg"
+
+    thumbnail_name = "cover-200.jpg"
 
 
 # ---------------------------------------------------------------- waveform

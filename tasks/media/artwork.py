@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import uuid
 import warnings
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from roadie.catalog.results import Artwork
 from roadie.errors import RoadieError
 from tasks.media import ffmpeg
 
@@ -36,27 +36,6 @@ class ArtworkError(RoadieError):
 
 class BrokenArtwork(ArtworkError):
     """The upload has an embedded picture, but it is not a readable image (corrupt, truncated, not an image)."""
-
-
-@dataclass(frozen=True)
-class Artwork:
-    full: bytes  # the cover as embedded (JPEG or PNG), or re-encoded as PNG
-    full_extension: str  # "jpg" or "png"
-    width: int
-    height: int
-    thumbnail: bytes  # 200x200 JPEG, centre-cropped
-    embedded: bool  # False: the bundled default
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def full_name(self) -> str:
-        return f"cover.{self.full_extension}"
-
-    @property
-    def content_type(self) -> str:
-        return "image/png" if self.full_extension == "png" else "image/jpeg"
-
-    thumbnail_name = "cover-200.jpg"
 
 
 # ---------------------------------------------------------------- extracting

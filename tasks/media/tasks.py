@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from roadie import catalog, cpu, limits, progress
 from roadie.catalog import results, views
-from roadie.catalog.results import ArtworkKeys, WaveformKeys
+from roadie.catalog.results import Artwork, ArtworkKeys, WaveformKeys
 from roadie.db.session import session_scope
 from roadie.progress import in_prefect_run
 from roadie.retries import transient_retries
@@ -33,7 +33,6 @@ from roadie.settings import get_settings
 from roadie.storage import get_storage
 from tasks.media import analysis, artwork, duplicates, fingerprint_match, hls
 from tasks.media.analysis import Analysis
-from tasks.media.artwork import Artwork
 from tasks.media.ffmpeg import MediaInfo
 from tasks.media.fingerprint import Fingerprint
 from tasks.media.fingerprint_match import DuplicateMatch
