@@ -24,6 +24,7 @@ import pytest
 from roadie.ops.serve import WorkerProcess, split_by_presence, worker_command, worker_env
 from roadie.ops.warm_worker import flow_modules
 from roadie.ops.zygote import changed_since
+from roadie.prefect_api import connect
 from tests.prefect_rest import PrefectREST
 from tests.support import wait_for
 
@@ -188,7 +189,8 @@ def warm_pool(prefect_api: str, tmp_path_factory):
     (code / "latency_flows.py").write_text(FLOWS)
     pool = f"roadie-latency-{uuid.uuid4().hex[:6]}"
     client = PrefectREST(prefect_api)
-    ensure_pool(client, pool, "process", "test_api_latency")
+    with connect(prefect_api) as prefect:  # roadie's own setup speaks through Prefect's client
+        ensure_pool(prefect, pool, "process", "test_api_latency")
     deployments = {}
     for fn, name in (("ok", "latency-ok"), ("boom", "latency-boom"), ("sleepy", "latency-sleepy")):
         flow_id = client.request("POST", "/flows/", json={"name": name}).json()["id"]
