@@ -19,9 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
-from roadie.ops.serve import WorkerProcess, split_by_presence, worker_command, worker_env
+from roadie.ops.serve import WorkerProcess, exited, split_by_presence, worker_command, worker_env
 from roadie.ops.warm_worker import flow_modules
 from roadie.ops.zygote import changed_since
 from roadie.prefect_api import connect
@@ -145,7 +146,7 @@ def test_the_zygote_forks_runs_and_passes_on_their_exit_codes(tmp_path):
         }
         _, replies = zygote.request(env, tmp_path)
         pid = replies.next()["pid"]
-        wait_for(lambda: Path(f"/proc/{pid}/cwd").resolve() == tmp_path.resolve(), 10, "not in the run's cwd")
+        wait_for(lambda: Path(psutil.Process(pid).cwd()).resolve() == tmp_path.resolve(), 10, "not in the run's cwd")
         assert os.getpgid(pid) == pid and os.getsid(pid) == pid
         os.killpg(pid, signal.SIGKILL)
         assert replies.next() == {"exit": -signal.SIGKILL}
@@ -296,11 +297,4 @@ def test_a_cancelled_run_ends_cancelled(warm_pool):
     )
     run = final_state(client, run_id, 90)
     assert run.state_type == "CANCELLED", run
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), 30, "the run's process lives on")
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
-    except (OSError, IndexError):
-        return "zombie"
+    wait_for(lambda: exited(pid), 30, "the run's process lives on")

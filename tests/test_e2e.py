@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.topology import ensure_topology
 from roadie.ops.health_server import OpsServer
-from roadie.ops.serve import Serving, WorkerProcess, descendants, kill_tree, split_by_presence, worker_command
+from roadie.ops.serve import Serving, WorkerProcess, descendants, exited, kill_tree, split_by_presence, worker_command
 from roadie.prefect_api import connect
 from roadie.prefect_local import free_port
 from roadie.settings import Settings, reload_settings
@@ -238,7 +239,7 @@ def test_killing_a_worker_mid_run(stack, tmp_path):
         kill_tree(owner[0].proc.pid)  # SIGKILL: the worker and the run's processes, as when a machine dies
         owner[0].proc.wait()
         assert owner[0].proc.returncode == -signal.SIGKILL
-        assert all(_gone(pid) for pid in pids)
+        assert all(wait_for(lambda pid=pid: exited(pid), 10, f"process {pid} is gone", poll_s=0.2) for pid in pids)
     stack.victim = {"run_id": run_id, "version_id": reg.version_id, "killed_at": time.monotonic()}
     replacement = stack.start_worker("e2e-worker-3", health_port=free_port())
     stack.wait_online([replacement.name])
@@ -572,40 +573,17 @@ def test_roadie_serve_runs_workers_and_stops_cleanly_on_ctrl_c(stack, tmp_path):
         assert set(health) >= {"status", "queues"} and "media-ingest" in health["queues"]
         stack.wait_online(info["workers"])
         worker_pids = [
-            int(p.name)
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and info["workers"][0].encode() in _cmdline(p)
+            proc.pid for proc in psutil.process_iter(["cmdline"]) if info["workers"][0] in (proc.info["cmdline"] or [])
         ]
         assert worker_pids
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=60) == 0, stderr_path.read_text()[-3000:]
         assert "stopped" in stderr_path.read_text()
-        assert all(_gone(pid) for pid in worker_pids)
+        assert all(
+            wait_for(lambda pid=pid: exited(pid), 10, f"worker {pid} is gone", poll_s=0.2) for pid in worker_pids
+        )
         with pytest.raises(httpx.HTTPError):
             httpx.get(info["health"], timeout=5)
-
-
-def _cmdline(entry: Path) -> bytes:
-    try:
-        return (entry / "cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie waiting for init to reap it."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            state = next(
-                line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")
-            )
-        except (OSError, StopIteration):
-            return True
-        if "Z" in state.split()[1]:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_docker_variant_registers_on_the_docker_pool(stack):

@@ -13,8 +13,8 @@ import os
 import signal
 import time
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
+import psutil
 import pytest
 
 from roadie.ops.serve import descendants, kill_tree
@@ -39,10 +39,10 @@ def encoding(run_pid: int) -> int | None:
     """An ffmpeg HLS encode among the run's processes, if one is running."""
     for pid in descendants(run_pid):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.NoSuchProcess:
             continue
-        if b"ffmpeg" in cmd and b"hls" in cmd:
+        if "ffmpeg" in cmd and "hls" in cmd:
             return pid
     return None
 

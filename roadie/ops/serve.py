@@ -129,18 +129,27 @@ def kill_tree(pid: int, wait_s: float = 5.0) -> list[int]:
     alive = below
     while alive:
         _, alive = psutil.wait_procs(alive, timeout=0.1)
-        # A zombie is dead: it waits only for whoever adopted it to reap it (a container's PID 1 may never do).
-        alive = [p for p in alive if _status(p) not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)]
+        # A zombie counts as gone: a container's PID 1 may never reap it.
+        alive = [p for p in alive if not _gone(p)]
         if time.monotonic() >= deadline:
             break
     return [p.pid for p in alive]
 
 
-def _status(proc: psutil.Process) -> str:
+def exited(pid: int) -> bool:
+    """No such process, or a zombie: it only waits for whoever adopted it to reap it."""
     try:
-        return proc.status()
+        return _gone(psutil.Process(pid))
     except psutil.NoSuchProcess:
-        return psutil.STATUS_DEAD
+        return True
+
+
+def _gone(proc: psutil.Process) -> bool:
+    # The Process object, not the pid, so a pid reused meanwhile is not mistaken for the process.
+    try:
+        return proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
 
 
 @dataclass
