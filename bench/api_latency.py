@@ -216,7 +216,8 @@ def main() -> None:
     parser.add_argument("--keep", help="copy the serve and worker logs to this folder")
     args = parser.parse_args()
 
-    from tests.services import free_port, postgres_reachable, scratch_database
+    from roadie.prefect_local import free_port
+    from tests.services import postgres_reachable, scratch_database
 
     pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     if not postgres_reachable(pg):

@@ -268,7 +268,8 @@ def run_load(
     keep: Path | None = None,
     limit: int | None = None,
 ) -> LoadResult:
-    from tests.services import free_port, scratch_database
+    from roadie.prefect_local import free_port
+    from tests.services import scratch_database
 
     with (
         tempfile.TemporaryDirectory(prefix="roadie-load-") as tmp,

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from roadie import prefect_local
 from roadie.settings import reload_settings
 from tests import services
 
@@ -77,7 +78,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
 
     home = tmp_path_factory.mktemp("prefect-home")
     with services.scratch_database(pg_server_url, "prefect_test", driver="postgresql+asyncpg") as database:
-        server = services.start_prefect_server(home, database_url=database)
+        server = prefect_local.start_prefect_server(home, database_url=database)
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.url}), pytest.MonkeyPatch.context() as env:
                 env.setenv("PREFECT_API_URL", server.url)  # for the subprocesses tests start

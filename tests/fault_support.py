@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from roadie import prefect_local
 from roadie.ops.serve import Serving, WorkerProcess, worker_command
 from roadie.settings import reload_settings
 from tests import services
@@ -71,7 +72,7 @@ class Restartable:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        services.wait_until(self.ready, timeout_s, self.name, self.proc, self.log)
+        prefect_local.wait_until(self.ready, timeout_s, self.name, self.proc, self.log)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class FaultStack:
     pg: Restartable
     s3: Restartable
     s3_url: str
-    prefect: services.Service
+    prefect: prefect_local.Service
     prefect_port: int
     prefect_db: str
     tmp: Path
@@ -122,7 +123,7 @@ class FaultStack:
     def restart_prefect(self, down_s: float = 0.0) -> None:
         self.prefect.stop()
         time.sleep(down_s)
-        self.prefect = services.start_prefect_server(
+        self.prefect = prefect_local.start_prefect_server(
             self.home / "prefect-server", port=self.prefect_port, database_url=self.prefect_db
         )
 
@@ -271,7 +272,7 @@ class FaultStack:
         assert sorted(p.name for p in self.tmp.iterdir()) == []
 
 
-def stop_tree_quietly(service: services.Service) -> None:
+def stop_tree_quietly(service: prefect_local.Service) -> None:
     with contextlib.suppress(Exception):
         service.stop()
 
@@ -312,8 +313,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) ->
         # through a connection pooled before the distribution case restarts the server).
         db_url = private_database(pg_service.url, "roadie_faults")
         with services.scratch_database(pg_server_url, "prefect_faults", driver="postgresql+asyncpg") as prefect_db:
-            port = services.free_port()
-            prefect = services.start_prefect_server(home / "prefect-server", port=port, database_url=prefect_db)
+            port = prefect_local.free_port()
+            prefect = prefect_local.start_prefect_server(home / "prefect-server", port=port, database_url=prefect_db)
             prefix = f"faults-{uuid.uuid4().hex[:8]}"
             roadie_env = {
                 **stack_env(home, db_url, s3_service.url, prefix),  # ROADIE_TMP_DIR: `tmp`

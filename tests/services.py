@@ -1,8 +1,8 @@
 """Local servers for the test suite and the benchmarks: a throwaway PostgreSQL cluster, scratch databases, a
 SeaweedFS S3 server. Test infrastructure, so it lives here and not in the runtime package.
 
-The Prefect server and the process helpers are roadie's own (`roadie serve` starts them too): they come from
-roadie.prefect_local and are re-exported, so the suite reaches every server it starts through this one module.
+The Prefect server and the process helpers are roadie's own (`roadie serve` starts them too): the suite takes them
+from roadie.prefect_local, where they live.
 """
 
 from __future__ import annotations
@@ -19,18 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from roadie.prefect_local import Service, free_port, spawn, start_prefect_server, wait_until
+from roadie.prefect_local import Service, free_port, spawn, wait_until
 
-__all__ = [
-    "Service",
-    "free_port",
-    "postgres_reachable",
-    "scratch_database",
-    "start_postgres",
-    "start_prefect_server",
-    "start_seaweedfs",
-    "wait_until",
-]
+__all__ = ["postgres_reachable", "scratch_database", "start_postgres", "start_seaweedfs"]
 
 
 # ------------------------------------------------------------------ S3 (SeaweedFS)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from roadie import prefect_local
 from roadie.ops.serve import warn_about_sqlite
 from roadie.prefect_local import database_kind, prefect_database_url, running_server_database
 from roadie.settings import reload_settings
@@ -109,7 +110,7 @@ def test_roadie_serve_on_postgres_keeps_prefect_state_there(tmp_path, pg_server_
             {
                 "ROADIE_DATABASE_URL": roadie_url,
                 "ROADIE_HOME": str(tmp_path / "home"),
-                "ROADIE_PREFECT_LOCAL_PORT": str(services.free_port()),
+                "ROADIE_PREFECT_LOCAL_PORT": str(prefect_local.free_port()),
                 "ROADIE_STORAGE_URL": (tmp_path / "storage").as_uri(),
             }
         )

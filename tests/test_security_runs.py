@@ -28,6 +28,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from roadie import prefect_local
 from roadie.ops.health_server import OpsServer
 from roadie.ops.serve import WorkerProcess, worker_command
 from roadie.prefect_api import connect
@@ -109,7 +110,7 @@ def secure(pg_server_url: str, s3_server: str, tmp_path_factory) -> Iterator[Sec
         except sa.exc.OperationalError as exc:
             pytest.skip(f"the test PostgreSQL does not take trust auth, so no made-up password works: {exc}")
         server_log = home / "prefect-server.log"
-        server = services.start_prefect_server(
+        server = prefect_local.start_prefect_server(
             home / "prefect-server",
             database_url=prefect_db,
             log=server_log,
