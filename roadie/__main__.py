@@ -1,3 +1,3 @@
-from roadie.cli import app
+from roadie.cli import main
 
-app()
+main()

@@ -78,6 +78,28 @@ def test_analyze_needs_no_prefect_database_or_storage(tmp_path: Path):
     assert not (tmp_path / "home").exists()
 
 
+def test_the_script_ends_with_the_commands_code_and_all_its_output(tmp_path: Path):
+    """`python -m roadie` runs roadie.cli.main, as the installed script does: it skips the interpreter's teardown,
+    so what must survive it is checked here, through a pipe as a caller reads it: the exit code and every line."""
+    wav = write_wav(tmp_path / "one.wav", music_like(1.0, 48000, 2, seed=3), 48000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE_")}
+    env.update(ROADIE_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+
+    def roadie(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "roadie", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    both = roadie("analyze", str(wav), str(tmp_path / "missing.wav"), "--json")
+    assert both.returncode == 1, both.stderr
+    good, missing = (json.loads(line) for line in both.stdout.splitlines())
+    assert good["input"] == str(wav) and good["loudness"]["pyloudnorm"]["integrated_lufs"] is not None
+    assert missing == {"input": str(tmp_path / "missing.wav"), "error": "missing.wav is not a file"}
+    assert roadie("analyze", str(wav)).returncode == 0
+    usage = roadie("no-such-command")
+    assert usage.returncode == 2 and "No such command" in usage.stderr
+
+
 def test_script_heads_are_alembics_heads():
     from alembic.script import ScriptDirectory
 

@@ -293,10 +293,25 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
             .raise_for_status()
             .json()
         )
-        task_runs = (
-            api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).raise_for_status().json()
-        )
+        # The CLI ends without Python's teardown (roadie.cli.main); Prefect's log and event services are drained
+        # before that, so every task run's final state (sent as events) and every log line reach the server.
+        deadline = time.monotonic() + 30
+        while True:
+            task_runs = (
+                api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}})
+                .raise_for_status()
+                .json()
+            )
+            states = {t["name"]: t["state_type"] for t in task_runs}
+            if set(states.values()) == {"COMPLETED"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+        flow_lines = [line["message"] for line in logs.raise_for_status().json() if line["task_run_id"] is None]
     assert run["state_type"] == "COMPLETED"
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert any("is playable" in m for m in flow_lines), flow_lines
+    assert flow_lines[-1].startswith("Finished in state Completed"), flow_lines  # the run's very last line
     table = artifact["data"] if isinstance(artifact["data"], list) else json.loads(artifact["data"])
     lufs = next(row for row in table if row["meter"] == "ffmpeg ebur128")["integrated (LUFS)"]
 
