@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import typer
 
-from roadie.cli.app import app, emit_json, fail, say
+from roadie.cli.app import app, emit_json, fail, import_in_background, say
 
 WAVEFORM_FORMATS = ("json", "dat", "png")
 
@@ -25,6 +25,7 @@ def analyze(
 ) -> None:
     """Loudness (ffmpeg ebur128 cross-checked by pyloudnorm), waveform and fingerprint of each file, from one
     decode. Exit code 1 if any input could not be analysed."""
+    import_in_background("pyloudnorm")  # the cross-check's meter: scipy.signal, most of this command's start
     from tasks.media.analysis import analyze_file  # noqa: PLC0415  (deferred: numpy, settings)
 
     failed = False
