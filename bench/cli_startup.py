@@ -7,11 +7,12 @@
   ingest   `roadie ingest one.wav --json` on a 1 s WAV, warm       target 3.0 s (the local Prefect server under a
            temporary ROADIE_HOME already started by a first call that is not counted)
 
-Each command runs through the venv's `roadie` script (sys.executable's neighbour) with PYTHONPATH set to the tree
-under test, so `--before` compares another checkout of the project (e.g. `git worktree add /tmp/roadie-before HEAD`)
-with the same interpreter and packages. Before and after runs alternate, so a machine busy with other work slows
-both alike; the table shows the median and the 90th percentile of --runs runs of each. Both trees share one
-ROADIE_HOME (one SQLite database, one local Prefect server on a free port), stopped and removed at the end.
+Each command runs as `python -m roadie` (roadie/__main__.py makes the same call as the venv's `roadie` script) with
+PYTHONPATH set to the tree under test, so each tree starts through its own entry point, and `--before` compares
+another checkout of the project (e.g. `git worktree add /tmp/roadie-before HEAD`) with the same interpreter and
+packages. Before and after runs alternate, so a machine busy with other work slows both alike; the table shows the
+median and the 90th percentile of --runs runs of each. Both trees share one ROADIE_HOME (one SQLite database, one
+local Prefect server on a free port), stopped and removed at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROADIE = Path(sys.executable).with_name("roadie")
+ROADIE = [sys.executable, "-m", "roadie"]
 TARGETS = {"help": 0.5, "analyze": 0.8, "ingest": 3.0}
 # What no version of the command can avoid: the interpreter and the libraries the design names for it, imported
 # and nothing else. analyze's cross-check is pyloudnorm, which imports scipy.signal (~0.6 s here); ingest runs a
@@ -58,7 +59,7 @@ def commands(wav: Path) -> dict[str, list[str]]:
 def run(tree: Path, args: list[str], env: dict[str, str], check: bool = True) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
-        [str(ROADIE), *args], env={**env, "PYTHONPATH": str(tree)}, cwd=env["HOME_CWD"], capture_output=True, text=True
+        [*ROADIE, *args], env={**env, "PYTHONPATH": str(tree)}, cwd=env["HOME_CWD"], capture_output=True, text=True
     )
     wall = time.perf_counter() - started
     if check and proc.returncode != 0:
@@ -110,7 +111,7 @@ def main() -> None:
                     subprocess.run([sys.executable, "-c", FLOORS[name]], check=True, env=env)
                     times.setdefault((name, "floor"), []).append(time.perf_counter() - started)
     finally:
-        subprocess.run([str(ROADIE), "server", "stop"], env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True)
+        subprocess.run([*ROADIE, "server", "stop"], env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import httpx
 
 from bench.api_latency import ROADIE, Bench, Serve, percentile
+from bench.cpu_account import CpuAccount
 from bench.ingest import original_recipe
 
 
@@ -66,6 +67,8 @@ class LoadResult:
     retried_triggers: int
     recipe_wall_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    cpu: CpuAccount | None = None  # from the first trigger to the last clip ready
+    recipe_cpu: CpuAccount | None = None
 
     @property
     def clips_per_minute(self) -> float:
@@ -299,8 +302,9 @@ def run_load(
             monitor = HealthMonitor(serve.info["health"])
             monitor.start()
             since = datetime.now(UTC) - timedelta(seconds=1)
-            runs, refused, retried = trigger_all(bench, versions)
-            rows = bench.wait(runs, timeout_s=max(900, clips * 60 / rate_per_minute * 2))
+            with CpuAccount() as cpu:
+                runs, refused, retried = trigger_all(bench, versions)
+                rows = bench.wait(runs, timeout_s=max(900, clips * 60 / rate_per_minute * 2))
             monitor.stopped.set()
             monitor.join()
             ready_at = [at + row["trigger->ready"] for (_, at), row in zip(runs.values(), rows, strict=False)]
@@ -346,6 +350,7 @@ def run_load(
                 retried_triggers=retried,
             )
             result.notes.append(f"{len(starts)} rate slots taken")
+            result.cpu = cpu
         finally:
             serve.stop()
             if keep:
@@ -355,9 +360,10 @@ def run_load(
                 shutil.copy(home / "serve.log", keep / "serve.log")
         if recipe:
             started = time.monotonic()
-            with ThreadPoolExecutor(2) as pool:
+            with CpuAccount() as recipe_cpu, ThreadPoolExecutor(2) as pool:
                 list(pool.map(lambda p: original_recipe(p, home / "recipe" / p.stem), paths))
             result.recipe_wall_s = time.monotonic() - started
+            result.recipe_cpu = recipe_cpu
     return result
 
 
@@ -387,6 +393,13 @@ def report(result: LoadResult) -> str:
             f"{result.recipe_clips_per_minute:.1f} clips/min; roadie / recipe throughput {ratio:.2f}x "
             f"(target >= 1.0: {ok(ratio >= 1.0)})"
         )
+    if result.cpu:
+        lines += [
+            "  where the CPU went, roadie (first trigger to last ready):",
+            result.cpu.report(result.clips, "clip"),
+        ]
+    if result.recipe_cpu:
+        lines += ["  where the CPU went, original recipe:", result.recipe_cpu.report(result.clips, "clip")]
     lines.extend(f"  note: {n}" for n in result.notes)
     return "\n".join(lines)
 
