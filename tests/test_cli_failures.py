@@ -106,3 +106,27 @@ def test_a_bug_keeps_its_traceback(roadie_env, prefect_api, tmp_path, where):
     if where == "inside the flow":  # the version still says what happened, and the JSON still comes
         [result] = [json.loads(line) for line in proc.stdout.splitlines()]
         assert result["status"] == "failed" and "internal error (ZeroDivisionError: planted bug)" in result["error"]
+
+
+def test_a_quiet_ingest_quiets_the_terminal_not_the_server_it_starts(tmp_path, bad_inputs):
+    """Without --verbose the CLI silences Prefect's console handler; the local server that the same command starts
+    keeps its own log, where the tracebacks the terminal was spared belong."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROADIE_", "PREFECT_"))}
+    home = tmp_path / "home"
+    env.update(ROADIE_HOME=str(home), ROADIE_PREFECT_LOCAL_PORT=str(free_port()))
+    quiet = subprocess.run(
+        [sys.executable, "-m", "roadie", "ingest", "--json", "--formats", "hls_opus", str(bad_inputs[1])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    try:
+        assert quiet.returncode == 1 and "Traceback" not in quiet.stderr, quiet.stderr[-3000:]
+        server = psutil.Process(int((home / "prefect" / "server.pid").read_text()))
+        assert "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL" not in server.environ()
+    finally:
+        subprocess.run([sys.executable, "-m", "roadie", "server", "stop"], cwd=tmp_path, env=env, timeout=120)

@@ -34,11 +34,11 @@ def prepare_database() -> None:
 def prepare_prefect(verbose: bool) -> str:
     from roadie.prefect_local import ensure_api  # noqa: PLC0415  (deferred: settings, httpx)
 
+    url = ensure_api()  # first: a local server it starts inherits this environment, and must keep its own log
     if not verbose:
         # Runs still log everything to the server (the UI shows it); only the terminal is spared Prefect's lines
         # and the tracebacks of expected failures, which `_show` reports in one line each.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    url = ensure_api()
     from roadie.limits import ensure_limits  # noqa: PLC0415  (deferred: settings; Prefect after ensure_api())
 
     ensure_limits()
