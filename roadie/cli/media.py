@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 
-from roadie.cli.app import app, emit_json, import_in_background, say
+from roadie.cli.app import app, emit_json, say
 
 if TYPE_CHECKING:
     from roadie.params import Format
@@ -77,7 +77,6 @@ def ingest(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
     """Register each upload and run the media-ingest flow on it. Exit code 1 if any input failed."""
-    import_in_background("pyloudnorm")  # the analysis's meter: its ~0.6 s import overlaps the server round trips
     # deferred: SQLAlchemy, settings
     from roadie.catalog.inputs import parse_formats  # noqa: PLC0415
     from roadie.errors import InvalidInput  # noqa: PLC0415
