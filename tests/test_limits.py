@@ -1,0 +1,133 @@
+"""The transcode rate slot (roadie.limits.transcode_started): taken on a real Prefect server, refused clearly when the
+limit is missing, and asked again quickly when a server answers 503 (a SQLite Prefect server does when the
+increment's transaction collides with its own event writes, which Prefect's client would wait out for 2 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rate_slots() -> int:
+    from prefect.client.orchestration import get_client
+
+    from roadie.limits import TRANSCODE_RATE
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(TRANSCODE_RATE[0]).active_slots
+
+
+def test_a_rate_slot_is_taken_on_the_real_server(prefect_api: str):
+    from roadie.limits import transcode_started
+
+    transcode_started()
+    assert rate_slots() >= 1
+
+
+def test_a_missing_rate_limit_is_an_error_that_says_what_to_run(prefect_api: str):
+    from prefect.client.orchestration import get_client
+
+    from roadie.errors import RoadieError
+    from roadie.limits import TRANSCODE_RATE, ensure_limits, transcode_started
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(TRANSCODE_RATE[0])
+        with pytest.raises(RoadieError, match=r"'transcode-rate' does not exist: run `roadie setup`"):
+            transcode_started()
+    finally:
+        ensure_limits()
+
+
+# A stand-in API in a child process (Prefect's event worker there may complain that it has no websocket to send
+# the "acquired" event to; the suite's own event worker is left alone): the increment is refused as scripted,
+# then granted; the child prints every request it answered.
+STAND_IN = """
+import json, os, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+script = json.loads(sys.argv[1])  # status codes for the first increments; then 200
+seen = []
+
+class API(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        increments = [path for _, path in seen if path.endswith("/increment")]
+        status = 200
+        if self.path.endswith("/increment") and len(increments) < len(script):
+            status = script[len(increments)]
+        seen.append((time.monotonic(), self.path))
+        body = json.dumps(
+            [{"id": "7b2a3c1e-0000-4000-8000-000000000001", "name": "transcode-rate", "limit": 10}]
+            if status == 200 else {"detail": "busy"}
+        ).encode()
+        self.send_response(status)
+        if status == 423:
+            self.send_header("Retry-After", "0.2")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), API)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
+os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
+from roadie.limits import transcode_started
+
+try:
+    transcode_started()
+    outcome = "taken"
+except Exception as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+at = [t for t, path in seen if path.endswith("/increment")]
+print(json.dumps({"outcome": outcome, "increments": [round(t - at[0], 3) for t in at]}))
+"""
+
+
+def stand_in(script: list[int]) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(STAND_IN), json.dumps(script)],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_busy_server_is_asked_again_within_a_fraction_of_a_second():
+    result = stand_in([503, 503])
+    assert result["outcome"] == "taken"
+    first, second, third = result["increments"]
+    # Prefect's client would have waited 2 s (with jitter, at least 1.6 s) before each of the repeats.
+    assert second - first < 1.0 and third - second < 1.0
+
+
+def test_an_empty_bucket_is_waited_out_as_the_server_says():
+    result = stand_in([423, 423])
+    assert result["outcome"] == "taken"
+    first, second, third = result["increments"]
+    assert second - first >= 0.2 and third - second >= 0.2  # the Retry-After of each refusal
+
+
+def test_a_server_that_stays_busy_gets_its_503_back():
+    from roadie.limits import BUSY_RETRIES
+
+    result = stand_in([503] * (BUSY_RETRIES + 1))
+    assert result["outcome"].startswith("HTTPStatusError") and "503" in result["outcome"]
+    assert len(result["increments"]) == BUSY_RETRIES + 1
