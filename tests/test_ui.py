@@ -308,10 +308,21 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
             time.sleep(0.5)
         logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
         flow_lines = [line["message"] for line in logs.raise_for_status().json() if line["task_run_id"] is None]
+        # An in-process CLI run beats no heartbeat (the crash automation watches deployed runs only); its final
+        # state's event, emitted after any heartbeat would have been, says the server has persisted its events.
+        events: list[str] = []
+        while "prefect.flow-run.Completed" not in events and time.monotonic() < deadline + 30:
+            time.sleep(0.5)
+            found = api.post(
+                "/events/filter",
+                json={"filter": {"resource": {"id": [f"prefect.flow-run.{run['id']}"]}}, "limit": 50},
+            )
+            events = [event["event"] for event in found.raise_for_status().json()["events"]]
     assert run["state_type"] == "COMPLETED"
     assert set(states.values()) == {"COMPLETED"}, states
     assert any("is playable" in m for m in flow_lines), flow_lines
     assert flow_lines[-1].startswith("Finished in state Completed"), flow_lines  # the run's very last line
+    assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, events
     table = artifact["data"] if isinstance(artifact["data"], list) else json.loads(artifact["data"])
     lufs = next(row for row in table if row["meter"] == "ffmpeg ebur128")["integrated (LUFS)"]
 
