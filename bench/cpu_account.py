@@ -21,6 +21,7 @@ import psutil
 
 # First match wins: (kind, words that must all appear in the command line).
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the bench itself (polling, sampling)", ("bench/",)),
     ("ffmpeg", ("ffmpeg",)),
     ("fpcalc", ("fpcalc",)),
     ("ffprobe", ("ffprobe",)),
