@@ -73,7 +73,8 @@ def transcode_started() -> None:
     server answers 503: 13 times in 8 `roadie ingest` runs of a 1 s file, measured. Prefect's client then waits
     2 s, even when told to retry no more (it sleeps before it checks). A refused increment changed nothing, so it
     is sent again here after 50 ms, doubling, through the client's own connection (its base URL and auth) but not
-    its retrying send(). A server that wants CSRF tokens (off by default) gets Prefect's rate_limit() instead."""
+    its retrying send(); so are the connection errors that send() retries (a reset kept-alive connection). A
+    server that wants CSRF tokens (off by default) gets Prefect's rate_limit() instead."""
     # deferred: Prefect (httpx with it), see the top
     import httpx  # noqa: PLC0415
     from prefect.client.orchestration import get_client  # noqa: PLC0415
@@ -88,7 +89,14 @@ def transcode_started() -> None:
     with _SLOT_REQUESTS, get_client(sync_client=True) as client:
         http = client._client  # Prefect's httpx.Client; httpx.Client.send is the plain send, without the 2 s waits
         while True:
-            response = httpx.Client.send(http, http.build_request("POST", path, json=body))
+            try:
+                response = httpx.Client.send(http, http.build_request("POST", path, json=body))
+            except httpx.TransportError:  # e.g. a kept-alive connection the server closed: Prefect's send retries too
+                if busy >= BUSY_RETRIES:
+                    raise
+                time.sleep(0.05 * 2**busy)
+                busy += 1
+                continue
             if response.status_code == 423:  # the bucket is empty; the server says when its next slot frees
                 time.sleep(float(response.headers.get("Retry-After", 1)))
             elif response.status_code == 503 and busy < BUSY_RETRIES:

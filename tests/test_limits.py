@@ -54,7 +54,7 @@ STAND_IN = """
 import json, os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-script = json.loads(sys.argv[1])  # status codes for the first increments; then 200
+script = json.loads(sys.argv[1])  # status codes for the first increments (0: no answer at all); then 200
 seen = []
 
 class API(BaseHTTPRequestHandler):
@@ -65,6 +65,10 @@ class API(BaseHTTPRequestHandler):
         if self.path.endswith("/increment") and len(increments) < len(script):
             status = script[len(increments)]
         seen.append((time.monotonic(), self.path))
+        if status == 0:  # the connection dropped without an answer, as a closed kept-alive one reads
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         body = json.dumps(
             [{"id": "7b2a3c1e-0000-4000-8000-000000000001", "name": "transcode-rate", "limit": 10}]
             if status == 200 else {"detail": "busy"}
@@ -116,6 +120,12 @@ def test_a_busy_server_is_asked_again_within_a_fraction_of_a_second():
     first, second, third = result["increments"]
     # Prefect's client would have waited 2 s (with jitter, at least 1.6 s) before each of the repeats.
     assert second - first < 1.0 and third - second < 1.0
+
+
+def test_a_dropped_connection_is_tried_again_like_a_busy_server():
+    result = stand_in([0, 503])
+    assert result["outcome"] == "taken"
+    assert len(result["increments"]) == 3
 
 
 def test_an_empty_bucket_is_waited_out_as_the_server_says():
