@@ -94,27 +94,26 @@ def transcode_started() -> None:
             except httpx.TransportError:  # e.g. a kept-alive connection the server closed: Prefect's send retries too
                 if busy >= BUSY_RETRIES:
                     raise
-                time.sleep(0.05 * 2**busy)
-                busy += 1
-                continue
-            if response.status_code == 423:  # the bucket is empty; the server says when its next slot frees
-                time.sleep(float(response.headers.get("Retry-After", 1)))
-            elif response.status_code == 503 and busy < BUSY_RETRIES:
-                time.sleep(0.05 * 2**busy)
-                busy += 1
-            elif response.status_code == 403 and "csrf" in response.text.lower():
-                rate_limit(name, occupy=1, strict=True)
-                return
             else:
-                response.raise_for_status()
-                break
+                if response.status_code == 423:  # the bucket is empty; the server says when its next slot frees
+                    time.sleep(float(response.headers.get("Retry-After", 1)))
+                    continue
+                if response.status_code == 403 and "csrf" in response.text.lower():
+                    rate_limit(name, occupy=1, strict=True)
+                    return
+                if response.status_code != 503 or busy >= BUSY_RETRIES:
+                    response.raise_for_status()
+                    break
+            time.sleep(0.05 * 2**busy)  # busy (503) or disconnected: the request changed nothing, ask again
+            busy += 1
     limits = [MinimalConcurrencyLimitResponse.model_validate(item) for item in response.json()]
     if not limits:
         raise RoadieError(f"the Prefect concurrency limit {name!r} does not exist: run `roadie setup`")
     emit_concurrency_acquisition_events(limits, 1)
 
 
-# 50 ms doubling, 8 times: 12.75 s in all before the 503 is the caller's (the task's retries take it from there).
+# 50 ms doubling, 8 times: 12.75 s in all before the 503 (or the connection error) is the caller's: the transcode
+# task fails with it, and the ingest treats that like any failed encode.
 BUSY_RETRIES = 8
 
 
