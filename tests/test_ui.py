@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from roadie.prefect_local import free_port
-from tests.support import sine, write_wav
+from tests.support import sine, wait_for, write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -293,31 +293,30 @@ def test_ops_see_the_ingest_in_the_ui(roadie_env, prefect_api, browser, tmp_path
             .raise_for_status()
             .json()
         )
+
         # The CLI ends without Python's teardown (roadie.cli.main); Prefect's log and event services are drained
         # before that, so every task run's final state (sent as events) and every log line reach the server.
-        deadline = time.monotonic() + 30
-        while True:
-            task_runs = (
-                api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}})
-                .raise_for_status()
-                .json()
-            )
-            states = {t["name"]: t["state_type"] for t in task_runs}
-            if set(states.values()) == {"COMPLETED"} or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        def all_completed() -> list[dict] | None:
+            found = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}})
+            runs_ = found.raise_for_status().json()
+            return runs_ if {t["state_type"] for t in runs_} == {"COMPLETED"} else None
+
+        task_runs = wait_for(all_completed, 30, "every task run of the CLI's ingest Completed on the server")
+        states = {t["name"]: t["state_type"] for t in task_runs}
         logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
         flow_lines = [line["message"] for line in logs.raise_for_status().json() if line["task_run_id"] is None]
+
         # An in-process CLI run beats no heartbeat (the crash automation watches deployed runs only); its final
         # state's event, emitted after any heartbeat would have been, says the server has persisted its events.
-        events: list[str] = []
-        while "prefect.flow-run.Completed" not in events and time.monotonic() < deadline + 30:
-            time.sleep(0.5)
+        def flow_run_events() -> list[str] | None:
             found = api.post(
                 "/events/filter",
                 json={"filter": {"resource": {"id": [f"prefect.flow-run.{run['id']}"]}}, "limit": 50},
             )
-            events = [event["event"] for event in found.raise_for_status().json()["events"]]
+            names = [event["event"] for event in found.raise_for_status().json()["events"]]
+            return names if "prefect.flow-run.Completed" in names else None
+
+        events = wait_for(flow_run_events, 30, "the ingest's Completed event on the server")
     assert run["state_type"] == "COMPLETED"
     assert set(states.values()) == {"COMPLETED"}, states
     assert any("is playable" in m for m in flow_lines), flow_lines
