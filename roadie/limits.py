@@ -7,9 +7,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from roadie.errors import RoadieError
+
+if TYPE_CHECKING:
+    import httpx
 from roadie.settings import get_settings
 
 # Prefect is imported in the functions that talk to it (marked): `roadie rollup` and `roadie distribute` import this
@@ -65,28 +69,44 @@ _SLOT_REQUESTS = threading.Lock()
 
 def transcode_started() -> None:
     """Take one slot of the per-minute transcode rate (blocks while the rate is exhausted). strict: a missing limit
-    is an error, never unthrottled.
-
-    This is Prefect's rate_limit() (the same request, the same "acquired" event) but for how a 503 is met. The
-    increment endpoint reads, then writes, in one deferred transaction; on a SQLite Prefect server (the laptop's)
-    the server's own event writes often commit in between, SQLite refuses the write (SQLITE_BUSY_SNAPSHOT) and the
-    server answers 503: 13 times in 8 `roadie ingest` runs of a 1 s file, measured. Prefect's client then waits
-    2 s, even when told to retry no more (it sleeps before it checks). A refused increment changed nothing, so it
-    is sent again here after 50 ms, doubling, through the client's own connection (its base URL and auth) but not
-    its retrying send(); so are the connection errors that send() retries (a reset kept-alive connection). A
-    server that wants CSRF tokens (off by default) gets Prefect's rate_limit() instead."""
-    # deferred: Prefect (httpx with it), see the top
-    import httpx  # noqa: PLC0415
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    is an error, never unthrottled. Prefect's rate_limit(), the same request and the same "acquired" event, but for
+    how a busy server is met (_slot_request)."""
+    # deferred: Prefect, see the top
     from prefect.client.schemas.responses import MinimalConcurrencyLimitResponse  # noqa: PLC0415
     from prefect.concurrency._events import emit_concurrency_acquisition_events  # noqa: PLC0415
     from prefect.concurrency.sync import rate_limit  # noqa: PLC0415
 
     name = TRANSCODE_RATE[0]
-    body = {"names": [name], "slots": 1, "mode": "rate_limit"}
-    path = "/v2/concurrency_limits/increment"
+    with _SLOT_REQUESTS:
+        response = _slot_request(
+            "/v2/concurrency_limits/increment", {"names": [name], "slots": 1, "mode": "rate_limit"}
+        )
+    if response is None:
+        rate_limit(name, occupy=1, strict=True)
+        return
+    limits = [MinimalConcurrencyLimitResponse.model_validate(item) for item in response.json()]
+    if not limits:
+        raise _missing(name)
+    emit_concurrency_acquisition_events(limits, 1)
+
+
+def _slot_request(path: str, body: dict[str, object]) -> httpx.Response | None:
+    """POST one slot request (take or give back) to Prefect's concurrency API; None when the server wants CSRF
+    tokens (off by default): the caller then uses Prefect's own call.
+
+    Prefect's own calls, but for how a 503 is met. The increment endpoints read, then write, in one deferred
+    transaction; on a SQLite Prefect server (the laptop's) the server's own event writes often commit in between,
+    SQLite refuses the write (SQLITE_BUSY_SNAPSHOT) and the server answers 503: 13 times in 8 `roadie ingest` runs
+    of a 1 s file, measured, and 2 of 3 runs still met it on the encode slot after the rate slot was fixed. Prefect's
+    client then waits 2 s, even when told to retry no more (it sleeps before it checks). A refused request changed
+    nothing, so it is sent again here after 50 ms, doubling, through the client's own connection (its base URL and
+    auth) but not its retrying send(); so are the connection errors that send() retries (a reset kept-alive
+    connection). A 423 (no slot free) is waited out for its Retry-After, as Prefect does."""
+    import httpx  # noqa: PLC0415  (deferred: Prefect's client, see the top)
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
     busy = 0
-    with _SLOT_REQUESTS, get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
         http = client._client  # Prefect's httpx.Client; httpx.Client.send is the plain send, without the 2 s waits
         while True:
             try:
@@ -95,21 +115,15 @@ def transcode_started() -> None:
                 if busy >= BUSY_RETRIES:
                     raise
             else:
-                if response.status_code == 423:  # the bucket is empty; the server says when its next slot frees
+                if response.status_code == 423:  # no slot free; the server says when to ask again
                     time.sleep(float(response.headers.get("Retry-After", 1)))
                     continue
                 if response.status_code == 403 and "csrf" in response.text.lower():
-                    rate_limit(name, occupy=1, strict=True)
-                    return
+                    return None
                 if response.status_code != 503 or busy >= BUSY_RETRIES:
-                    response.raise_for_status()
-                    break
+                    return response.raise_for_status()
             time.sleep(0.05 * 2**busy)  # busy (503) or disconnected: the request changed nothing, ask again
             busy += 1
-    limits = [MinimalConcurrencyLimitResponse.model_validate(item) for item in response.json()]
-    if not limits:
-        raise RoadieError(f"the Prefect concurrency limit {name!r} does not exist: run `roadie setup`")
-    emit_concurrency_acquisition_events(limits, 1)
 
 
 # 50 ms doubling, 8 times: 12.75 s in all before the 503 (or the connection error) is the caller's: the transcode
@@ -117,23 +131,48 @@ def transcode_started() -> None:
 BUSY_RETRIES = 8
 
 
+def _missing(name: str) -> RoadieError:
+    return RoadieError(f"the Prefect concurrency limit {name!r} does not exist: run `roadie setup`")
+
+
 @contextmanager
 def _held(name: str) -> Iterator[None]:
-    """Hold a slot of Prefect's global limit `name`. strict: a missing limit is an error, never unthrottled.
+    """Hold a slot of Prefect's global limit `name`: Prefect's concurrency() (a leased slot, renewed while held, the
+    same events), with its requests sent as _slot_request sends them. strict: a missing limit is an error, never
+    unthrottled.
 
     The request is queued behind this process's other slot requests, and may wait there for a free slot: the
     requests queued behind it would need one too. The release is not queued, because a release must never wait
     behind a request that is waiting for that very slot."""
-    from prefect.concurrency.sync import concurrency  # noqa: PLC0415  (deferred: Prefect, see the top)
+    # deferred: Prefect, see the top
+    from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse  # noqa: PLC0415
+    from prefect.concurrency._events import (  # noqa: PLC0415
+        emit_concurrency_acquisition_events,
+        emit_concurrency_release_events,
+    )
+    from prefect.concurrency._leases import maintain_concurrency_lease  # noqa: PLC0415
+    from prefect.concurrency.sync import concurrency  # noqa: PLC0415
 
-    with ExitStack() as held:
-        with _SLOT_REQUESTS:
-            held.enter_context(
-                concurrency(
-                    name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S, raise_on_lease_renewal_failure=False
-                )
-            )
-        yield
+    body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": SLOT_LEASE_S}
+    with _SLOT_REQUESTS:
+        response = _slot_request("/v2/concurrency_limits/increment-with-lease", body)
+    if response is None:
+        with concurrency(
+            name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S, raise_on_lease_renewal_failure=False
+        ):
+            yield
+        return
+    granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+    if not granted.limits:
+        raise _missing(name)
+    events = emit_concurrency_acquisition_events(granted.limits, 1)
+    try:
+        with maintain_concurrency_lease(granted.lease_id, SLOT_LEASE_S, raise_on_lease_renewal_failure=False):
+            yield
+    finally:
+        # A release that fails for good leaves the slot to its lease (SLOT_LEASE_S), as a killed run's does.
+        _slot_request("/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(granted.lease_id)})
+        emit_concurrency_release_events(granted.limits, 1, events)
 
 
 # A slot is leased: a run killed outright (SIGKILL, OOM, a lost machine) holds it until the lease runs out. Prefect's

@@ -1,6 +1,7 @@
-"""The transcode rate slot (roadie.limits.transcode_started): taken on a real Prefect server, refused clearly when the
-limit is missing, and asked again quickly when a server answers 503 (a SQLite Prefect server does when the
-increment's transaction collides with its own event writes, which Prefect's client would wait out for 2 s)."""
+"""The transcode rate slot (roadie.limits.transcode_started) and the leased slots (encode_slot): taken and given back
+on a real Prefect server, refused clearly when the limit is missing, and asked again quickly when a server answers
+503 (a SQLite Prefect server does when the increment's transaction collides with its own event writes, which
+Prefect's client would wait out for 2 s)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rate_slots() -> int:
+def active_slots(name: str) -> int:
     from prefect.client.orchestration import get_client
 
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def rate_slots() -> int:
     from roadie.limits import TRANSCODE_RATE
 
-    with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(TRANSCODE_RATE[0]).active_slots
+    return active_slots(TRANSCODE_RATE[0])
 
 
 def test_a_rate_slot_is_taken_on_the_real_server(prefect_api: str):
@@ -47,6 +52,34 @@ def test_a_missing_rate_limit_is_an_error_that_says_what_to_run(prefect_api: str
         ensure_limits()
 
 
+def test_an_encode_slot_is_held_and_given_back_on_the_real_server(prefect_api: str):
+    from roadie.limits import TRANSCODE_CONCURRENCY, encode_slot
+
+    name = TRANSCODE_CONCURRENCY[0]
+    before = active_slots(name)
+    with encode_slot():
+        assert active_slots(name) == before + 1
+    assert active_slots(name) == before
+    with pytest.raises(RuntimeError, match="boom"), encode_slot():  # given back when the encode fails, too
+        raise RuntimeError("boom")
+    assert active_slots(name) == before
+
+
+def test_a_missing_encode_limit_is_an_error_that_says_what_to_run(prefect_api: str):
+    from prefect.client.orchestration import get_client
+
+    from roadie.errors import RoadieError
+    from roadie.limits import TRANSCODE_CONCURRENCY, encode_slot, ensure_limits
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(TRANSCODE_CONCURRENCY[0])
+        with pytest.raises(RoadieError, match=r"'transcode' does not exist: run `roadie setup`"), encode_slot():
+            pass
+    finally:
+        ensure_limits()
+
+
 # A stand-in API in a child process (Prefect's event worker there may complain that it has no websocket to send
 # the "acquired" event to; the suite's own event worker is left alone): the increment is refused as scripted,
 # then granted; the child prints every request it answered.
@@ -55,23 +88,25 @@ import json, os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 script = json.loads(sys.argv[1])  # status codes for the first increments (0: no answer at all); then 200
+call = sys.argv[2]  # "rate": transcode_started(); "encode": hold encode_slot()
+LIMIT = {"id": "7b2a3c1e-0000-4000-8000-000000000001", "name": "transcode-rate", "limit": 10}
 seen = []
 
 class API(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        increments = [path for _, path in seen if path.endswith("/increment")]
+        increments = [path for _, path in seen if "/increment" in path]
         status = 200
-        if self.path.endswith("/increment") and len(increments) < len(script):
+        if "/increment" in self.path and len(increments) < len(script):
             status = script[len(increments)]
         seen.append((time.monotonic(), self.path))
         if status == 0:  # the connection dropped without an answer, as a closed kept-alive one reads
             self.close_connection = True
             self.connection.shutdown(2)
             return
+        granted = {"limits": [LIMIT], "lease_id": "7b2a3c1e-0000-4000-8000-000000000002"}
         body = json.dumps(
-            [{"id": "7b2a3c1e-0000-4000-8000-000000000001", "name": "transcode-rate", "limit": 10}]
-            if status == 200 else {"detail": "busy"}
+            {"detail": "busy"} if status != 200 else granted if self.path.endswith("-with-lease") else [LIMIT]
         ).encode()
         self.send_response(status)
         if status == 423:
@@ -88,22 +123,30 @@ server = ThreadingHTTPServer(("127.0.0.1", 0), API)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
 os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
-from roadie.limits import transcode_started
+from roadie.limits import encode_slot, transcode_started
 
 try:
-    transcode_started()
+    if call == "rate":
+        transcode_started()
+    else:
+        with encode_slot():
+            pass
     outcome = "taken"
 except Exception as exc:
     outcome = f"{type(exc).__name__}: {exc}"
-at = [t for t, path in seen if path.endswith("/increment")]
-print(json.dumps({"outcome": outcome, "increments": [round(t - at[0], 3) for t in at]}))
+at = [t for t, path in seen if "/increment" in path]
+print(json.dumps({
+    "outcome": outcome,
+    "increments": [round(t - at[0], 3) for t in at],
+    "paths": sorted({path.split("/api", 1)[1] for _, path in seen}),
+}))
 """
 
 
-def stand_in(script: list[int]) -> dict:
+def stand_in(script: list[int], call: str = "rate") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(STAND_IN), json.dumps(script)],
+        [sys.executable, "-c", textwrap.dedent(STAND_IN), json.dumps(script), call],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": str(ROOT)},
@@ -114,12 +157,22 @@ def stand_in(script: list[int]) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_a_busy_server_is_asked_again_within_a_fraction_of_a_second():
-    result = stand_in([503, 503])
+@pytest.mark.parametrize("call", ["rate", "encode"])
+def test_a_busy_server_is_asked_again_within_a_fraction_of_a_second(call: str):
+    result = stand_in([503, 503], call)
     assert result["outcome"] == "taken"
     first, second, third = result["increments"]
     # Prefect's client would have waited 2 s (with jitter, at least 1.6 s) before each of the repeats.
     assert second - first < 1.0 and third - second < 1.0
+
+
+def test_an_encode_slot_is_leased_and_given_back_by_its_lease():
+    result = stand_in([503], "encode")
+    assert result["outcome"] == "taken"
+    assert result["paths"] == [
+        "/v2/concurrency_limits/decrement-with-lease",
+        "/v2/concurrency_limits/increment-with-lease",
+    ]
 
 
 def test_a_dropped_connection_is_tried_again_like_a_busy_server():
