@@ -39,8 +39,11 @@ def prepare_prefect(verbose: bool) -> str:
         # Runs still log everything to the server (the UI shows it); only the terminal is spared Prefect's lines
         # and the tracebacks of expected failures, which `_show` reports in one line each.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from roadie.limits import ensure_limits  # noqa: PLC0415  (deferred: settings; Prefect after ensure_api())
+    # deferred: settings; Prefect after ensure_api()
+    from roadie import prefect_tls  # noqa: PLC0415
+    from roadie.limits import ensure_limits  # noqa: PLC0415
 
+    prefect_tls.share()  # the run's dozen clients share one TLS context
     ensure_limits()
     return url
 

@@ -369,6 +369,9 @@ async def _exit_code(pid: int, message: dict | None, logger: Any) -> int:
 
 def main() -> None:
     """`prefect worker start ARGS` with this worker class in place of Prefect's process worker."""
+    from roadie import prefect_tls  # noqa: PLC0415
+
+    prefect_tls.share()  # the clients the worker opens for every run it starts share one TLS context
     sys.argv = ["prefect", "worker", "start", *sys.argv[1:]]
     if "--type" not in sys.argv:
         sys.argv += ["--type", "process"]

@@ -76,6 +76,13 @@ def preload(modules: list[str]) -> list[str]:
             importlib.import_module(name)
         except Exception as exc:  # a flow module that does not import yet must not stop the others
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    try:  # made once here, inherited by every fork: each run's dozen Prefect clients share it (roadie.prefect_tls)
+        from roadie import prefect_tls  # noqa: PLC0415
+
+        prefect_tls.share()
+        prefect_tls.current_tls_context()
+    except Exception as exc:  # each client then makes its own, as Prefect does
+        failed.append(f"roadie.prefect_tls: {type(exc).__name__}: {exc}")
     return failed
 
 
