@@ -13,8 +13,8 @@ from roadie.params import Formats, VersionId
 from tasks.media.tasks import (
     analyze_audio,
     extract_artwork,
-    publish_analysis,
     publish_artwork,
+    publish_playable,
     record_fingerprint,
     transcode_rendition,
 )
@@ -25,7 +25,6 @@ from tasks.versions.tasks import (
     discard_outputs,
     fetch_original,
     mark_failed,
-    mark_ready,
     probe_original,
     record_transcode,
     start_processing,
@@ -55,8 +54,7 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
             submitted = [first, analyzed, cover, *rest.values()]
             first.result()
             result = analyzed.result()
-            waveform_keys = publish_analysis(version_id, result)
-            mark_ready(version_id, [primary])
+            waveform_keys = publish_playable(version_id, result, [primary])
             timings["playable_s"] = round(time.monotonic() - started, 3)
             get_run_logger().info(
                 "version %s is playable (%s) after %.2f s", version_id, primary, timings["playable_s"]

@@ -70,9 +70,11 @@ def publish_waveform(version_id: str, result: Analysis) -> WaveformKeys:
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
-def publish_analysis(version_id: str, result: Analysis) -> WaveformKeys | None:
+def publish_playable(version_id: str, result: Analysis, required: list[str]) -> WaveformKeys | None:
     """What a version needs before it is playable: waveform and loudness, plus every analysis warning, in one
-    transaction. A step that failed is already a warning; the rest is published."""
+    transaction; then `ready`, once the required renditions' playlists are in storage. A step that failed is
+    already a warning; the rest is published. One task, not two: both are writes a retry may repeat, and each task
+    run is a dozen events and API calls for the Prefect server."""
     with session_scope() as session:
         keys = None
         if result.waveform is not None:
@@ -80,6 +82,7 @@ def publish_analysis(version_id: str, result: Analysis) -> WaveformKeys | None:
         if result.loudness is not None:
             results.save_loudness(session, version_id, result.loudness)
         catalog.append_warnings(session, version_id, result.warnings)
+    catalog.mark_ready(version_id, required)
     if keys is not None:
         waveform_artifact(version_id, result, keys)
     if result.loudness is not None:

@@ -41,11 +41,6 @@ def probe_original(version_id: str, src: Path) -> ffmpeg.MediaInfo:
 
 
 @task(**RETRY)
-def mark_ready(version_id: str, required: list[str]) -> None:
-    catalog.mark_ready(version_id, required)
-
-
-@task(**RETRY)
 def add_warning(version_id: str, message: str) -> None:
     catalog.add_warning(version_id, message)
 
