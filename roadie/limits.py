@@ -3,6 +3,7 @@ Where the work runs inside one process (CPU lanes, niceness) is roadie.cpu."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -11,10 +12,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from roadie.errors import RoadieError
+from roadie.settings import get_settings
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     import httpx
-from roadie.settings import get_settings
 
 # Prefect is imported in the functions that talk to it (marked): `roadie rollup` and `roadie distribute` import this
 # module for DB_BATCH_CONCURRENCY and run without Prefect, which costs them ~1 s to import.
@@ -170,9 +173,25 @@ def _held(name: str) -> Iterator[None]:
         with maintain_concurrency_lease(granted.lease_id, SLOT_LEASE_S, raise_on_lease_renewal_failure=False):
             yield
     finally:
-        # A release that fails for good leaves the slot to its lease (SLOT_LEASE_S), as a killed run's does.
-        _slot_request("/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(granted.lease_id)})
+        _release(granted.lease_id)
         emit_concurrency_release_events(granted.limits, 1, events)
+
+
+def _release(lease_id: UUID) -> None:
+    """Give a leased slot back. A release that fails for good (the Prefect server gone for longer than the re-asks
+    last) leaves the slot to its lease, SLOT_LEASE_S, as a killed run's is: the work done in it stands."""
+    from prefect.concurrency._sync import release_concurrency_slots_with_lease  # noqa: PLC0415  (deferred: Prefect)
+
+    try:
+        if _slot_request("/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease_id)}) is None:
+            release_concurrency_slots_with_lease(lease_id)  # a server that wants CSRF tokens: Prefect's own call
+    except Exception as exc:
+        logging.getLogger(__name__).warning(
+            "could not give back concurrency slot lease %s (%s); it frees itself within %d s",
+            lease_id,
+            exc,
+            SLOT_LEASE_S,
+        )
 
 
 # A slot is leased: a run killed outright (SIGKILL, OOM, a lost machine) holds it until the lease runs out. Prefect's

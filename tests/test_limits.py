@@ -89,6 +89,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 script = json.loads(sys.argv[1])  # status codes for the first increments (0: no answer at all); then 200
 call = sys.argv[2]  # "rate": transcode_started(); "encode": hold encode_slot()
+release = int(sys.argv[3])  # the status every give-back is answered with
 LIMIT = {"id": "7b2a3c1e-0000-4000-8000-000000000001", "name": "transcode-rate", "limit": 10}
 seen = []
 
@@ -99,6 +100,8 @@ class API(BaseHTTPRequestHandler):
         status = 200
         if "/increment" in self.path and len(increments) < len(script):
             status = script[len(increments)]
+        if self.path.endswith("/decrement-with-lease"):
+            status = release
         seen.append((time.monotonic(), self.path))
         if status == 0:  # the connection dropped without an answer, as a closed kept-alive one reads
             self.close_connection = True
@@ -108,6 +111,8 @@ class API(BaseHTTPRequestHandler):
         body = json.dumps(
             {"detail": "busy"} if status != 200 else granted if self.path.endswith("-with-lease") else [LIMIT]
         ).encode()
+        if status == 204:
+            body = b""
         self.send_response(status)
         if status == 423:
             self.send_header("Retry-After", "0.2")
@@ -143,10 +148,10 @@ print(json.dumps({
 """
 
 
-def stand_in(script: list[int], call: str = "rate") -> dict:
+def stand_in(script: list[int], call: str = "rate", release: int = 204) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(STAND_IN), json.dumps(script), call],
+        [sys.executable, "-c", textwrap.dedent(STAND_IN), json.dumps(script), call, str(release)],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": str(ROOT)},
@@ -173,6 +178,12 @@ def test_an_encode_slot_is_leased_and_given_back_by_its_lease():
         "/v2/concurrency_limits/decrement-with-lease",
         "/v2/concurrency_limits/increment-with-lease",
     ]
+
+
+def test_a_slot_that_cannot_be_given_back_is_left_to_its_lease_and_the_work_stands():
+    result = stand_in([], "encode", release=500)
+    assert result["outcome"] == "taken"  # the encode in the slot is not failed by the release
+    assert "/v2/concurrency_limits/decrement-with-lease" in result["paths"]
 
 
 def test_a_dropped_connection_is_tried_again_like_a_busy_server():

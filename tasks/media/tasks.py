@@ -74,7 +74,7 @@ def publish_playable(version_id: str, result: Analysis, required: list[str]) -> 
     """What a version needs before it is playable: waveform and loudness, plus every analysis warning, in one
     transaction; then `ready`, once the required renditions' playlists are in storage. A step that failed is
     already a warning; the rest is published. One task, not two: both are writes a retry may repeat, and each task
-    run is a dozen events and API calls for the Prefect server."""
+    run costs the Prefect server its state events and its records."""
     with session_scope() as session:
         keys = None
         if result.waveform is not None:
