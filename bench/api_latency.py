@@ -13,8 +13,12 @@ Measured from the moment the POST returns (wall clock, same machine as the serve
   trigger->1st task   the first task run's start_time
   trigger->ready      the version's status turns `ready` in roadie's database (polled every 20 ms)
   trigger->completed  the flow run's end_time
-First one at a time (--runs triggers, each after the previous completed; two warm-up runs first), then --burst
-triggers at once. `--env` passes settings to `roadie serve` (e.g. ROADIE_WORKER_WARM=false for the cold path).
+First one at a time (--runs triggers, each after the previous completed and, by default, 1.1 x 60 /
+ROADIE_TRANSCODE_RATE_PER_MINUTE s after the previous trigger: inside the `transcode-rate` limit, so the figures
+are one upload's own wait, not a queue behind the limit. The margin: at each take Prefect's bucket drops the part
+of a slot that has not decayed yet, so takes exactly 60/rate s apart fill it slowly; --spacing 0 triggers back to
+back; two warm-up runs first), then --burst triggers at once (the limit then holds the ones past its bucket).
+`--env` passes settings to `roadie serve` (e.g. ROADIE_WORKER_WARM=false for the cold path).
 Needs PostgreSQL on 127.0.0.1:5432 (trust auth) or ROADIE_BENCH_PG_URL.
 """
 
@@ -213,10 +217,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for roadie serve")
     parser.add_argument("--label", default="")
+    parser.add_argument("--spacing", type=float, help="least seconds between one-at-a-time triggers")
     parser.add_argument("--keep", help="copy the serve and worker logs to this folder")
     args = parser.parse_args()
 
     from roadie.prefect_local import free_port
+    from roadie.settings import Settings
     from tests.services import postgres_reachable, scratch_database
 
     pg = os.environ.get("ROADIE_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -241,6 +247,10 @@ def main() -> None:
         )
         (home / "tmp").mkdir()
         env.update(kv.split("=", 1) for kv in args.env)
+        rate = float(
+            env.get("ROADIE_TRANSCODE_RATE_PER_MINUTE", Settings.model_fields["transcode_rate_per_minute"].default)
+        )
+        spacing = 1.1 * 60 / rate if args.spacing is None else args.spacing
         track = home / "track.wav"
         subprocess.run(
             [ROADIE, "sample", str(track), "--seconds", str(args.seconds)], env=env, check=True, capture_output=True
@@ -252,8 +262,10 @@ def main() -> None:
             warm, single, burst = versions[:2], versions[2 : 2 + args.runs], versions[2 + args.runs :]
             for vid in warm:  # first runs after start: server caches, worker imports, disk caches
                 bench.wait({vid: bench.trigger(vid)})
-            one_by_one = []
+            one_by_one, last = [], 0.0
             for vid in single:
+                time.sleep(max(0.0, last + spacing - time.monotonic()))
+                last = time.monotonic()
                 one_by_one += bench.wait({vid: bench.trigger(vid)})
             burst_rows = bench.wait({vid: bench.trigger(vid) for vid in burst}) if burst else []
         finally:
@@ -267,7 +279,7 @@ def main() -> None:
         f"api_latency {args.label}: {args.seconds:g} s track, roadie serve --workers {args.workers}, "
         f"{os.cpu_count()} cores, env {args.env or '-'}"
     )
-    print(table("one at a time", one_by_one))
+    print(table(f"one at a time, triggers at least {spacing:.1f} s apart", one_by_one))
     if burst_rows:
         print(table(f"burst of {args.burst}", burst_rows))
 

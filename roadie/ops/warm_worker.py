@@ -19,6 +19,7 @@ died, refused because the code on disk changed), the run starts the ordinary way
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -375,6 +376,7 @@ def main() -> None:
     sys.argv = ["prefect", "worker", "start", *sys.argv[1:]]
     if "--type" not in sys.argv:
         sys.argv += ["--type", "process"]
+    gc.freeze()  # Prefect, imported: it lives as long as the worker, so its collections need not walk it
     app()  # exits by itself (Typer's standalone mode); returning is a success, as sys.exit(None) was
     sys.exit(0)
 
