@@ -45,7 +45,7 @@ def media_ingest(version_id: VersionId, formats: Formats = None) -> dict:
         submitted: list[PrefectFuture[Any]] = []
         try:
             src = fetch_original(job, workdir)
-            info = probe_original(version_id, src)
+            info = probe_original(version_id, src, job.formats)
             primary, *others = job.formats
             first = transcode_rendition.submit(version_id, src, info, primary, workdir, True)
             analyzed = analyze_audio.submit(src, info)

@@ -20,7 +20,7 @@ def transcode(version_id: VersionId, formats: Formats = None) -> dict:
     job = load_job(version_id)
     with scratch_dir("transcode") as workdir:
         src = fetch_original(job, workdir)
-        info = probe_original(version_id, src)
+        info = probe_original(version_id, src, wanted)
         futures = {
             fmt: transcode_rendition.submit(version_id, src, info, fmt, workdir, i == 0) for i, fmt in enumerate(wanted)
         }

@@ -231,7 +231,6 @@ def transcode_rendition(
 ) -> hls.Rendition:
     if primary:  # one slot of the per-minute rate per version, taken here so the analysis need not wait for it
         limits.transcode_started()
-    mark_transcoding(version_id, fmt)
     reporter = _ProgressArtifact(version_id, fmt)
     logger = get_run_logger()
     with limits.encode_slot(), cpu.cpu_lane("playable" if primary else "background") as pinned:
@@ -251,12 +250,6 @@ def transcode_rendition(
         logger.info("%s: %s encode finished", ENCODE_MARK, fmt)
     rendition = publish_rendition(version_id, local)
     return rendition
-
-
-# Its own task so that a lost database connection is retried here, not the whole encode (or nothing at all).
-@task(**RETRY)
-def mark_transcoding(version_id: str, fmt: str) -> None:
-    catalog.record_transcode(version_id, fmt, status="processing")
 
 
 @task(**RETRY)

@@ -30,13 +30,18 @@ def fetch_original(job: VersionJob, workdir: Path) -> Path:
     return dst
 
 
-# Retried on transient errors only (its database write; a bad upload is InvalidInput and fails at once).
+# Retried on transient errors only (its database writes; a bad upload is InvalidInput and fails at once).
 @task(**RETRY)
-def probe_original(version_id: str, src: Path) -> ffmpeg.MediaInfo:
-    """The run's one probe, passed to every step. An upload over ROADIE_MAX_DURATION_S fails here, before any work."""
+def probe_original(version_id: str, src: Path, formats: Sequence[str] = ()) -> ffmpeg.MediaInfo:
+    """The run's one probe, passed to every step. An upload over ROADIE_MAX_DURATION_S fails here, before any work.
+    A readable one is the point from which its renditions are `processing` (their encodes may still wait for a
+    slot): recorded here, not by a task of its own per rendition, since each task run costs the Prefect server its
+    events and records (bench/load)."""
     info = ffmpeg.probe(src)
     ffmpeg.check_duration(info)
     catalog.set_media_info(version_id, info.duration_s, info.sample_rate, info.channels)
+    for fmt in formats:
+        catalog.record_transcode(version_id, fmt, status="processing")
     return info
 
 
