@@ -22,7 +22,7 @@ from roadie.cli.app import app
 
 __all__ = ["app", "main"]
 
-# A command's first seconds are imports (numpy, scipy, pydantic, Prefect): millions of new objects, almost no
+# A command's first seconds are imports (numpy, scipy, pydantic, Prefect): a great many new objects, almost no
 # garbage, and the cyclic collector walking them again and again: ~7 % of `roadie analyze`'s whole process. So
 # the collector waits: a command over by then never runs it; a longer one (serve, a 3 h upload) gets it back after
 # GC_PAUSE_S, with the start-up's objects frozen out of its passes (modules and classes live as long as the
